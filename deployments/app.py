@@ -1,0 +1,86 @@
+"""The application builder: `import_path: deployments.app:build_app` in serve_config.yaml.
+
+Each setting has one owner:
+- structure (which model, which weights, limits) -> `AppArgs`, from the YAML's `args:`
+  and overridden by `IMG2VEC_<FIELD>` environment variables, read here, once, at build;
+- live batch tuning -> the Embedder's `user_config` (see embedder.BatchConfig);
+- resources, replicas and autoscaling -> serve_config.yaml.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ray.serve import Application
+
+from deployments.embedder import EmbedderDeployment, EmbedderOptions
+from deployments.ingress import Ingress, IngressOptions
+from img2vec.decoding import DEFAULT_MAX_IMAGE_PIXELS
+from img2vec.errors import ConfigError
+from img2vec.weights import DEFAULT_MODEL, DOWNLOAD, get_spec
+
+log = logging.getLogger("ray.serve")
+ENV_PREFIX = "IMG2VEC_"
+
+
+class AppArgs(BaseModel):
+    """Arguments of the application. Every field `foo` can be overridden by `IMG2VEC_FOO`."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(DEFAULT_MODEL, description="a name in img2vec.weights.SPECS")
+    weights: str = Field(DOWNLOAD, description="'download', a state-dict path, or 'random'")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads per embedder; default: the CPUs Ray granted"
+    )
+    max_body_bytes: int = Field(32 * 1024 * 1024, gt=0, description="largest request body")
+    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, gt=0, description="width x height")
+    max_id_length: int = Field(1024, gt=0, description="longest accepted id, in characters")
+    decode_workers: int = Field(4, gt=0, description="decode threads per ingress replica")
+    exif_transpose: bool = Field(
+        False, description="apply EXIF orientation (changes vectors vs. img2vec-pytorch)"
+    )
+
+
+def resolve_args(args: AppArgs | Mapping[str, object] | None, env: Mapping[str, str]) -> AppArgs:
+    """YAML args, then IMG2VEC_* overrides, validated together."""
+    base = args.model_dump(exclude_unset=True) if isinstance(args, AppArgs) else dict(args or {})
+    for field in AppArgs.model_fields:
+        value = env.get(ENV_PREFIX + field.upper())
+        if value is not None and value.strip() != "":
+            base[field] = value.strip()
+    try:
+        resolved = AppArgs.model_validate(base)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid img2vec settings: {exc}") from None
+    get_spec(resolved.model)  # an unknown model fails here, at build, not in a replica
+    return resolved
+
+
+def build_app(args: AppArgs) -> Application:
+    args = resolve_args(args, os.environ)
+    log.info("building img2vec with %s", args)
+    embedder = EmbedderDeployment.bind(
+        EmbedderOptions(
+            model=args.model,
+            weights=args.weights,
+            device=args.device,
+            torch_threads=args.torch_threads,
+        )
+    )
+    return Ingress.bind(
+        embedder,
+        IngressOptions(
+            preprocess=get_spec(args.model).preprocess,
+            max_body_bytes=args.max_body_bytes,
+            max_image_pixels=args.max_image_pixels,
+            max_id_length=args.max_id_length,
+            decode_workers=args.decode_workers,
+            exif_transpose=args.exif_transpose,
+        ),
+    )

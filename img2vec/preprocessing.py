@@ -1,0 +1,111 @@
+"""Named preprocessing presets: RGB image -> uint8 HxWx3 array -> normalized float tensor.
+
+The split is deliberate: the resize runs where the image was decoded (the CPU
+ingress), only 150 KB of uint8 crosses to the model, and the float math runs
+on the model's device, batched.
+
+The first preset is the contract with every existing Weaviate index built by
+`img2vec-pytorch`: `Resize((224, 224))` on the PIL image (a stretch, no crop,
+bilinear with PIL's antialiasing), then `ToTensor()` and ImageNet `Normalize`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an RGB image becomes model input.
+
+    `resize` is either `(height, width)`, a stretch to exactly that size, or an
+    int, the length the shorter side is scaled to (aspect kept) before a centre
+    crop to `crop`.
+    """
+
+    name: str
+    resize: tuple[int, int] | int
+    crop: tuple[int, int] | None = None
+    resample: Image.Resampling = Image.Resampling.BILINEAR
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if isinstance(self.resize, int) and self.crop is None:
+            raise ValueError(f"{self.name}: a shorter-side resize needs a crop size")
+        if min(self.std) <= 0:
+            raise ValueError(f"{self.name}: std must be positive")
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """(height, width) of the arrays this preset produces."""
+        if self.crop is not None:
+            return self.crop
+        assert not isinstance(self.resize, int)
+        return self.resize
+
+    def to_array(self, img: Image.Image) -> np.ndarray:
+        """RGB image -> uint8 array of shape (H, W, 3), resized (and cropped)."""
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        if isinstance(self.resize, int):
+            w, h = img.size
+            short = self.resize
+            # torchvision's rule: scale the shorter side, truncate the longer one.
+            size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+            img = img.resize(size, self.resample)
+        else:
+            height, width = self.resize
+            img = img.resize((width, height), self.resample)
+        if self.crop is not None:
+            img = _center_crop(img, self.crop)
+        return np.asarray(img, dtype=np.uint8)
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, H, W, 3) -> float32 (N, 3, H, W), scaled to [0, 1] then normalized.
+
+        Same operations in the same order as `ToTensor()` + `Normalize()`, so the
+        result is bit-identical to the reference. The permuted view is already in
+        channels_last memory layout, which is what the convolutions want.
+        """
+        if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
+            raise ValueError(f"expected uint8 (N, H, W, 3), got {batch.dtype} {tuple(batch.shape)}")
+        x = batch.permute(0, 3, 1, 2).to(torch.float32).div(255)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return x.sub_(mean).div_(std)
+
+
+def _center_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    crop_h, crop_w = size
+    w, h = img.size
+    if w < crop_w or h < crop_h:
+        raise ValueError(f"image {w}x{h} is smaller than the crop {crop_w}x{crop_h}")
+    # torchvision rounds the offset to nearest, not down.
+    top = round((h - crop_h) / 2.0)
+    left = round((w - crop_w) / 2.0)
+    return img.crop((left, top, left + crop_w, top + crop_h))
+
+
+# The Weaviate-compatible preset comes first: it is what `img2vec-pytorch` does.
+STRETCH_224 = Preprocess(name="stretch224", resize=(224, 224))
+# torchvision's ImageNet evaluation transform, for uses beyond Weaviate compatibility.
+CROP_224 = Preprocess(name="crop224", resize=256, crop=(224, 224))
+
+PRESETS: dict[str, Preprocess] = {p.name: p for p in (STRETCH_224, CROP_224)}
+
+
+def get_preset(name: str) -> Preprocess:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown preprocessing preset {name!r}; known: {', '.join(PRESETS)}"
+        ) from None
