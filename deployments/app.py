@@ -21,7 +21,7 @@ from deployments.embedder import EmbedderDeployment, EmbedderOptions
 from deployments.ingress import Ingress, IngressOptions
 from img2vec.decoding import DEFAULT_MAX_IMAGE_PIXELS
 from img2vec.errors import ConfigError
-from img2vec.weights import DEFAULT_MODEL, DOWNLOAD, get_spec
+from img2vec.weights import DEFAULT_MODEL, DOWNLOAD, check_source, get_spec
 
 log = logging.getLogger("ray.serve")
 ENV_PREFIX = "IMG2VEC_"
@@ -58,7 +58,9 @@ def resolve_args(args: AppArgs | Mapping[str, object] | None, env: Mapping[str, 
         resolved = AppArgs.model_validate(base)
     except ValidationError as exc:
         raise ConfigError(f"invalid img2vec settings: {exc}") from None
-    get_spec(resolved.model)  # an unknown model fails here, at build, not in a replica
+    # An unknown model or a missing weights file fails here, once, at build time, rather
+    # than in every replica start (Serve retries those, then hangs in DEPLOY_FAILED).
+    check_source(get_spec(resolved.model), resolved.weights)
     return resolved
 
 

@@ -134,7 +134,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ImageTooLarge(f"request body exceeds the limit of {limit} bytes (max_body_bytes)")
+            raise ImageTooLarge(
+                f"request body is over {limit} bytes; the limit is {limit} bytes (max_body_bytes)"
+            )
         chunks.append(chunk)
     if not size:
         raise InvalidRequest('request body is empty; expected JSON {"id": ..., "image": ...}')

@@ -88,7 +88,7 @@ def open_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
         raise _too_many_pixels(None, max_pixels) from None
     except UnidentifiedImageError:

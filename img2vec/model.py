@@ -57,7 +57,7 @@ class Embedder:
         self.device = device
         self.preprocess = preprocess
         self._weights = weights
-        self._module = module.to(device=device, memory_format=torch.channels_last)
+        self._module = module.to(device).to(memory_format=torch.channels_last)
 
     @property
     def dim(self) -> int:

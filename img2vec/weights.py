@@ -128,13 +128,23 @@ def resolve_weights(spec: ModelSpec, source: str = DOWNLOAD) -> ResolvedWeights:
     return _resolve_file(spec, Path(source).expanduser())
 
 
-def _resolve_file(spec: ModelSpec, path: Path) -> ResolvedWeights:
+def check_source(spec: ModelSpec, source: str) -> None:
+    """The cheap part of `resolve_weights`: refuse a path that is not a file, so that a
+    typo fails once, at application build, rather than in every replica start."""
+    source = source.strip()
+    if source in (RANDOM, DOWNLOAD):
+        return
+    path = Path(source).expanduser()
     if not path.is_file():
         raise WeightsError(
             f"IMG2VEC_WEIGHTS points at {str(path)!r}, which is not a file. Give the path "
             f"of a {spec.name} state-dict file (e.g. {spec.weights_file}, downloadable "
             f"from {spec.url}), or 'download' to fetch it, or 'random' for tests."
         )
+
+
+def _resolve_file(spec: ModelSpec, path: Path) -> ResolvedWeights:
+    check_source(spec, str(path))
     digest = sha256_of(path)
     if path.name == spec.weights_file and digest != spec.sha256:
         raise WeightsError(_mismatch(spec, path, digest))

@@ -13,6 +13,15 @@ import torchvision
 from PIL import Image
 from skimage import data as skdata
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers by folder: `pytest -m unit`, `-m integration`, `-m e2e`."""
+    for item in items:
+        for folder in ("unit", "integration", "e2e"):
+            if f"/tests/{folder}/" in str(item.path):
+                item.add_marker(getattr(pytest.mark, folder))
+
+
 # Real photos that ship inside scikit-image, of several sizes and aspect ratios.
 PHOTO_NAMES = ("chelsea", "coffee", "astronaut", "rocket")
 

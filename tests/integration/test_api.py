@@ -1,0 +1,218 @@
+"""Every route and every error status, over real HTTP, against a real Serve application."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import b64, cosine, encode, one_pixel_png
+from tests.integration.conftest import MAX_BODY_BYTES, MAX_ID_LENGTH, MAX_IMAGE_PIXELS
+from tests.unit.test_decoding import png_header_claiming
+
+
+def post(url: str, body: bytes | str, path: str = "/vectors", **headers: str) -> httpx.Response:
+    data = body.encode() if isinstance(body, str) else body
+    return httpx.post(url + path, content=data, headers=headers, timeout=60)
+
+
+def vector_body(image: bytes, id_: str = "x") -> str:
+    return json.dumps({"id": id_, "image": b64(image)})
+
+
+def assert_error(r: httpx.Response, status: int, fragment: str) -> None:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert list(body) == ["error"], body
+    assert isinstance(body["error"], str)
+    assert fragment in body["error"], body["error"]
+
+
+def test_live_and_ready_answer_204_with_no_body(resnet_url):
+    for path in ("/.well-known/live", "/.well-known/ready"):
+        r = httpx.get(resnet_url + path)
+        assert r.status_code == 204
+        assert r.content == b""
+
+
+def test_weaviate_request_without_content_type_is_accepted(resnet_url):
+    """Weaviate's Go client sets no Content-Type on POST /vectors."""
+    id_ = f"{uuid.uuid4()}_0"
+    r = post(resnet_url, vector_body(one_pixel_png(), id_))
+    assert "content-type" not in r.request.headers
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"id", "vector", "dim"}
+    assert body["id"] == id_
+    assert body["dim"] == 2048 == len(body["vector"])
+    assert all(isinstance(v, float) for v in body["vector"])
+    assert np.isfinite(body["vector"]).all()
+
+
+@pytest.mark.parametrize("path", ["/vectors", "/vectors/"])
+@pytest.mark.parametrize("content_type", [None, "application/json", "text/plain"])
+def test_both_paths_with_any_content_type_give_the_same_vector(
+    resnet_url, photos, path, content_type
+):
+    image = encode(photos["coffee"], "JPEG")
+    headers = {"Content-Type": content_type} if content_type else {}
+    r = post(resnet_url, vector_body(image, "search_1732400000000000000"), path, **headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] == "search_1732400000000000000"
+    again = post(resnet_url, vector_body(image), "/vectors")
+    assert cosine(r.json()["vector"], again.json()["vector"]) > 0.999999
+
+
+def test_unknown_fields_are_ignored_and_data_urls_accepted(resnet_url):
+    data_url = "data:image/png;base64," + b64(one_pixel_png())
+    body = json.dumps({"id": "a", "image": data_url, "newer_weaviate_field": {"x": 1}})
+    r = post(resnet_url, body)
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"", "body is empty"),
+        (b"not json", "not valid JSON"),
+        (b'{"id": "x", "image": ', "not valid JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b'"a string"', "JSON object"),
+        (b'{"image": "aGk="}', "id: Field required"),
+        (b'{"id": "x"}', "image: Field required"),
+        (b'{"id": 7, "image": "aGk="}', "id: Input should be a valid string"),
+        (b'{"id": "x", "image": null}', "image: Input should be a valid string"),
+        (b'{"id": "x", "image": ["aGk="]}', "image: Input should be a valid string"),
+    ],
+)
+def test_bodies_that_do_not_fit_the_schema_get_422(resnet_url, body, fragment):
+    assert_error(post(resnet_url, body), 422, fragment)
+
+
+def test_an_id_over_the_limit_gets_422(resnet_url):
+    ok = post(resnet_url, vector_body(one_pixel_png(), "i" * MAX_ID_LENGTH))
+    assert ok.status_code == 200
+    r = post(resnet_url, vector_body(one_pixel_png(), "i" * (MAX_ID_LENGTH + 1)))
+    assert_error(r, 422, f"limit is {MAX_ID_LENGTH}")
+
+
+@pytest.mark.parametrize(
+    ("image", "fragment"),
+    [
+        ("", "image is empty"),
+        ("@@@@", "not valid base64"),
+        ("aGVsbG8", "not valid base64"),
+        (b64(b"definitely not an image"), "not a recognised image format"),
+    ],
+)
+def test_images_that_do_not_decode_get_400(resnet_url, image, fragment):
+    assert_error(post(resnet_url, json.dumps({"id": "x", "image": image})), 400, fragment)
+
+
+def test_a_truncated_image_gets_400(resnet_url, photos):
+    data = encode(photos["astronaut"], "JPEG")
+    assert_error(post(resnet_url, vector_body(data[: len(data) // 3])), 400, "corrupt")
+
+
+def test_a_body_over_the_limit_gets_413(resnet_url):
+    body = json.dumps({"id": "x", "image": "A" * MAX_BODY_BYTES}).encode()
+    assert_error(post(resnet_url, body), 413, f"the limit is {MAX_BODY_BYTES} bytes")
+
+    def chunks():  # no Content-Length: the limit is enforced while reading
+        for i in range(0, len(body), 65536):
+            yield body[i : i + 65536]
+
+    r = httpx.post(resnet_url + "/vectors", content=chunks(), timeout=60)
+    assert "content-length" not in r.request.headers
+    assert_error(r, 413, f"request body is over {MAX_BODY_BYTES} bytes")
+
+
+def test_too_many_pixels_gets_413_from_the_header_alone(resnet_url):
+    r = post(resnet_url, vector_body(png_header_claiming(50_000, 50_000)))
+    assert_error(r, 413, f"limit is {MAX_IMAGE_PIXELS} pixels")
+
+
+def test_unknown_routes_and_methods_answer_json(resnet_url):
+    assert_error(httpx.get(resnet_url + "/nope"), 404, "Not Found")
+    assert_error(httpx.get(resnet_url + "/vectors"), 405, "Method Not Allowed")
+
+
+def test_meta_names_the_model_and_its_weights(resnet_url, random_resnet50_file):
+    from img2vec.weights import sha256_of
+
+    meta = httpx.get(resnet_url + "/meta").json()
+    assert meta["model"] == "resnet50" and meta["dim"] == 2048
+    assert meta["weights_source"] == "file"
+    assert meta["weights_sha256"] == sha256_of(random_resnet50_file)
+    assert meta["preprocess"] == "stretch224"
+    assert meta["limits"]["max_image_pixels"] == MAX_IMAGE_PIXELS
+    assert meta["batching"]["config"]["max_batch_size"] >= 1
+
+
+def test_openapi_documents_the_vectors_contract(resnet_url):
+    spec = httpx.get(resnet_url + "/openapi.json").json()
+    op = spec["paths"]["/vectors"]["post"]
+    schema = op["requestBody"]["content"]["application/json"]["schema"]
+    assert set(schema["required"]) == {"id", "image"}
+    assert {"200", "400", "413", "422", "503"} <= set(op["responses"])
+
+
+def _solo_vectors(url: str, images: list[bytes]) -> list[np.ndarray]:
+    return [np.array(post(url, vector_body(img)).json()["vector"]) for img in images]
+
+
+def test_16_concurrent_requests_are_answered_correctly_in_batches(resnet_url, photos):
+    # 16 distinct images: each photo at four different crops.
+    images = []
+    for img in photos.values():
+        for k in range(4):
+            w, h = img.size
+            images.append(encode(img.crop((k * 7, k * 5, w - k * 3, h - k * 2)), "PNG"))
+    solo = _solo_vectors(resnet_url, images)
+    before = httpx.get(resnet_url + "/meta").json()["batching"]
+
+    def call(i: int) -> httpx.Response:
+        return post(resnet_url, vector_body(images[i], f"req-{i}"))
+
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(call, range(16)))
+
+    after = httpx.get(resnet_url + "/meta").json()["batching"]
+    for i, r in enumerate(responses):
+        assert r.status_code == 200, r.text
+        assert r.json()["id"] == f"req-{i}"
+        np.testing.assert_allclose(r.json()["vector"], solo[i], rtol=1e-4, atol=1e-4)
+    assert after["images"] - before["images"] == 16
+    formed = {
+        int(size): n - before["batch_size_histogram"].get(size, 0)
+        for size, n in after["batch_size_histogram"].items()
+    }
+    assert max(size for size, n in formed.items() if n > 0) > 1, formed
+    assert after["batches"] - before["batches"] < 16
+
+
+def test_the_same_id_in_concurrent_requests_gets_each_its_own_vector(resnet_url, photos):
+    """The container we replace writes each image to a file named by the id, so
+    concurrent requests sharing an id could get each other's vectors."""
+    images = [encode(photos[name], "PNG") for name in photos]
+    solo = _solo_vectors(resnet_url, images)
+    jobs = [i % len(images) for i in range(12)]
+    with ThreadPoolExecutor(12) as pool:
+        responses = list(
+            pool.map(lambda i: post(resnet_url, vector_body(images[i], "../same")), jobs)
+        )
+    for i, r in zip(jobs, responses, strict=True):
+        assert r.status_code == 200 and r.json()["id"] == "../same"
+        np.testing.assert_allclose(r.json()["vector"], solo[i], rtol=1e-4, atol=1e-4)
+
+
+def test_the_service_is_healthy_after_all_the_bad_input(resnet_url):
+    assert httpx.get(resnet_url + "/.well-known/ready").status_code == 204
+    r = post(resnet_url, vector_body(encode(Image.new("RGB", (3, 5), (1, 2, 3)), "BMP")))
+    assert r.status_code == 200 and r.json()["dim"] == 2048

@@ -1,0 +1,77 @@
+"""A real Ray Serve instance on loopback, and helpers to deploy img2vec into it.
+
+One Ray start costs ~16 s on two cores, so a test package shares one instance
+(see the `serve_base` fixtures) and deploys the applications it needs into it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from unittest import mock
+
+import httpx
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def ray_serve(num_cpus: int = 8) -> Iterator[str]:
+    """Start Ray (a fresh local instance) and Serve's HTTP proxy on a loopback port;
+    yield the base URL; shut both down afterwards."""
+    import ray
+    from ray import serve
+
+    port = free_port()
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        object_store_memory=512 * 1024 * 1024,
+        log_to_driver=os.environ.get("IMG2VEC_TEST_RAY_LOGS") == "1",
+    )
+    try:
+        serve.start(http_options={"host": LOOPBACK, "port": port})
+        yield f"http://{LOOPBACK}:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def deploy(name: str, route_prefix: str, env: Mapping[str, str], base_url: str) -> str:
+    """Build the app exactly as `serve run` would (IMG2VEC_* variables read by the
+    builder), run it under `route_prefix`, and wait until it reports ready."""
+    from ray import serve
+
+    from deployments.app import AppArgs, build_app
+
+    with mock.patch.dict(os.environ, dict(env)):
+        app = build_app(AppArgs())
+    serve.run(app, name=name, route_prefix=route_prefix)
+    url = base_url + route_prefix.rstrip("/")
+    wait_ready(url)
+    return url
+
+
+def wait_ready(url: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(url + "/.well-known/ready", timeout=2.0)
+            if r.status_code == 204:
+                return
+            last = r.status_code
+        except httpx.TransportError as exc:
+            last = exc
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} not ready after {timeout_s} s (last: {last!r})")
