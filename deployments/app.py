@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ray.serve import Application
 
 from deployments.embedder import EmbedderDeployment, EmbedderOptions
@@ -39,12 +39,24 @@ class AppArgs(BaseModel):
         None, ge=1, description="torch CPU threads per embedder; default: the CPUs Ray granted"
     )
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0, description="largest request body")
+    max_inflight_bytes: int = Field(
+        512 * 1024 * 1024, gt=0, description="request bytes one ingress replica holds at once"
+    )
     max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, gt=0, description="width x height")
     max_id_length: int = Field(1024, gt=0, description="longest accepted id, in characters")
     decode_workers: int = Field(4, gt=0, description="decode threads per ingress replica")
     exif_transpose: bool = Field(
         False, description="apply EXIF orientation (changes vectors vs. img2vec-pytorch)"
     )
+
+    @model_validator(mode="after")
+    def _one_body_fits_in_flight(self) -> AppArgs:
+        if self.max_inflight_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"max_inflight_bytes ({self.max_inflight_bytes}) must be at least "
+                f"max_body_bytes ({self.max_body_bytes}), or no large request could be served"
+            )
+        return self
 
 
 def resolve_args(args: AppArgs | Mapping[str, object] | None, env: Mapping[str, str]) -> AppArgs:
@@ -80,6 +92,7 @@ def build_app(args: AppArgs) -> Application:
         IngressOptions(
             preprocess=get_spec(args.model).preprocess,
             max_body_bytes=args.max_body_bytes,
+            max_inflight_bytes=args.max_inflight_bytes,
             max_image_pixels=args.max_image_pixels,
             max_id_length=args.max_id_length,
             decode_workers=args.decode_workers,

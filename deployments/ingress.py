@@ -9,6 +9,7 @@ here, through `STATUS`.
 import asyncio
 import logging
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -74,6 +75,7 @@ class IngressOptions(BaseModel):
 
     preprocess: str
     max_body_bytes: int = Field(gt=0)
+    max_inflight_bytes: int = Field(gt=0)
     max_image_pixels: int = Field(gt=0)
     max_id_length: int = Field(gt=0)
     decode_workers: int = Field(gt=0)
@@ -122,7 +124,46 @@ def error_response(exc: Img2VecError) -> JSONResponse:
     return JSONResponse({"error": exc.message}, status_code=STATUS.get(type(exc), 500))
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+class ByteBudget:
+    """The request bytes one ingress replica may hold at once (bodies being read, waiting
+    for a decode thread, or decoding). Past it a request is answered 503 at once: memory
+    stays bounded however many clients send large images. Used from the event loop only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, n: int) -> None:
+        if self.held + n > self.limit:
+            raise Overloaded(
+                f"the service holds {self.held} bytes of requests (max_inflight_bytes is "
+                f"{self.limit}); retry later"
+            )
+        self.held += n
+
+    def give(self, n: int) -> None:
+        self.held -= n
+
+
+class _Held:
+    """What one request took from the budget, given back when the request ends."""
+
+    def __init__(self, budget: ByteBudget) -> None:
+        self.budget = budget
+        self.n = 0
+
+    def take(self, n: int) -> None:
+        self.budget.take(n)
+        self.n += n
+
+    def __enter__(self) -> "_Held":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.budget.give(self.n)
+
+
+async def _read_body(request: Request, limit: int, held: _Held) -> bytes:
     """Read the body, refusing it as soon as it is known to exceed `limit`."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -132,6 +173,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
+        held.take(len(chunk))
         size += len(chunk)
         if size > limit:
             raise ImageTooLarge(
@@ -163,6 +205,9 @@ def _describe(errors: Any) -> str:
 @serve.ingress(app)
 class Ingress:
     def __init__(self, embedder: DeploymentHandle, options: IngressOptions) -> None:
+        # Malformed client images make Pillow warn (corrupt EXIF, odd TIFF tags); they are
+        # answered with a 400 already, and must not flood this process's log.
+        warnings.filterwarnings("ignore", module="PIL")
         self._embedder = embedder
         self._options = options
         self._preset: Preprocess = get_preset(options.preprocess)
@@ -170,6 +215,7 @@ class Ingress:
             max_bytes=options.max_body_bytes, max_pixels=options.max_image_pixels
         )
         self._pool = ThreadPoolExecutor(options.decode_workers, thread_name_prefix="decode")
+        self._budget = ByteBudget(options.max_inflight_bytes)
         self._model_info: dict[str, Any] | None = None
         self._watcher = asyncio.get_running_loop().create_task(self._watch_embedder())
 
@@ -214,6 +260,7 @@ class Ingress:
             return error_response(Overloaded("embedder did not answer within 5 s"))
         limits = {
             "max_body_bytes": self._options.max_body_bytes,
+            "max_inflight_bytes": self._options.max_inflight_bytes,
             "max_image_pixels": self._options.max_image_pixels,
             "max_id_length": self._options.max_id_length,
         }
@@ -233,11 +280,13 @@ class Ingress:
     async def _vectorize(self, request: Request) -> Response:
         started = time.perf_counter()
         try:
-            body = await _read_body(request, self._options.max_body_bytes)
-            req = self._parse(body)
-            pixels = await asyncio.get_running_loop().run_in_executor(
-                self._pool, self._prepare, req.image
-            )
+            with _Held(self._budget) as held:
+                body = await _read_body(request, self._options.max_body_bytes, held)
+                req = self._parse(body)
+                del body
+                pixels = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self._prepare, req.image
+                )
             vector = await self._embed(pixels)
         except Img2VecError as exc:
             return error_response(exc)

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from unittest import mock
 
 import httpx
@@ -24,27 +28,52 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class ServeInstance:
+    base_url: str
+    tmpdir: Path  # TMPDIR of every Ray worker this instance starts: it should stay empty
+    marker: str  # IMG2VEC_TEST_RUN=<marker> is in those workers' environment
+
+    def replica_pids(self) -> list[int]:
+        """PIDs of the Serve replicas of this instance (found by the marker we set)."""
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if f"IMG2VEC_TEST_RUN={self.marker}".encode() in environ and b"ServeReplica" in cmdline:
+                pids.append(int(entry.name))
+        return pids
+
+
 @contextmanager
-def ray_serve(num_cpus: int = 8) -> Iterator[str]:
+def ray_serve(num_cpus: int = 8) -> Iterator[ServeInstance]:
     """Start Ray (a fresh local instance) and Serve's HTTP proxy on a loopback port;
-    yield the base URL; shut both down afterwards."""
+    shut both down afterwards."""
     import ray
     from ray import serve
 
     port = free_port()
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        object_store_memory=512 * 1024 * 1024,
-        log_to_driver=os.environ.get("IMG2VEC_TEST_RAY_LOGS") == "1",
-    )
-    try:
-        serve.start(http_options={"host": LOOPBACK, "port": port})
-        yield f"http://{LOOPBACK}:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    marker = uuid.uuid4().hex
+    with tempfile.TemporaryDirectory(prefix="img2vec-workers-tmp-") as tmpdir:
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            object_store_memory=512 * 1024 * 1024,
+            log_to_driver=os.environ.get("IMG2VEC_TEST_RAY_LOGS") == "1",
+            runtime_env={"env_vars": {"TMPDIR": tmpdir, "IMG2VEC_TEST_RUN": marker}},
+        )
+        try:
+            serve.start(http_options={"host": LOOPBACK, "port": port})
+            yield ServeInstance(f"http://{LOOPBACK}:{port}", Path(tmpdir), marker)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
 
 
 def deploy(name: str, route_prefix: str, env: Mapping[str, str], base_url: str) -> str:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.service import deploy, ray_serve
+from tests.service import ServeInstance, deploy, ray_serve
 
 # Small limits so that the 413 paths are cheap to reach over loopback.
 MAX_BODY_BYTES = 2_000_000
@@ -11,9 +11,14 @@ MAX_ID_LENGTH = 256
 
 
 @pytest.fixture(scope="package")
-def serve_base() -> str:
-    with ray_serve() as base_url:
-        yield base_url
+def serve_instance() -> ServeInstance:
+    with ray_serve() as instance:
+        yield instance
+
+
+@pytest.fixture(scope="package")
+def serve_base(serve_instance) -> str:
+    return serve_instance.base_url
 
 
 @pytest.fixture(scope="package")
@@ -40,3 +45,32 @@ def mobilenet_url(serve_base, mobilenet_v2_file) -> str:
         "IMG2VEC_TORCH_THREADS": "2",
     }
     return deploy("mobilenet_v2", "/mobilenet", env, serve_base)
+
+
+SMALL_BUDGET = 3_000_000
+
+
+@pytest.fixture(scope="package")
+def mobilenet_small_budget_url(serve_base) -> tuple[str, int]:
+    """Random-weight MobileNetV2 whose ingress may hold only 3 MB of requests at once."""
+    env = {
+        "IMG2VEC_MODEL": "mobilenet_v2",
+        "IMG2VEC_WEIGHTS": "random",
+        "IMG2VEC_TORCH_THREADS": "1",
+        "IMG2VEC_MAX_BODY_BYTES": str(SMALL_BUDGET),
+        "IMG2VEC_MAX_INFLIGHT_BYTES": str(SMALL_BUDGET),
+    }
+    return deploy("budget", "/budget", env, serve_base), SMALL_BUDGET
+
+
+@pytest.fixture(scope="package")
+def fuzz_url(serve_base, mobilenet_v2_file) -> str:
+    """Real-weight MobileNetV2 (fast on CPU) for the fuzz and schema tests."""
+    env = {
+        "IMG2VEC_MODEL": "mobilenet_v2",
+        "IMG2VEC_WEIGHTS": str(mobilenet_v2_file),
+        "IMG2VEC_TORCH_THREADS": "2",
+        "IMG2VEC_MAX_BODY_BYTES": "1000000",
+        "IMG2VEC_MAX_IMAGE_PIXELS": "4000000",
+    }
+    return deploy("fuzz", "/fuzz", env, serve_base)

@@ -40,6 +40,7 @@ def test_environment_overrides_yaml_args(tmp_path):
         ({"IMG2VEC_DEVICE": "tpu"}, "device"),
         ({"IMG2VEC_MAX_BODY_BYTES": "lots"}, "max_body_bytes"),
         ({"IMG2VEC_TORCH_THREADS": "0"}, "torch_threads"),
+        ({"IMG2VEC_MAX_INFLIGHT_BYTES": "1000"}, "must be at least max_body_bytes"),
     ],
 )
 def test_bad_values_are_refused_with_the_setting_named(env, fragment):
