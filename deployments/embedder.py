@@ -35,6 +35,7 @@ class EmbedderOptions(BaseModel):
     model: str
     weights: str
     device: str
+    dtype: str = "float32"
     torch_threads: int | None = None
 
 
@@ -73,6 +74,7 @@ class EmbedderDeployment:
             model=options.model,
             weights=options.weights,
             device=options.device,
+            dtype=options.dtype,
             torch_threads=threads,
         )
         self._config = BatchConfig()

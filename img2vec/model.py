@@ -25,6 +25,13 @@ from img2vec.weights import (
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
+# float32 is what img2vec-pytorch computes. The half-precision types are options for GPUs,
+# with their drift from float32 measured in docs/benchmarks.md.
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,7 @@ class ModelInfo:
     weights_sha256: str | None
     preprocess: str
     device: str
+    dtype: str
     torch_threads: int
 
 
@@ -52,12 +60,14 @@ class Embedder:
         weights: ResolvedWeights,
         device: torch.device,
         preprocess: Preprocess,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.spec = spec
         self.device = device
+        self.dtype = dtype
         self.preprocess = preprocess
         self._weights = weights
-        self._module = module.to(device).to(memory_format=torch.channels_last)
+        self._module = module.to(device, dtype).to(memory_format=torch.channels_last)
 
     @property
     def dim(self) -> int:
@@ -76,6 +86,7 @@ class Embedder:
             weights_sha256=self._weights.sha256,
             preprocess=self.preprocess.name,
             device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."),
             torch_threads=torch.get_num_threads(),
         )
 
@@ -86,7 +97,7 @@ class Embedder:
             x = torch.from_numpy(batch)
             if self.device.type == "cuda":
                 x = x.pin_memory().to(self.device, non_blocking=True)
-            x = self.preprocess.normalize(x)
+            x = self.preprocess.normalize(x).to(self.dtype)
             out = self._module(x)
             return out.to(device="cpu", dtype=torch.float32).numpy()
 
@@ -138,8 +149,11 @@ def build_embedder(
     weights: str = DOWNLOAD,
     device: str = "auto",
     torch_threads: int | None = None,
+    dtype: str = "float32",
 ) -> Embedder:
     """Resolve and verify the weights, load them, and place the model on its device."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     spec = get_spec(model)
     resolved = resolve_weights(spec, weights)
     module = load_module(spec, resolved)
@@ -150,6 +164,6 @@ def build_embedder(
         torch.set_num_threads(torch_threads)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    embedder = Embedder(spec, module, resolved, dev, get_preset(spec.preprocess))
+    embedder = Embedder(spec, module, resolved, dev, get_preset(spec.preprocess), DTYPES[dtype])
     log.info("embedder ready: %s (pid %d)", embedder.info(), os.getpid())
     return embedder

@@ -1,0 +1,104 @@
+"""A closed-loop HTTP load generator: N concurrent clients, each sending its next request as
+soon as the last one is answered, for a bounded time and count, to loopback only."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from urllib.parse import urlsplit
+
+import aiohttp
+import numpy as np
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    requests: int
+    errors: int
+    duration_s: float
+    images_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    statuses: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+async def _run(
+    url: str,
+    bodies: list[bytes],
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    max_requests: int,
+) -> LoadResult:
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    sent = 0
+    start = time.perf_counter()
+    measure_from = start + warmup_s
+    stop_at = measure_from + duration_s
+    timeout = aiohttp.ClientTimeout(total=120)
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    first_done: float | None = None
+    last_done = start
+
+    async def client(worker: int, session: aiohttp.ClientSession) -> None:
+        nonlocal sent, first_done, last_done
+        i = worker
+        while time.perf_counter() < stop_at and sent < max_requests:
+            body = bodies[i % len(bodies)]
+            i += concurrency
+            t0 = time.perf_counter()
+            async with session.post(url, data=body) as resp:
+                await resp.read()
+                status = resp.status
+            t1 = time.perf_counter()
+            if t0 >= measure_from and t1 <= stop_at:
+                latencies.append(t1 - t0)
+                statuses[status] += 1
+                sent += 1
+                first_done = t0 if first_done is None else min(first_done, t0)
+                last_done = max(last_done, t1)
+
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        await asyncio.gather(*(client(w, session) for w in range(concurrency)))
+
+    elapsed = (last_done - first_done) if first_done is not None else 0.0
+    ok = statuses.get(200, 0)
+    lat = np.array(latencies) * 1e3 if latencies else np.array([np.nan])
+    return LoadResult(
+        concurrency=concurrency,
+        requests=sum(statuses.values()),
+        errors=sum(n for s, n in statuses.items() if s != 200),
+        duration_s=round(elapsed, 3),
+        images_per_s=round(ok / elapsed, 3) if elapsed > 0 else 0.0,
+        p50_ms=round(float(np.percentile(lat, 50)), 1),
+        p95_ms=round(float(np.percentile(lat, 95)), 1),
+        p99_ms=round(float(np.percentile(lat, 99)), 1),
+        statuses={str(k): v for k, v in sorted(statuses.items())},
+    )
+
+
+def run_load(
+    url: str,
+    bodies: list[bytes],
+    *,
+    concurrency: int,
+    duration_s: float = 15.0,
+    warmup_s: float = 3.0,
+    max_requests: int = 5000,
+) -> LoadResult:
+    """POST `bodies` round-robin to `url` from `concurrency` clients; latencies and counts
+    only from requests that start after the warm-up and end before the deadline."""
+    host = urlsplit(url).hostname
+    if host not in LOOPBACK_HOSTS:
+        raise ValueError(f"load is only ever sent to loopback, not {host!r}")
+    return asyncio.run(_run(url, bodies, concurrency, duration_s, warmup_s, max_requests))

@@ -1,0 +1,173 @@
+"""Benchmark results -> JSON, a PNG plot, and the table in docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+PRIMARY = "640x480"
+# The targets of the performance issue, as ratios measured in the same run.
+TARGET_VS_MODEL = 0.85
+TARGET_VS_BASELINE = 1.3
+TARGET_C1_OVERHEAD_MS = 15.0
+
+
+def _row(rows: list[dict], system: str, images: str, concurrency: int) -> dict | None:
+    for r in rows:
+        if (r["system"], r["images"], r["concurrency"]) == (system, images, concurrency):
+            return r
+    return None
+
+
+def ratios(results: dict) -> dict[str, dict]:
+    """The targets, per image set: service vs bare model, vs baseline, and lone-request latency."""
+    rows = results.get("load", [])
+    model = results.get("model")
+    out: dict[str, dict] = {}
+    for images in sorted({r["images"] for r in rows}):
+        svc32 = _row(rows, "service", images, 32)
+        base32 = _row(rows, "baseline", images, 32)
+        svc1 = _row(rows, "service", images, 1)
+        entry: dict[str, float | None] = {}
+        if svc32 and model:
+            entry["service_c32_vs_model_best"] = round(
+                svc32["images_per_s"] / model["best"]["images_per_s"], 3
+            )
+        if svc32 and base32 and base32["images_per_s"]:
+            entry["service_c32_vs_baseline_c32"] = round(
+                svc32["images_per_s"] / base32["images_per_s"], 3
+            )
+        if svc1 and model:
+            b1 = next((r for r in model["rows"] if r["batch"] == 1), None)
+            if b1:
+                entry["service_c1_p50_minus_model_b1_ms"] = round(
+                    svc1["p50_ms"] - b1["ms_per_batch"], 1
+                )
+        out[images] = entry
+    return out
+
+
+def _mean_batch(formed: dict[str, int]) -> str:
+    if not formed:
+        return "-"
+    n = sum(formed.values())
+    mean = sum(int(k) * v for k, v in formed.items()) / n
+    return f"{mean:.1f} (max {max(int(k) for k in formed)})"
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = [
+        f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, {m['memory_gb']} GiB"
+        + (f", {m['gpu']}" if m.get("gpu") else ", no GPU")
+        + f"), torch {m['torch']}, Python {m['python']}.",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+    ]
+    model = results.get("model")
+    if model:
+        lines += [
+            f"**Bare model** (ResNet50 forward, {model['dtype']}, channels_last, "
+            f"{model['device']}, {model['torch_threads']} threads):",
+            "",
+            "| batch | img/s | ms per batch |",
+            "| ---: | ---: | ---: |",
+        ]
+        lines += [
+            f"| {r['batch']} | {r['images_per_s']} | {r['ms_per_batch']} |" for r in model["rows"]
+        ]
+        lines.append("")
+    rows = results.get("load", [])
+    if rows:
+        lines += [
+            "**Over HTTP** (closed loop, loopback; CPU % and RSS: the whole server process tree):",
+            "",
+            "| system | images | concurrency | img/s | p50 ms | p95 ms | p99 ms | errors "
+            "| CPU % | RSS MB | mean batch |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r['system']} | {r['images']} | {r['concurrency']} | {r['images_per_s']} "
+                f"| {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['errors']} "
+                f"| {r['cpu_percent']} | {r['rss_mb']} | {_mean_batch(r['batches_formed'])} |"
+            )
+        lines.append("")
+    rat = results.get("ratios", {})
+    if rat:
+        lines += [
+            "**Targets** (ratios from this run):",
+            "",
+            "| images | service c32 / bare model best "
+            f"(target ≥ {TARGET_VS_MODEL}) | service c32 / baseline c32 (target ≥ "
+            f"{TARGET_VS_BASELINE}) | service c1 p50 minus bare batch-1 forward (target ≤ "
+            f"{TARGET_C1_OVERHEAD_MS:g} ms) |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for images, e in rat.items():
+            lines.append(
+                f"| {images} | {e.get('service_c32_vs_model_best', '-')} "
+                f"| {e.get('service_c32_vs_baseline_c32', '-')} "
+                f"| {e.get('service_c1_p50_minus_model_b1_ms', '-')} ms |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results.get("load", [])
+    fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for system, style in (("service", "-o"), ("baseline", "--s")):
+        for images in sorted({r["images"] for r in rows}):
+            pts = sorted(
+                (r["concurrency"], r["images_per_s"], r["p50_ms"])
+                for r in rows
+                if r["system"] == system and r["images"] == images
+            )
+            if not pts:
+                continue
+            c, t, p = zip(*pts, strict=True)
+            ax_t.plot(c, t, style, label=f"{system} {images}")
+            ax_l.plot(c, p, style, label=f"{system} {images}")
+    model = results.get("model")
+    if model:
+        ax_t.axhline(
+            model["best"]["images_per_s"], color="k", lw=1, ls=":", label="bare model best"
+        )
+    for ax, title, unit in ((ax_t, "throughput", "images/s"), (ax_l, "p50 latency", "ms")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    ax_l.set_yscale("log")
+    ax_t.legend(fontsize=7)
+    fig.suptitle(f"img2vec vs one-at-a-time baseline — {results['machine']['date']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(results: dict, out_dir: Path, docs: Path | None) -> None:
+    results["ratios"] = ratios(results)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = results["machine"]["date"] + "-" + re.sub(r"\W+", "-", results["machine"]["host"])
+    (out_dir / f"{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
+    if results.get("load"):
+        plot(results, out_dir / f"{stamp}.png")
+    text = markdown(results)
+    print(text)
+    if docs is not None and docs.exists():
+        doc = docs.read_text()
+        if BEGIN in doc and END in doc:
+            head, rest = doc.split(BEGIN, 1)
+            _, tail = rest.split(END, 1)
+            docs.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")

@@ -1,0 +1,245 @@
+"""`make bench`: the bare model, our service and the one-at-a-time baseline, side by side, in
+one run on this machine, driven by the same load generator over loopback.
+
+Writes bench/results/<stamp>.json and .png, and rewrites the results table in
+docs/benchmarks.md between its markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import torch
+import yaml
+
+from bench.images import image_sets, request_bodies
+from bench.loadgen import run_load
+from bench.model import bench_model
+from bench.report import write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+LOOPBACK = "127.0.0.1"
+# Ray runs its workers at nice 15; everything the benchmark starts runs at that level too, so
+# that the load generator and the baseline do not win the CPU from the service unfairly.
+NICE = 15
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(url + "/.well-known/ready", timeout=2).status_code == 204:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout_s} s")
+
+
+@contextlib.contextmanager
+def process_group(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    """Start `cmd` in its own process group and stop exactly that group afterwards."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            yield proc
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=60)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+class TreeMonitor:
+    """CPU seconds and resident memory of a process and all its descendants."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = psutil.Process(pid)
+        self._cpu_seen: dict[int, float] = {}
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _procs(self) -> list[psutil.Process]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            return [self.root, *self.root.children(recursive=True)]
+        return []
+
+    def cpu_seconds(self) -> float:
+        for p in self._procs():
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                self._cpu_seen[p.pid] = t.user + t.system
+        return sum(self._cpu_seen.values())
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.5):
+            rss = 0
+            for p in self._procs():
+                with contextlib.suppress(psutil.Error):
+                    rss += p.memory_info().rss
+            self.peak_rss = max(self.peak_rss, rss)
+            self.cpu_seconds()
+
+    def __enter__(self) -> TreeMonitor:
+        self.cpu_seconds()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def batching(url: str) -> dict | None:
+    with contextlib.suppress(Exception):
+        return httpx.get(url + "/meta", timeout=10).json()["batching"]
+    return None
+
+
+def formed(before: dict | None, after: dict | None) -> dict[str, int]:
+    if not before or not after:
+        return {}
+    hist = {
+        k: v - before["batch_size_histogram"].get(k, 0)
+        for k, v in after["batch_size_histogram"].items()
+    }
+    return {k: v for k, v in hist.items() if v > 0}
+
+
+def drive(name: str, url: str, pid: int, sets: dict, args: argparse.Namespace) -> list[dict]:
+    """Every image set at every concurrency against one running system."""
+    rows = []
+    with TreeMonitor(pid) as monitor:
+        for set_name, bodies in sets.items():
+            for concurrency in args.concurrency:
+                before, cpu0, t0 = batching(url), monitor.cpu_seconds(), time.perf_counter()
+                monitor.peak_rss = 0
+                result = run_load(
+                    url + "/vectors",
+                    bodies,
+                    concurrency=concurrency,
+                    duration_s=args.duration,
+                    warmup_s=args.warmup,
+                    max_requests=args.max_requests,
+                )
+                cpu1, t1 = monitor.cpu_seconds(), time.perf_counter()
+                row = {
+                    "system": name,
+                    "images": set_name,
+                    **result.as_dict(),
+                    "cpu_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
+                    "rss_mb": round(monitor.peak_rss / 2**20),
+                    "batches_formed": formed(before, batching(url)),
+                }
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return rows
+
+
+def run_service(sets: dict, args: argparse.Namespace, workdir: Path) -> list[dict]:
+    """`serve run serve_config.yaml`, as users run it, bound to a free loopback port."""
+    config = yaml.safe_load((ROOT / args.config).read_text())
+    port = free_port()
+    config["http_options"] = {"host": LOOPBACK, "port": port}
+    path = workdir / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "IMG2VEC_WEIGHTS": "random", "RAY_ADDRESS": "local"}
+    serve = str(Path(sys.executable).with_name("serve"))
+    with process_group([serve, "run", str(path)], env, workdir / "service.log") as proc:
+        url = f"http://{LOOPBACK}:{port}"
+        wait_ready(url)
+        return drive("service", url, proc.pid, sets, args)
+
+
+def run_baseline(sets: dict, args: argparse.Namespace, workdir: Path) -> list[dict]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "bench.baseline", "--port", str(port)]
+    with process_group(cmd, dict(os.environ), workdir / "baseline.log") as proc:
+        url = f"http://{LOOPBACK}:{port}"
+        wait_ready(url)
+        return drive("baseline", url, proc.pid, sets, args)
+
+
+def machine() -> dict:
+    return {
+        "date": dt.datetime.now().strftime("%Y-%m-%d"),
+        "host": platform.node(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="serve_config.yaml")
+    parser.add_argument("--concurrency", default="1,8,32,64")
+    parser.add_argument("--images", default="640x480,1920x1080,1x1")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds measured per point")
+    parser.add_argument("--warmup", type=float, default=4.0, help="seconds discarded per point")
+    parser.add_argument("--max-requests", type=int, default=3000, help="cap per point")
+    parser.add_argument("--model-batches", default="1,2,4,8,16")
+    parser.add_argument("--systems", default="model,service,baseline")
+    parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite benchmarks.md")
+    args = parser.parse_args()
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    systems = set(args.systems.split(","))
+
+    os.nice(NICE)
+    command = "python -m bench.run " + " ".join(sys.argv[1:])
+    results: dict = {"command": command.strip(), "machine": machine(), "args": vars(args)}
+    sets = {name: request_bodies(imgs) for name, imgs in image_sets(args.images).items()}
+    if "model" in systems:
+        batches = tuple(int(b) for b in args.model_batches.split(","))
+        results["model"] = bench_model(device="cpu", batches=batches)
+        print(json.dumps(results["model"]), flush=True)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="img2vec-bench-") as tmp:
+        if "service" in systems:
+            rows += run_service(sets, args, Path(tmp))
+        if "baseline" in systems:
+            rows += run_baseline(sets, args, Path(tmp))
+    results["load"] = rows
+    write_report(results, ROOT / args.out, None if args.no_docs else ROOT / "docs/benchmarks.md")
+
+
+if __name__ == "__main__":
+    main()
