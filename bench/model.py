@@ -68,6 +68,7 @@ def bench_model(
     return {
         "device": str(embedder.device),
         "dtype": dtype,
+        "graph": embedder.info().graph,
         "torch_threads": torch.get_num_threads(),
         "rows": rows,
         "best": best,
@@ -80,11 +81,16 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float32")
     parser.add_argument("--batches", default="1,2,4,8,16")
     parser.add_argument("--min-time", type=float, default=4.0)
+    parser.add_argument("--graph", default="torchscript", choices=["torchscript", "eager"])
     args = parser.parse_args()
     batches = tuple(int(b) for b in args.batches.split(","))
     for dtype in args.dtypes.split(","):
         result = bench_model(
-            device=args.device, batches=batches, min_time_s=args.min_time, dtype=dtype
+            device=args.device,
+            batches=batches,
+            min_time_s=args.min_time,
+            dtype=dtype,
+            graph=args.graph,
         )
         print(json.dumps(result))
 

@@ -13,14 +13,11 @@ import datetime as dt
 import json
 import os
 import platform
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -31,6 +28,7 @@ import yaml
 from bench.images import image_sets, request_bodies
 from bench.loadgen import run_load
 from bench.model import bench_model
+from bench.processes import serve_env, started, wait_ready
 from bench.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,35 +42,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         return s.getsockname()[1]
-
-
-def wait_ready(url: str, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url + "/.well-known/ready", timeout=2).status_code == 204:
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready after {timeout_s} s")
-
-
-@contextlib.contextmanager
-def process_group(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
-    """Start `cmd` in its own process group and stop exactly that group afterwards."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            yield proc
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGINT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=60)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
 
 
 class TreeMonitor:
@@ -122,6 +91,12 @@ def batching(url: str) -> dict | None:
     return None
 
 
+def forward_seconds(before: dict | None, after: dict | None) -> float | None:
+    if not before or not after or "forward_seconds" not in after:
+        return None
+    return after["forward_seconds"] - before["forward_seconds"]
+
+
 def formed(before: dict | None, after: dict | None) -> dict[str, int]:
     if not before or not after:
         return {}
@@ -149,13 +124,17 @@ def drive(name: str, url: str, pid: int, sets: dict, args: argparse.Namespace) -
                     max_requests=args.max_requests,
                 )
                 cpu1, t1 = monitor.cpu_seconds(), time.perf_counter()
+                after = batching(url)
+                busy = forward_seconds(before, after)
                 row = {
                     "system": name,
                     "images": set_name,
                     **result.as_dict(),
                     "cpu_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
                     "rss_mb": round(monitor.peak_rss / 2**20),
-                    "batches_formed": formed(before, batching(url)),
+                    "batches_formed": formed(before, after),
+                    # Share of the wall time the model spent in forward passes.
+                    "model_busy": round(busy / (t1 - t0), 3) if busy is not None else None,
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -169,20 +148,26 @@ def run_service(sets: dict, args: argparse.Namespace, workdir: Path) -> list[dic
     config["http_options"] = {"host": LOOPBACK, "port": port}
     path = workdir / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "IMG2VEC_WEIGHTS": "random", "RAY_ADDRESS": "local"}
+    env = {
+        **os.environ,
+        **({} if args.ray_defaults else serve_env(ROOT)),
+        **args.serve_env,
+        "IMG2VEC_WEIGHTS": "random",
+        "RAY_ADDRESS": "local",
+    }
     serve = str(Path(sys.executable).with_name("serve"))
-    with process_group([serve, "run", str(path)], env, workdir / "service.log") as proc:
+    with started([serve, "run", str(path)], env, workdir / "service.log", ROOT) as proc:
         url = f"http://{LOOPBACK}:{port}"
-        wait_ready(url)
+        wait_ready(url, proc=proc)
         return drive("service", url, proc.pid, sets, args)
 
 
 def run_baseline(sets: dict, args: argparse.Namespace, workdir: Path) -> list[dict]:
     port = free_port()
     cmd = [sys.executable, "-m", "bench.baseline", "--port", str(port)]
-    with process_group(cmd, dict(os.environ), workdir / "baseline.log") as proc:
+    with started(cmd, dict(os.environ), workdir / "baseline.log", ROOT) as proc:
         url = f"http://{LOOPBACK}:{port}"
-        wait_ready(url)
+        wait_ready(url, proc=proc)
         return drive("baseline", url, proc.pid, sets, args)
 
 
@@ -217,10 +202,19 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=3000, help="cap per point")
     parser.add_argument("--model-batches", default="1,2,4,8,16")
     parser.add_argument("--systems", default="model,service,baseline")
+    parser.add_argument(
+        "--serve-env",
+        default="",
+        help="environment for `serve run` on top of serve.env, e.g. KEY=VAL,KEY2=VAL2",
+    )
+    parser.add_argument(
+        "--ray-defaults", action="store_true", help="ignore serve.env (Ray Serve's defaults)"
+    )
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite benchmarks.md")
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.serve_env = dict(kv.split("=", 1) for kv in args.serve_env.split(",") if kv)
     systems = set(args.systems.split(","))
 
     os.nice(NICE)
@@ -229,8 +223,10 @@ def main() -> None:
     sets = {name: request_bodies(imgs) for name, imgs in image_sets(args.images).items()}
     if "model" in systems:
         batches = tuple(int(b) for b in args.model_batches.split(","))
+        # What the service runs (a frozen TorchScript graph), and plain eager torchvision.
         results["model"] = bench_model(device="cpu", batches=batches)
-        print(json.dumps(results["model"]), flush=True)
+        results["model_eager"] = bench_model(device="cpu", batches=batches, graph="eager")
+        print(json.dumps(results["model"]), json.dumps(results["model_eager"]), flush=True)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="img2vec-bench-") as tmp:
         if "service" in systems:

@@ -41,7 +41,9 @@ class AppArgs(BaseModel):
         "float32", description="float32 matches img2vec-pytorch; float16 is a GPU option"
     )
     torch_threads: int | None = Field(
-        None, ge=1, description="torch CPU threads per embedder; default: the CPUs Ray granted"
+        None,
+        ge=1,
+        description="torch threads per embedder; default: all cores on CPU, else Ray's grant",
     )
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0, description="largest request body")
     max_inflight_bytes: int = Field(
@@ -52,6 +54,9 @@ class AppArgs(BaseModel):
     decode_workers: int = Field(4, gt=0, description="decode threads per ingress replica")
     exif_transpose: bool = Field(
         False, description="apply EXIF orientation (changes vectors vs. img2vec-pytorch)"
+    )
+    jpeg_draft: bool = Field(
+        False, description="decode large JPEGs at reduced scale: faster, vectors drift slightly"
     )
 
     @model_validator(mode="after")
@@ -103,5 +108,6 @@ def build_app(args: AppArgs) -> Application:
             max_id_length=args.max_id_length,
             decode_workers=args.decode_workers,
             exif_transpose=args.exif_transpose,
+            jpeg_draft=args.jpeg_draft,
         ),
     )

@@ -7,13 +7,17 @@ here, through `STATUS`.
 """
 
 import asyncio
+import contextlib
 import logging
+import os
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import orjson
 import ray.exceptions
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -80,6 +84,7 @@ class IngressOptions(BaseModel):
     max_id_length: int = Field(gt=0)
     decode_workers: int = Field(gt=0)
     exif_transpose: bool = False
+    jpeg_draft: bool = False
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -122,6 +127,16 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
 
 def error_response(exc: Img2VecError) -> JSONResponse:
     return JSONResponse({"error": exc.message}, status_code=STATUS.get(type(exc), 500))
+
+
+def _lower_priority() -> None:
+    """Decode threads run at a lower CPU priority than the rest of the node: where the
+    model shares the CPU with them, its forward pass (whose threads wait on each other at
+    every op) should not be the one that gets preempted. Decoding still fills every idle
+    cycle. Linux applies nice values per thread; elsewhere this is a no-op."""
+    with contextlib.suppress(OSError, AttributeError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 4))
 
 
 class ByteBudget:
@@ -214,8 +229,14 @@ class Ingress:
         self._limits = ImageLimits(
             max_bytes=options.max_body_bytes, max_pixels=options.max_image_pixels
         )
-        self._pool = ThreadPoolExecutor(options.decode_workers, thread_name_prefix="decode")
+        self._pool = ThreadPoolExecutor(
+            options.decode_workers, thread_name_prefix="decode", initializer=_lower_priority
+        )
         self._budget = ByteBudget(options.max_inflight_bytes)
+        # Draft decoding keeps at least twice the model's input size, so the final resize
+        # still averages over several source pixels.
+        h, w = self._preset.output_size
+        self._draft = (2 * w, 2 * h) if options.jpeg_draft else None
         self._model_info: dict[str, Any] | None = None
         self._watcher = asyncio.get_running_loop().create_task(self._watch_embedder())
 
@@ -294,7 +315,13 @@ class Ingress:
             log.exception("vectorize failed")
             return JSONResponse({"error": INTERNAL_ERROR}, status_code=500)
         log.debug("vectorized in %.1f ms", (time.perf_counter() - started) * 1e3)
-        return JSONResponse({"id": req.id, "vector": vector.tolist(), "dim": int(vector.shape[0])})
+        # orjson writes each float32 in its shortest exact form: 20x faster than json on
+        # 2048 floats, half the bytes, and the same float32 values once parsed.
+        body = orjson.dumps(
+            {"id": req.id, "vector": vector, "dim": int(vector.shape[0])},
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )
+        return Response(body, media_type="application/json")
 
     def _parse(self, body: bytes) -> VectorRequest:
         # Parsed from bytes ourselves: Weaviate sends no Content-Type header at all.
@@ -309,7 +336,12 @@ class Ingress:
         return req
 
     def _prepare(self, image: str) -> np.ndarray:
-        img = decode_image(image, limits=self._limits, exif_transpose=self._options.exif_transpose)
+        img = decode_image(
+            image,
+            limits=self._limits,
+            exif_transpose=self._options.exif_transpose,
+            jpeg_draft=self._draft,
+        )
         return self._preset.to_array(img)
 
     async def _embed(self, pixels: np.ndarray) -> np.ndarray:

@@ -84,10 +84,15 @@ def open_image(
     *,
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     exif_transpose: bool = False,
+    jpeg_draft: tuple[int, int] | None = None,
 ) -> Image.Image:
     """Bytes -> decoded RGB image, the way the reference does it: first frame,
     `convert("RGB")` (alpha dropped, not composited), EXIF orientation ignored
-    unless `exif_transpose` is asked for."""
+    unless `exif_transpose` is asked for.
+
+    `jpeg_draft=(w, h)` lets a JPEG decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
+    scaling) as long as the result stays at least w x h: 2-3x faster on large photos,
+    but the pixels differ from a full decode, so vectors drift (docs/benchmarks.md)."""
     if not data:
         raise InvalidImage("image is empty")
     formats = available_formats()
@@ -111,10 +116,13 @@ def open_image(
     if width * height > max_pixels:
         raise _too_many_pixels((width, height), max_pixels)
     try:
+        if jpeg_draft is not None and img.format == "JPEG":
+            img.draft("RGB", jpeg_draft)
         img.load()
         if exif_transpose:
             img = ImageOps.exif_transpose(img)
-        return img.convert("RGB")
+        # convert() to the same mode would copy the pixels for nothing.
+        return img if img.mode == "RGB" else img.convert("RGB")
     except Image.DecompressionBombError:
         raise _too_many_pixels(img.size, max_pixels) from None
     except Exception as exc:
@@ -126,11 +134,14 @@ def decode_image(
     *,
     limits: ImageLimits | None = None,
     exif_transpose: bool = False,
+    jpeg_draft: tuple[int, int] | None = None,
 ) -> Image.Image:
     """base64 text -> RGB image: `decode_base64` then `open_image`."""
     limits = limits or ImageLimits()
     data = decode_base64(text, max_bytes=limits.max_bytes)
-    return open_image(data, max_pixels=limits.max_pixels, exif_transpose=exif_transpose)
+    return open_image(
+        data, max_pixels=limits.max_pixels, exif_transpose=exif_transpose, jpeg_draft=jpeg_draft
+    )
 
 
 @functools.cache

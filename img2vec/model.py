@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 # float32 is what img2vec-pytorch computes. The half-precision types are options for GPUs,
 # with their drift from float32 measured in docs/benchmarks.md.
+GRAPHS = ("torchscript", "eager")
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
@@ -46,6 +48,7 @@ class ModelInfo:
     preprocess: str
     device: str
     dtype: str
+    graph: str
     torch_threads: int
 
 
@@ -61,13 +64,22 @@ class Embedder:
         device: torch.device,
         preprocess: Preprocess,
         dtype: torch.dtype = torch.float32,
+        graph: str = "torchscript",
     ) -> None:
+        if graph not in GRAPHS:
+            raise ConfigError(f"graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
         self.spec = spec
         self.device = device
         self.dtype = dtype
+        self.graph = graph
         self.preprocess = preprocess
         self._weights = weights
-        self._module = module.to(device, dtype).to(memory_format=torch.channels_last)
+        module = module.to(device, dtype).to(memory_format=torch.channels_last)
+        self._module = _freeze(module, self._example()) if graph == "torchscript" else module
+
+    def _example(self) -> torch.Tensor:
+        x = torch.zeros((1, 3, *self.input_size), device=self.device, dtype=self.dtype)
+        return x.contiguous(memory_format=torch.channels_last)
 
     @property
     def dim(self) -> int:
@@ -87,6 +99,7 @@ class Embedder:
             preprocess=self.preprocess.name,
             device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch."),
+            graph=self.graph if isinstance(self._module, torch.jit.ScriptModule) else "eager",
             torch_threads=torch.get_num_threads(),
         )
 
@@ -100,6 +113,24 @@ class Embedder:
             x = self.preprocess.normalize(x).to(self.dtype)
             out = self._module(x)
             return out.to(device="cpu", dtype=torch.float32).numpy()
+
+
+def _freeze(module: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
+    """Trace and freeze the model into a TorchScript graph. A frozen graph runs without the
+    GIL (an eager forward takes it back between every op, so a busy event loop in the same
+    process stalls it: measured 5x slower under contention, 2.8x frozen), folds BatchNorm
+    into the convolutions, and is ~8% faster on CPU. Vectors agree to cosine 0.9999999.
+    torch.jit is deprecated but present in every torch this project supports (2.11-2.14);
+    where it fails, the eager module is kept."""
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            frozen = torch.jit.freeze(torch.jit.trace(module, example).eval())
+            frozen(example)  # the first call optimizes the graph; pay for it at start-up
+        return frozen
+    except Exception as exc:  # pragma: no cover - depends on the torch build
+        log.warning("TorchScript tracing failed (%s); running the model eagerly", exc)
+        return module
 
 
 def _weights_name(spec: ModelSpec, weights: ResolvedWeights) -> str:
@@ -150,6 +181,7 @@ def build_embedder(
     device: str = "auto",
     torch_threads: int | None = None,
     dtype: str = "float32",
+    graph: str = "torchscript",
 ) -> Embedder:
     """Resolve and verify the weights, load them, and place the model on its device."""
     if dtype not in DTYPES:
@@ -164,6 +196,8 @@ def build_embedder(
         torch.set_num_threads(torch_threads)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    embedder = Embedder(spec, module, resolved, dev, get_preset(spec.preprocess), DTYPES[dtype])
+    embedder = Embedder(
+        spec, module, resolved, dev, get_preset(spec.preprocess), DTYPES[dtype], graph
+    )
     log.info("embedder ready: %s (pid %d)", embedder.info(), os.getpid())
     return embedder

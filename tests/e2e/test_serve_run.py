@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,8 +11,9 @@ import httpx
 import pytest
 import yaml
 
+from bench.processes import serve_env, started, wait_ready
 from tests.conftest import b64, one_pixel_png
-from tests.service import LOOPBACK, free_port, wait_ready
+from tests.service import LOOPBACK, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "serve_config.yaml"
@@ -59,37 +57,21 @@ def test_config_args_are_valid_builder_args():
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> str:
-    """`serve run` on a copy of serve_config.yaml that differs only in binding to a free
-    loopback port; IMG2VEC_WEIGHTS=random as the README's quick start says."""
+    """`serve run` as `make serve` runs it (serve.env applied), on a copy of serve_config.yaml
+    that differs only in binding to a free loopback port; IMG2VEC_WEIGHTS=random as the
+    README's quick start says."""
     config = load_config()
     port = free_port()
     config["http_options"] = {"host": LOOPBACK, "port": port}
     path = tmp_path_factory.mktemp("config") / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "IMG2VEC_WEIGHTS": "random", "RAY_ADDRESS": "local"}
-    serve_cli = Path(sys.executable).with_name("serve")
-    log = (tmp_path_factory.mktemp("log") / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [str(serve_cli), "run", str(path)],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: we stop exactly what we started
-    )
-    url = f"http://{LOOPBACK}:{port}"
-    try:
-        wait_ready(url, timeout_s=240)
+    env = {**os.environ, **serve_env(ROOT), "IMG2VEC_WEIGHTS": "random", "RAY_ADDRESS": "local"}
+    serve_cli = str(Path(sys.executable).with_name("serve"))
+    log = tmp_path_factory.mktemp("log") / "serve.log"
+    with started([serve_cli, "run", str(path)], env, log, ROOT) as proc:
+        url = f"http://{LOOPBACK}:{port}"
+        wait_ready(url, timeout_s=240, proc=proc)
         yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGINT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=60)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        log.close()
 
 
 def test_serve_run_answers_the_api(served):

@@ -134,3 +134,14 @@ def test_limits_must_be_positive():
         ImageLimits(max_bytes=0)
     with pytest.raises(ValueError):
         ImageLimits(max_pixels=-1)
+
+
+def test_jpeg_draft_decodes_large_jpegs_at_reduced_scale_only(photos):
+    big = encode(photos["astronaut"].resize((1920, 1080)), "JPEG")
+    assert open_image(big).size == (1920, 1080)
+    assert open_image(big, jpeg_draft=(448, 448)).size == (960, 540)  # 1/2 still >= 448
+    small = encode(photos["rocket"].resize((640, 480)), "JPEG")
+    full, drafted = open_image(small), open_image(small, jpeg_draft=(448, 448))
+    assert np.array_equal(np.asarray(full), np.asarray(drafted))  # no smaller scale fits
+    png = encode(photos["astronaut"].resize((1920, 1080)), "PNG")
+    assert open_image(png, jpeg_draft=(448, 448)).size == (1920, 1080)  # JPEG only

