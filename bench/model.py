@@ -55,6 +55,7 @@ def bench_model(
     min_time_s: float = 4.0,
     torch_threads: int | None = None,
     dtype: str = "float32",
+    graph: str = "torchscript",
 ) -> dict:
     embedder = build_embedder(
         model="resnet50",
@@ -62,6 +63,7 @@ def bench_model(
         device=device,
         torch_threads=torch_threads,
         dtype=dtype,
+        graph=graph,
     )
     rows = [time_forward(embedder, b, min_time_s=min_time_s) for b in batches]
     best = max(rows, key=lambda r: r["images_per_s"])
