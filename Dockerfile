@@ -18,7 +18,7 @@ RUN mkdir img2vec deployments && touch img2vec/__init__.py deployments/__init__.
     && pip install . && pip uninstall -y img2vec
 COPY img2vec img2vec
 COPY deployments deployments
-COPY serve_config*.yaml ./
+COPY serve_config*.yaml serve.env ./
 RUN pip install --no-deps .
 
 # Weights in the image: the container starts offline, and the SHA-256 is checked at build.
@@ -30,4 +30,5 @@ USER img2vec
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=2s --start-period=120s \
     CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/.well-known/ready', timeout=1).status != 204)"
-CMD ["sh", "-c", "exec serve run \"$IMG2VEC_SERVE_CONFIG\""]
+# serve.env: Ray Serve's process settings (throughput mode, HAProxy), as `make serve` applies them.
+CMD ["sh", "-c", "set -a && . ./serve.env && set +a && exec serve run \"$IMG2VEC_SERVE_CONFIG\""]

@@ -30,9 +30,10 @@ log = logging.getLogger("ray.serve")
 
 DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.0
-# How many @serve.batch batches may wait for the device at once (fixed when the class is
-# defined; Serve cannot change it live).
-MAX_CONCURRENT_BATCHES = 16
+# How many @serve.batch batches may be handed to the ForwardQueue at once: at least the
+# largest max_batch_size in use, since with batch_wait_timeout_s=0 a batch may hold a single
+# request. (Fixed when the class is defined; Serve cannot change it live.)
+MAX_CONCURRENT_BATCHES = 128
 
 
 class EmbedderOptions(BaseModel):
@@ -97,6 +98,8 @@ class ForwardQueue:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
         self.sizes: Counter[int] = Counter()
         self.busy_s = 0.0
+        # Recent pass durations per batch size, for the median reported by /meta.
+        self.recent_s: dict[int, deque[float]] = {}
 
     async def submit(self, images: list[np.ndarray]) -> np.ndarray:
         loop = asyncio.get_running_loop()
@@ -132,8 +135,10 @@ class ForwardQueue:
                         fut.set_exception(exc)
                 continue
             finally:
-                self.busy_s += time.perf_counter() - started
+                took = time.perf_counter() - started
+                self.busy_s += took
             self.sizes[len(images)] += 1
+            self.recent_s.setdefault(len(images), deque(maxlen=256)).append(took)
             start = 0
             for imgs, fut in group:
                 if not fut.done():
@@ -198,11 +203,16 @@ class EmbedderDeployment:
         """Batching as it happened on this replica, and the live batch settings."""
         sizes = self._forward.sizes
         return {
+            "replica": serve.get_replica_context().replica_id.unique_id,
             "batches": sum(sizes.values()),
             "images": sum(k * v for k, v in sizes.items()),
             "max_batch_size_formed": max(sizes, default=0),
             "batch_size_histogram": _histogram(sizes),
             "serve_batch_histogram": _histogram(self._batch_sizes),
             "forward_seconds": round(self._forward.busy_s, 3),
+            "forward_ms_median": {
+                str(k): round(1e3 * float(np.median(v)), 1)
+                for k, v in sorted(self._forward.recent_s.items())
+            },
             "config": self._config.model_dump(),
         }

@@ -1,0 +1,51 @@
+"""Batch settings are live: a new `user_config` in the deployed config reaches the running
+model replica through `reconfigure()`, without a restart (the model stays loaded)."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+from ray.serve._private.api import serve_start
+from ray.serve.schema import ServeDeploySchema
+
+from tests.service import wait_ready
+
+
+def config(user_config: dict) -> ServeDeploySchema:
+    """What `serve deploy serve_config.yaml` sends: the same structure as our YAML."""
+    return ServeDeploySchema.model_validate(
+        {
+            "applications": [
+                {
+                    "name": "tuned",
+                    "route_prefix": "/tuned",
+                    "import_path": "deployments.app:build_app",
+                    "args": {"model": "mobilenet_v2", "weights": "random", "torch_threads": 1},
+                    "deployments": [{"name": "Embedder", "user_config": user_config}],
+                }
+            ]
+        }
+    )
+
+
+def batching(url: str) -> dict:
+    return httpx.get(url + "/meta", timeout=10).json()["batching"]
+
+
+def test_user_config_changes_reach_the_running_replica(serve_base):
+    # serve_start returns the running instance's client, as `serve deploy` talks to it.
+    client = serve_start()
+    url = serve_base + "/tuned"
+    client.deploy_apps(config({"max_batch_size": 4, "batch_wait_timeout_s": 0.0}), _blocking=True)
+    wait_ready(url)
+    before = batching(url)
+    assert before["config"] == {"max_batch_size": 4, "batch_wait_timeout_s": 0.0}
+
+    client.deploy_apps(config({"max_batch_size": 2, "batch_wait_timeout_s": 0.02}), _blocking=True)
+    deadline = time.monotonic() + 60
+    while batching(url)["config"]["max_batch_size"] != 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    after = batching(url)
+    assert after["config"] == {"max_batch_size": 2, "batch_wait_timeout_s": 0.02}
+    assert after["replica"] == before["replica"]  # reconfigured in place, not restarted
