@@ -51,9 +51,14 @@ class ServeInstance:
 
 
 @contextmanager
-def ray_serve(num_cpus: int = 8) -> Iterator[ServeInstance]:
+def ray_serve(num_cpus: int = 16) -> Iterator[ServeInstance]:
     """Start Ray (a fresh local instance) and Serve's HTTP proxy on a loopback port;
-    shut both down afterwards."""
+    shut both down afterwards.
+
+    `num_cpus` is Ray's logical count, not the machine's: every replica asks for one
+    CPU by default, and a test package runs several applications of two deployments
+    side by side. Too few, and the last application's replicas wait forever for a
+    CPU that is never freed."""
     import ray
     from ray import serve
 

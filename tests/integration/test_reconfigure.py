@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import httpx
+from ray import serve
 from ray.serve._private.api import serve_start
 from ray.serve.schema import ServeDeploySchema
 
@@ -37,6 +38,13 @@ def test_user_config_changes_reach_the_running_replica(serve_base):
     # serve_start returns the running instance's client, as `serve deploy` talks to it.
     client = serve_start()
     url = serve_base + "/tuned"
+    try:
+        check_reconfigured_in_place(client, url)
+    finally:
+        serve.delete("tuned")  # frees its replicas for the tests that follow
+
+
+def check_reconfigured_in_place(client, url: str) -> None:
     client.deploy_apps(config({"max_batch_size": 4, "batch_wait_timeout_s": 0.0}), _blocking=True)
     wait_ready(url)
     before = batching(url)
