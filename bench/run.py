@@ -141,9 +141,12 @@ def drive(name: str, url: str, pid: int, sets: dict, args: argparse.Namespace) -
     return rows
 
 
-def run_service(sets: dict, args: argparse.Namespace, workdir: Path) -> list[dict]:
+def run_service(
+    sets: dict, args: argparse.Namespace, workdir: Path, config: dict | None = None
+) -> list[dict]:
     """`serve run serve_config.yaml`, as users run it, bound to a free loopback port."""
-    config = yaml.safe_load((ROOT / args.config).read_text())
+    if config is None:
+        config = yaml.safe_load((ROOT / args.config).read_text())
     port = free_port()
     config["http_options"] = {"host": LOOPBACK, "port": port}
     path = workdir / "serve_config.yaml"
@@ -201,6 +204,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=4.0, help="seconds discarded per point")
     parser.add_argument("--max-requests", type=int, default=3000, help="cap per point")
     parser.add_argument("--model-batches", default="1,2,4,8,16")
+    parser.add_argument("--model-device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--systems", default="model,service,baseline")
     parser.add_argument(
         "--serve-env",
@@ -224,8 +228,10 @@ def main() -> None:
     if "model" in systems:
         batches = tuple(int(b) for b in args.model_batches.split(","))
         # What the service runs (a frozen TorchScript graph), and plain eager torchvision.
-        results["model"] = bench_model(device="cpu", batches=batches)
-        results["model_eager"] = bench_model(device="cpu", batches=batches, graph="eager")
+        results["model"] = bench_model(device=args.model_device, batches=batches)
+        results["model_eager"] = bench_model(
+            device=args.model_device, batches=batches, graph="eager"
+        )
         print(json.dumps(results["model"]), json.dumps(results["model_eager"]), flush=True)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="img2vec-bench-") as tmp:
