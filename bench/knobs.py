@@ -1,8 +1,8 @@
 """The Ray Serve knobs, measured one at a time against serve_config.yaml as it is: each
 variant changes one setting, runs `serve run`, and is driven at the same concurrencies.
 
-Run: `python -m bench.knobs` (about 1.5 minutes per variant on 2 cores). Prints JSON lines
-and a markdown table for docs/benchmarks.md.
+Run: `python -m bench.knobs` (about 1.5 minutes per variant on 2 cores). The reference runs
+first and last. Prints JSON lines and a markdown table for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ VARIANTS: dict[str, tuple[Variant | None, dict[str, str]]] = {
     ),
     "Embedder max_ongoing_requests 16": (_set(("Embedder", "max_ongoing_requests"), 16), {}),
     "Serve defaults (no serve.env)": (None, {"__ray_defaults__": "1"}),
+    # The reference again at the end: the sweep takes ~12 minutes, and a machine that drifted
+    # meanwhile (or a first run that paid for cold caches) shows up as two different rows.
+    "as configured (again)": (None, {}),
 }
 
 

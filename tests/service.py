@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -17,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
-import httpx
+from bench.processes import wait_ready
+
+__all__ = ["LOOPBACK", "ServeInstance", "deploy", "free_port", "ray_serve", "wait_ready"]
 
 LOOPBACK = "127.0.0.1"
 
@@ -94,18 +95,3 @@ def deploy(name: str, route_prefix: str, env: Mapping[str, str], base_url: str) 
     url = base_url + route_prefix.rstrip("/")
     wait_ready(url)
     return url
-
-
-def wait_ready(url: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            r = httpx.get(url + "/.well-known/ready", timeout=2.0)
-            if r.status_code == 204:
-                return
-            last = r.status_code
-        except httpx.TransportError as exc:
-            last = exc
-        time.sleep(0.25)
-    raise TimeoutError(f"{url} not ready after {timeout_s} s (last: {last!r})")
