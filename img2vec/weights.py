@@ -54,7 +54,9 @@ class ModelSpec:
 SPECS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        # What `img2vec-pytorch` serves: `pretrained=True` is IMAGENET1K_V1.
+        # torchvision's ResNet50_Weights.IMAGENET1K_V1, the weights `img2vec-pytorch` serves
+        # (its `resnet50(pretrained=True)` resolves to them), pinned by URL and SHA-256 here
+        # so a newer torchvision default (V2) can never change users' vectors.
         ModelSpec(
             name="resnet50",
             builder="resnet50",

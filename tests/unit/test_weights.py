@@ -20,7 +20,8 @@ from img2vec.weights import (
 
 
 def test_specs_are_exactly_what_torchvision_publishes():
-    """`pretrained=True` in img2vec-pytorch loads IMAGENET1K_V1: the spec must name it."""
+    """img2vec-pytorch's `pretrained=True` loads IMAGENET1K_V1: each spec names those weights
+    explicitly (`weights_tag`) and pins their URL and file."""
     tv = {
         "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
         "mobilenet_v2": torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1,
@@ -28,6 +29,7 @@ def test_specs_are_exactly_what_torchvision_publishes():
     assert list(SPECS) == ["resnet50", "mobilenet_v2"]
     for name, weights in tv.items():
         spec = SPECS[name]
+        assert torchvision.models.get_weight(spec.weights_tag) is weights
         assert spec.url == weights.url
         assert spec.url.rsplit("/", 1)[1] == spec.weights_file
         # torchvision's file names carry the first 8 hex digits of the SHA-256.
