@@ -35,8 +35,9 @@ class AppArgs(BaseModel):
     model: str = Field(DEFAULT_MODEL, description="a name in img2vec.weights.SPECS")
     weights: str = Field(DOWNLOAD, description="'download', a state-dict path, or 'random'")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # float16 kept cosine >= 0.99998 to float32 in our measurements; bfloat16 fell to 0.998
-    # (docs/benchmarks.md), below the 0.999 we require, so the service does not offer it.
+    # With real MobileNetV2 weights (`make bench-drift`, docs/benchmarks.md), float16 kept
+    # cosine >= 0.99995 to float32; bfloat16 fell to 0.969, below the 0.999 we require, so the
+    # service does not offer it.
     dtype: Literal["float32", "float16"] = Field(
         "float32", description="float32 matches img2vec-pytorch; float16 is a GPU option"
     )
