@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -16,6 +17,14 @@ from pathlib import Path
 import httpx
 
 MARKER_VAR = "IMG2VEC_RUN_MARKER"
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
 
 
 def serve_env(root: Path) -> dict[str, str]:

@@ -13,7 +13,6 @@ import datetime as dt
 import json
 import os
 import platform
-import socket
 import sys
 import tempfile
 import threading
@@ -28,20 +27,13 @@ import yaml
 from bench.images import image_sets, request_bodies
 from bench.loadgen import run_load
 from bench.model import bench_model
-from bench.processes import serve_env, started, wait_ready
+from bench.processes import LOOPBACK, free_port, serve_env, started, wait_ready
 from bench.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
-LOOPBACK = "127.0.0.1"
 # Ray runs its workers at nice 15; everything the benchmark starts runs at that level too, so
 # that the load generator and the baseline do not win the CPU from the service unfairly.
 NICE = 15
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 class TreeMonitor:

@@ -7,7 +7,6 @@ One Ray start costs ~16 s on two cores, so a test package shares one instance
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
@@ -16,17 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
-from bench.processes import wait_ready
+from bench.processes import LOOPBACK, free_port, wait_ready
 
 __all__ = ["LOOPBACK", "ServeInstance", "deploy", "free_port", "ray_serve", "wait_ready"]
-
-LOOPBACK = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)
