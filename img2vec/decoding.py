@@ -26,7 +26,7 @@ _WHITESPACE = re.compile(rb"[ \t\r\n]+")
 # Accept the URL-safe alphabet as well: it decodes to the same bytes.
 _URLSAFE = bytes.maketrans(b"-_", b"+/")
 
-DEFAULT_MAX_IMAGE_BYTES = 24 * 1024 * 1024
+DEFAULT_MAX_IMAGE_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192
 
 # Raster formats people send. Pillow can open more (EPS shells out to Ghostscript, and
@@ -52,30 +52,47 @@ class ImageLimits:
 
 
 def decode_base64(text: str, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> bytes:
-    """Decode base64 (standard or URL-safe alphabet, optional data-URL prefix,
-    line breaks allowed) strictly: bad characters or padding are refused."""
+    """base64 text -> bytes, accepting everything the container we replace accepted.
+
+    That container decodes with `base64.b64decode(image)`, which discards characters
+    outside the alphabet and ignores data after the padding. Refusing what it accepted
+    would turn a stored object's vector into a 400 after the switch, so the same text
+    decodes to the same bytes here; on top of it, the URL-safe alphabet and a
+    `data:...;base64,` prefix are understood rather than mangled. Whether the bytes are an
+    image is `open_image`'s to decide. The size is checked before anything is decoded."""
     match = _DATA_URL.match(text)
     if match:
         text = text[match.end() :]
     try:
         raw = text.encode("ascii")
     except UnicodeEncodeError:
+        # b64decode refuses non-ASCII text too ("string argument should contain only ASCII").
         raise InvalidImage("image is not valid base64: it contains non-ASCII characters") from None
-    raw = _WHITESPACE.sub(b"", raw)
-    if not raw:
-        raise InvalidImage("image is empty")
+    compact = _WHITESPACE.sub(b"", raw)
     # 4 base64 characters carry 3 bytes: refuse before allocating the decoded copy.
-    if len(raw) // 4 * 3 > max_bytes + 2:
+    if len(compact) // 4 * 3 > max_bytes + 2:
         raise ImageTooLarge(
-            f"image is about {len(raw) // 4 * 3} bytes after base64 decoding; "
-            f"the limit is {max_bytes} bytes"
+            f"image is about {len(compact) // 4 * 3} bytes after base64 decoding; "
+            f"the limit is {max_bytes} bytes (max_image_bytes)"
         )
     try:
-        data = binascii.a2b_base64(raw.translate(_URLSAFE), strict_mode=True)
-    except binascii.Error as exc:
-        raise InvalidImage(f"image is not valid base64: {exc}") from None
+        # URL-safe text (none of '+' or '/', some '-' or '_'): the same bytes, translated.
+        if (b"-" in compact or b"_" in compact) and not (b"+" in compact or b"/" in compact):
+            compact = compact.translate(_URLSAFE)
+        data = binascii.a2b_base64(compact, strict_mode=True)
+    except binascii.Error:
+        # Not canonical (stray characters, data after the padding): decode it the way the
+        # replaced container did.
+        try:
+            data = binascii.a2b_base64(raw, strict_mode=False)
+        except binascii.Error as exc:
+            raise InvalidImage(f"image is not valid base64: {exc}") from None
+    if not data:
+        raise InvalidImage("image is empty")
     if len(data) > max_bytes:
-        raise ImageTooLarge(f"image is {len(data)} bytes; the limit is {max_bytes} bytes")
+        raise ImageTooLarge(
+            f"image is {len(data)} bytes; the limit is {max_bytes} bytes (max_image_bytes)"
+        )
     return data
 
 

@@ -1,4 +1,9 @@
-"""The embedder: uint8 image arrays in, float32 vectors out, one batched forward pass."""
+"""The embedder: uint8 image arrays in, float32 vectors out, one batched forward pass.
+
+Everything torch lives here: building the architecture and loading its weights, taking the
+embedding at the spec's feature node, normalization on the model's device, precision, and
+the warm-up of every batch shape that can run.
+"""
 
 from __future__ import annotations
 
@@ -7,32 +12,40 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+import torchvision
+from torchvision.models.feature_extraction import create_feature_extractor
 
-from img2vec.errors import ConfigError
+from img2vec.errors import ConfigError, WeightsError
 from img2vec.preprocessing import Preprocess, get_preset
 from img2vec.weights import (
+    DEFAULT_DOWNLOAD_TIMEOUT_S,
     DEFAULT_MODEL,
     DOWNLOAD,
+    RANDOM,
     ModelSpec,
     ResolvedWeights,
     get_spec,
-    load_module,
     resolve_weights,
 )
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
-# float32 is what img2vec-pytorch computes. The half-precision types are options for GPUs,
-# with their drift from float32 measured in docs/benchmarks.md.
 GRAPHS = ("torchscript", "eager")
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
+RANDOM_SEED = 0
+# Storage dtype, and whether float32 math may use TF32 tensor cores. `float32` is what
+# img2vec-pytorch computes, and it means IEEE float32 on every device: cuDNN would otherwise
+# run convolutions in TF32 on Ampere and later GPUs. The others are named options whose drift
+# from float32 `make bench-drift` measures (docs/benchmarks.md).
+PRECISIONS: dict[str, tuple[torch.dtype, bool]] = {
+    "float32": (torch.float32, False),
+    "tf32": (torch.float32, True),
+    "float16": (torch.float16, False),
+    "bfloat16": (torch.bfloat16, False),
 }
 
 
@@ -42,7 +55,7 @@ class ModelInfo:
 
     model: str
     dim: int
-    weights: str  # torchvision's name for the published weights
+    weights: str  # torchvision's name for the published weights, "custom" or "random"
     weights_source: str
     weights_sha256: str | None
     preprocess: str
@@ -53,8 +66,8 @@ class ModelInfo:
 
 
 class Embedder:
-    """A loaded backbone on one device. `embed` is synchronous and thread-safe enough
-    for one caller at a time (the Serve deployment calls it from one batch at a time)."""
+    """A loaded backbone on one device. `embed` is synchronous; one caller at a time (the
+    batcher runs every pass on one thread)."""
 
     def __init__(
         self,
@@ -63,22 +76,33 @@ class Embedder:
         weights: ResolvedWeights,
         device: torch.device,
         preprocess: Preprocess,
-        dtype: torch.dtype = torch.float32,
+        dtype: str = "float32",
         graph: str = "torchscript",
+        pad_to_buckets: bool | None = None,
     ) -> None:
         if graph not in GRAPHS:
             raise ConfigError(f"graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
+        if dtype not in PRECISIONS:
+            raise ConfigError(f"dtype must be one of {', '.join(PRECISIONS)}, got {dtype!r}")
         self.spec = spec
         self.device = device
-        self.dtype = dtype
-        self.graph = graph
+        self.dtype_name = dtype
+        self.dtype = PRECISIONS[dtype][0]
         self.preprocess = preprocess
         self._weights = weights
-        module = module.to(device, dtype).to(memory_format=torch.channels_last)
-        self._module = _freeze(module, self._example()) if graph == "torchscript" else module
+        # With cudnn.benchmark every new input shape is autotuned on first sight: batches are
+        # padded to a few sizes, and those are warmed up before the replica reports ready.
+        self.pad_to_buckets = device.type == "cuda" if pad_to_buckets is None else pad_to_buckets
+        self._mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
+        module = module.to(device, self.dtype).to(memory_format=torch.channels_last)
+        self._module = _freeze(module, self._example(1)) if graph == "torchscript" else module
+        self.graph = "torchscript" if isinstance(self._module, torch.jit.ScriptModule) else "eager"
+        self.warmed: set[int] = set()
+        self.buckets: list[int] = []  # the padded batch sizes, set by warm_up()
 
-    def _example(self) -> torch.Tensor:
-        x = torch.zeros((1, 3, *self.input_size), device=self.device, dtype=self.dtype)
+    def _example(self, n: int) -> torch.Tensor:
+        x = torch.zeros((n, 3, *self.input_size), device=self.device, dtype=self.dtype)
         return x.contiguous(memory_format=torch.channels_last)
 
     @property
@@ -98,21 +122,122 @@ class Embedder:
             weights_sha256=self._weights.sha256,
             preprocess=self.preprocess.name,
             device=str(self.device),
-            dtype=str(self.dtype).removeprefix("torch."),
-            graph=self.graph if isinstance(self._module, torch.jit.ScriptModule) else "eager",
+            dtype=self.dtype_name,
+            graph=self.graph,
             torch_threads=torch.get_num_threads(),
         )
 
     def embed(self, images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """uint8 arrays (H, W, 3), all of the preset's size -> float32 (N, dim)."""
         batch = _stack(images, self.input_size)
+        n = batch.shape[0]
         with torch.inference_mode():
             x = torch.from_numpy(batch)
+            if self.pad_to_buckets and (size := _bucket_for(n, self.buckets)) > n:
+                x = torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))])
             if self.device.type == "cuda":
                 x = x.pin_memory().to(self.device, non_blocking=True)
-            x = self.preprocess.normalize(x).to(self.dtype)
-            out = self._module(x)
-            return out.to(device="cpu", dtype=torch.float32).numpy()
+            out = self._module(normalize(x, self._mean, self._std).to(self.dtype))
+            return out[:n].to(device="cpu", dtype=torch.float32).numpy()
+
+    def warm_up(self, max_batch_size: int) -> list[int]:
+        """Run every batch shape that can form up to `max_batch_size` once (the buckets when
+        padding, else batch 1), so that no autotuning or first-call optimization lands on
+        live traffic. Returns the sizes run now."""
+        sizes = bucket_sizes(max_batch_size) if self.pad_to_buckets else [1]
+        self.buckets = sizes if self.pad_to_buckets else []
+        todo = [s for s in sizes if s not in self.warmed]
+        blank = np.zeros((1, *self.input_size, 3), dtype=np.uint8)
+        for size in todo:
+            self.embed(np.repeat(blank, size, axis=0))
+            self.warmed.add(size)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return todo
+
+
+def normalize(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W), scaled to [0, 1] then normalized.
+
+    The same operations in the same order as `ToTensor()` + `Normalize()`, so the result is
+    bit-identical to the reference. The permuted view is already channels_last in memory,
+    which is what the convolutions want."""
+    if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
+        raise ValueError(f"expected uint8 (N, H, W, 3), got {batch.dtype} {tuple(batch.shape)}")
+    x = batch.permute(0, 3, 1, 2).to(torch.float32).div(255)
+    return x.sub_(mean).div_(std)
+
+
+def bucket_sizes(max_batch_size: int) -> list[int]:
+    """Powers of two below `max_batch_size`, and `max_batch_size` itself."""
+    sizes, size = [], 1
+    while size < max_batch_size:
+        sizes.append(size)
+        size *= 2
+    return [*sizes, max_batch_size]
+
+
+def _bucket_for(n: int, buckets: list[int]) -> int:
+    """The smallest warmed-up size that holds n images (n itself if none does)."""
+    return next((size for size in buckets if size >= n), n)
+
+
+class _Features(torch.nn.Module):
+    """The backbone cut at its feature node, flattened to (N, dim)."""
+
+    def __init__(self, extractor: torch.nn.Module) -> None:
+        super().__init__()
+        self.extractor = extractor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.extractor(x)["embedding"].flatten(1)
+
+
+def build_module(spec: ModelSpec) -> torch.nn.Module:
+    """The architecture with random initial weights (no download)."""
+    module: torch.nn.Module = getattr(torchvision.models, spec.builder)(weights=None)
+    return module
+
+
+def load_module(spec: ModelSpec, weights: ResolvedWeights) -> torch.nn.Module:
+    """Build the architecture, load the weights strictly, and return the module that maps
+    a normalized batch to the embedding at `spec.feature_node`, (N, dim)."""
+    if weights.source == RANDOM:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_SEED)
+            module = build_module(spec)
+    else:
+        assert weights.path is not None
+        module = build_module(spec)
+        state = _read_state(weights)
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise WeightsError(
+                f"The state dict in {weights.path} does not fit torchvision's {spec.builder} "
+                f"({_short(exc)}). IMG2VEC_MODEL={spec.name} needs {spec.weights_file} "
+                f"({spec.url}) or a fine-tuned state dict of exactly that architecture."
+            ) from None
+    module.eval()
+    extractor = create_feature_extractor(module, return_nodes={spec.feature_node: "embedding"})
+    return _Features(extractor).eval().requires_grad_(False)
+
+
+def _read_state(weights: ResolvedWeights) -> dict[str, torch.Tensor]:
+    assert weights.path is not None
+    try:
+        state = torch.load(weights.path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(
+            f"Could not read {weights.path} as a PyTorch state dict ({_short(exc)}). "
+            f"IMG2VEC_WEIGHTS must name a file saved with torch.save(model.state_dict())."
+        ) from None
+    if not isinstance(state, dict):
+        raise WeightsError(
+            f"{weights.path} holds a {type(state).__name__}, not a state dict. Save it "
+            f"with torch.save(model.state_dict(), path)."
+        )
+    return state
 
 
 def _freeze(module: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
@@ -121,10 +246,10 @@ def _freeze(module: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
     process stalls it: measured 5x slower under contention, 2.8x frozen), folds BatchNorm
     into the convolutions, and is ~8% faster on CPU. Vectors agree to cosine 0.9999999.
     torch.jit is deprecated but present in every torch this project supports (2.11-2.14);
-    where it fails, the eager module is kept."""
+    where it fails, the eager module is kept (and /meta says `graph: eager`)."""
     try:
         with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore")
             frozen = torch.jit.freeze(torch.jit.trace(module, example).eval())
             frozen(example)  # the first call optimizes the graph; pay for it at start-up
         return frozen
@@ -134,9 +259,9 @@ def _freeze(module: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
 
 
 def _weights_name(spec: ModelSpec, weights: ResolvedWeights) -> str:
-    if weights.source == "random":
+    if weights.source == RANDOM:
         return "random"
-    return spec.weights_tag if weights.sha256 == spec.sha256 else "custom"
+    return spec.weights_tag if weights.sha256 and spec.matches(weights.sha256) else "custom"
 
 
 def _stack(images: Sequence[np.ndarray] | np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -171,7 +296,39 @@ def pick_device(requested: str = "auto") -> torch.device:
         )
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
+        if requested == "cpu":
+            log.info("device auto: no CUDA device visible to this process; running on CPU")
     return torch.device(requested)
+
+
+def configure_precision(dtype: str) -> dict[str, str]:
+    """Set torch's float32 math for `dtype` (IEEE unless 'tf32'), process-wide, through
+    torch's fp32_precision API (mixing it with the legacy allow_tf32 flags is an error in
+    torch >= 2.9). Returns the flags as set."""
+    if dtype not in PRECISIONS:
+        raise ConfigError(f"dtype must be one of {', '.join(PRECISIONS)}, got {dtype!r}")
+    mode = "tf32" if PRECISIONS[dtype][1] else "ieee"
+    for backend in _fp32_backends():
+        backend.fp32_precision = mode
+    return precision_flags()
+
+
+def _fp32_backends() -> list[Any]:
+    cudnn: Any = torch.backends.cudnn
+    return [cudnn.conv, cudnn.rnn, torch.backends.cuda.matmul]
+
+
+def precision_flags() -> dict[str, str]:
+    conv, _, matmul = _fp32_backends()
+    return {"cudnn.conv": conv.fp32_precision, "cuda.matmul": matmul.fp32_precision}
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A failure that a smaller batch may avoid: CUDA's OOM, or the allocator's message on
+    other devices."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 def build_embedder(
@@ -182,22 +339,29 @@ def build_embedder(
     torch_threads: int | None = None,
     dtype: str = "float32",
     graph: str = "torchscript",
+    preprocess: str | None = None,
+    download_timeout_s: float = DEFAULT_DOWNLOAD_TIMEOUT_S,
 ) -> Embedder:
     """Resolve and verify the weights, load them, and place the model on its device."""
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype not in PRECISIONS:
+        raise ConfigError(f"dtype must be one of {', '.join(PRECISIONS)}, got {dtype!r}")
     spec = get_spec(model)
-    resolved = resolve_weights(spec, weights)
+    resolved = resolve_weights(spec, weights, timeout_s=download_timeout_s)
     module = load_module(spec, resolved)
     dev = pick_device(device)
     if torch_threads is not None:
         if torch_threads < 1:
             raise ConfigError(f"torch_threads must be >= 1, got {torch_threads}")
         torch.set_num_threads(torch_threads)
+    configure_precision(dtype)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    embedder = Embedder(
-        spec, module, resolved, dev, get_preset(spec.preprocess), DTYPES[dtype], graph
-    )
+    preset = get_preset(preprocess or spec.preprocess)
+    embedder = Embedder(spec, module, resolved, dev, preset, dtype, graph)
     log.info("embedder ready: %s (pid %d)", embedder.info(), os.getpid())
     return embedder
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

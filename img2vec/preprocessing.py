@@ -1,8 +1,10 @@
-"""Named preprocessing presets: RGB image -> uint8 HxWx3 array -> normalized float tensor.
+"""Named preprocessing presets: RGB image -> uint8 HxWx3 array, with PIL and numpy only.
 
 The split is deliberate: the resize runs where the image was decoded (the CPU
-ingress), only 150 KB of uint8 crosses to the model, and the float math runs
-on the model's device, batched.
+ingress, which must not load torch: it is the part that scales with request
+rate), only 150 KB of uint8 crosses to the model, and the float math (the
+preset's `mean` and `std`, applied by `img2vec.model.normalize`) runs on the
+model's device, batched.
 
 The first preset is the contract with every existing Weaviate index built by
 `img2vec-pytorch`: `Resize((224, 224))` on the PIL image (a stretch, no crop,
@@ -14,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -67,20 +68,6 @@ class Preprocess:
         if self.crop is not None:
             img = _center_crop(img, self.crop)
         return np.asarray(img, dtype=np.uint8)
-
-    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, H, W, 3) -> float32 (N, 3, H, W), scaled to [0, 1] then normalized.
-
-        Same operations in the same order as `ToTensor()` + `Normalize()`, so the
-        result is bit-identical to the reference. The permuted view is already in
-        channels_last memory layout, which is what the convolutions want.
-        """
-        if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
-            raise ValueError(f"expected uint8 (N, H, W, 3), got {batch.dtype} {tuple(batch.shape)}")
-        x = batch.permute(0, 3, 1, 2).to(torch.float32).div(255)
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return x.sub_(mean).div_(std)
 
 
 def _center_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:

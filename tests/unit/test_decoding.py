@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import base64
+import binascii
+import io
+import os
 import struct
 import zlib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
+from img2vec import decoding
 from img2vec.decoding import ImageLimits, decode_base64, decode_image, open_image
 from img2vec.errors import ImageTooLarge, InvalidImage
 from tests.conftest import b64, encode, one_pixel_png
@@ -83,15 +89,45 @@ def test_exif_orientation_is_ignored_unless_asked_for(photos):
     [
         ("", "empty"),
         ("   \n", "empty"),
-        ("iVBOR!!!", "base64"),
-        ("aGVsbG8", "base64"),  # missing padding
-        ("aGVsbG8===", "base64"),  # too much padding
+        ("@@@@", "empty"),  # every character is skipped, as b64decode skips them
+        ("aGVsbG8", "base64"),  # missing padding: b64decode refuses it too
         ("aGVs bG8=é", "non-ASCII"),
     ],
 )
 def test_bad_base64_is_refused(text, why):
     with pytest.raises(InvalidImage, match=why):
         decode_base64(text)
+
+
+def test_the_replaced_containers_leniency_is_kept():
+    """base64.b64decode (validate=False) skips stray characters and ignores what follows
+    the padding; bytes it decoded, we decode identically."""
+    for text in ("aGVsbG8===", "a*G!V sbG8=", "aGVs\x00bG8=", "aGk=aGk=", "aGVs\r\nbG8="):
+        assert decode_base64(text) == base64.b64decode(text), text
+
+
+@settings(max_examples=int(os.environ.get("IMG2VEC_FUZZ_EXAMPLES", "200")), deadline=None)
+@given(
+    junk=st.lists(
+        st.tuples(st.integers(0, 10_000), st.sampled_from(list("*!@#$%^&()[]{}<>?., \t\r\n"))),
+        max_size=20,
+    ),
+    extra_padding=st.integers(0, 3),
+)
+def test_whatever_b64decode_turned_into_an_image_we_turn_into_the_same_image(junk, extra_padding):
+    image = one_pixel_png() if not junk else _small_png()
+    text = list(b64(image)) + ["="] * extra_padding
+    for position, char in junk:
+        text.insert(position % (len(text) + 1), char)
+    sloppy = "".join(text)
+    theirs = base64.b64decode(sloppy)
+    assert theirs == image  # the old container read the image from it...
+    assert decode_base64(sloppy) == image  # ...and so do we
+    assert open_image(decode_base64(sloppy)).size == Image.open(io.BytesIO(image)).size
+
+
+def _small_png() -> bytes:
+    return encode(Image.new("RGB", (5, 3), (1, 2, 3)), "PNG")
 
 
 def test_bytes_that_are_not_an_image_are_refused():
@@ -106,9 +142,18 @@ def test_truncated_images_are_refused(photos, fmt):
         open_image(data[: len(data) // 2])
 
 
-def test_byte_limit_is_checked_before_decoding():
-    with pytest.raises(ImageTooLarge, match="limit is 1000 bytes"):
+def test_byte_limit_is_checked_before_decoding(monkeypatch):
+    """Over the limit, nothing is decoded at all: the decoder is never called."""
+    calls = []
+    real = binascii.a2b_base64
+    monkeypatch.setattr(
+        decoding.binascii, "a2b_base64", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    with pytest.raises(ImageTooLarge, match="about 3000 bytes after base64 decoding"):
         decode_base64("A" * 4000, max_bytes=1000)
+    assert calls == []
+    decode_base64("A" * 1332, max_bytes=1000)  # 999 bytes: decoded, and the spy sees it
+    assert calls == [1]
 
 
 def test_pixel_limit_refuses_a_decompression_bomb_from_its_header():

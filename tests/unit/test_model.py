@@ -7,14 +7,22 @@ import pytest
 import torch
 
 from img2vec.errors import ConfigError, WeightsError
-from img2vec.model import build_embedder, pick_device
+from img2vec.model import (
+    bucket_sizes,
+    build_embedder,
+    configure_precision,
+    is_out_of_memory,
+    pick_device,
+    precision_flags,
+)
 from img2vec.preprocessing import STRETCH_224
 from img2vec.weights import SPECS
+from tests.parity import relative_error
 
 
 @pytest.fixture(scope="module")
-def resnet(random_resnet50_file):
-    return build_embedder(model="resnet50", weights=str(random_resnet50_file), device="cpu")
+def resnet(resnet50_file):
+    return build_embedder(model="resnet50", weights=str(resnet50_file), device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +92,7 @@ def test_real_weights_tell_photos_apart(mobilenet, arrays):
 def test_info_names_the_model_and_its_weights(resnet, mobilenet, mobilenet_v2_file):
     info = mobilenet.info()
     assert info.model == "mobilenet_v2" and info.dim == 1280 and info.device == "cpu"
+    assert info.dtype == "float32" and info.graph == "torchscript"
     assert info.weights == "MobileNet_V2_Weights.IMAGENET1K_V1"
     assert info.weights_sha256 == SPECS["mobilenet_v2"].sha256
     assert resnet.info().weights == "custom"  # a random file is not the published one
@@ -104,10 +113,83 @@ def test_unknown_model_fails_before_loading_anything():
         build_embedder(model="nope", weights="random")
 
 
-def test_torch_threads_are_set_when_asked(random_resnet50_file):
+def test_torch_threads_are_set_when_asked(resnet50_file):
     before = torch.get_num_threads()
     try:
         build_embedder(model="mobilenet_v2", weights="random", device="cpu", torch_threads=1)
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_embedding_is_the_pooled_feature_before_the_classifier(resnet, resnet50_file, arrays):
+    """The feature node gives exactly what a hook on avgpool gives (what img2vec-pytorch
+    reads), flattened."""
+    import torchvision
+
+    model = torchvision.models.resnet50(weights=None)
+    model.load_state_dict(torch.load(resnet50_file, weights_only=True))
+    model.eval()
+    captured = []
+    model.avgpool.register_forward_hook(lambda m, i, o: captured.append(o.flatten(1)))
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255)
+    mean = torch.tensor(STRETCH_224.mean).view(1, 3, 1, 1)
+    std = torch.tensor(STRETCH_224.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        model((x - mean) / std)
+    ours = resnet.embed(arrays)
+    for i in range(len(arrays)):
+        assert relative_error(ours[i], captured[0][i].numpy()) < 1e-4
+
+
+def test_float32_means_ieee_float32_and_tf32_is_a_named_option():
+    try:
+        assert configure_precision("float32") == {"cudnn.conv": "ieee", "cuda.matmul": "ieee"}
+        assert configure_precision("tf32") == {"cudnn.conv": "tf32", "cuda.matmul": "tf32"}
+        assert configure_precision("float16")["cudnn.conv"] == "ieee"
+        with pytest.raises(ConfigError, match="dtype must be one of"):
+            configure_precision("float8")
+        configure_precision("tf32")  # left behind by someone else in this process...
+        build_embedder(model="mobilenet_v2", weights="random", device="cpu", dtype="float32")
+        assert precision_flags() == {"cudnn.conv": "ieee", "cuda.matmul": "ieee"}  # ...reset
+    finally:
+        configure_precision("float32")
+
+
+def test_bucket_sizes_cover_every_batch_up_to_the_maximum():
+    assert bucket_sizes(1) == [1]
+    assert bucket_sizes(8) == [1, 2, 4, 8]
+    assert bucket_sizes(48) == [1, 2, 4, 8, 16, 32, 48]
+
+
+def test_padding_to_warmed_buckets_changes_no_vector(mobilenet_v2_file, arrays):
+    padded = build_embedder(model="mobilenet_v2", weights=str(mobilenet_v2_file), device="cpu")
+    plain = build_embedder(model="mobilenet_v2", weights=str(mobilenet_v2_file), device="cpu")
+    padded.pad_to_buckets = True
+    assert padded.warm_up(6) == [1, 2, 4, 6]
+    assert padded.warm_up(6) == []  # nothing new to warm up
+    batch = [arrays[i % len(arrays)] for i in range(5)]  # runs padded to 6
+    np.testing.assert_allclose(padded.embed(batch), plain.embed(batch), rtol=1e-5, atol=1e-6)
+
+
+def test_without_padding_only_batch_one_is_warmed(mobilenet):
+    assert mobilenet.pad_to_buckets is False  # CPU: no cudnn autotuning to pay for
+    assert set(mobilenet.warm_up(16)) <= {1}
+
+
+def test_the_graph_can_be_switched_to_eager(mobilenet_v2_file, mobilenet, arrays):
+    eager = build_embedder(
+        model="mobilenet_v2", weights=str(mobilenet_v2_file), device="cpu", graph="eager"
+    )
+    assert eager.info().graph == "eager" and mobilenet.info().graph == "torchscript"
+    for a, b in zip(eager.embed(arrays), mobilenet.embed(arrays), strict=True):
+        assert relative_error(a, b) < 1e-4
+    with pytest.raises(ConfigError, match="graph must be one of"):
+        build_embedder(model="mobilenet_v2", weights="random", device="cpu", graph="onnx")
+
+
+def test_out_of_memory_is_recognised():
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"))
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: not enough memory: out of memory"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+    assert not is_out_of_memory(ValueError("out of memory"))

@@ -1,4 +1,5 @@
-"""The preprocessing numerics, pinned against torchvision's own transforms."""
+"""The preprocessing numerics, pinned against torchvision's own transforms: the resize (PIL,
+in the ingress) and the normalization (torch, on the model's device)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from img2vec.model import normalize
 from img2vec.preprocessing import CROP_224, PRESETS, STRETCH_224, get_preset
 
 REFERENCE = T.Compose(
@@ -42,7 +44,9 @@ def test_stretch_does_not_crop():
 
 def test_normalize_is_bit_identical_to_totensor_plus_normalize(photos):
     batch = np.stack([STRETCH_224.to_array(img) for img in photos.values()])
-    ours = STRETCH_224.normalize(torch.from_numpy(batch))
+    mean = torch.tensor(STRETCH_224.mean).view(1, 3, 1, 1)
+    std = torch.tensor(STRETCH_224.std).view(1, 3, 1, 1)
+    ours = normalize(torch.from_numpy(batch), mean, std)
     ref = torch.stack([REFERENCE(img) for img in photos.values()])
     assert ours.shape == ref.shape == (len(photos), 3, 224, 224)
     assert torch.equal(ours, ref)
@@ -61,10 +65,11 @@ def test_non_rgb_input_is_converted():
 
 
 def test_normalize_refuses_wrong_input():
+    mean = std = torch.ones(1, 3, 1, 1)
     with pytest.raises(ValueError, match="uint8"):
-        STRETCH_224.normalize(torch.zeros(1, 224, 224, 3, dtype=torch.float32))
+        normalize(torch.zeros(1, 224, 224, 3, dtype=torch.float32), mean, std)
     with pytest.raises(ValueError, match="uint8"):
-        STRETCH_224.normalize(torch.zeros(224, 224, 3, dtype=torch.uint8))
+        normalize(torch.zeros(224, 224, 3, dtype=torch.uint8), mean, std)
 
 
 def test_unknown_preset_is_a_clear_error():

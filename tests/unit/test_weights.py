@@ -1,40 +1,58 @@
-"""Weights as data: the specs are pinned, and resolve -> verify -> load refuses bad files."""
+"""Weights as data: the specs are pinned, and resolve -> verify -> load refuses bad files.
+Downloads are tested against a real HTTP server on loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import http.server
+import logging
 import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 import torchvision
 
 from img2vec.errors import WeightsError
+from img2vec.model import load_module
 from img2vec.weights import (
     SPECS,
+    ModelSpec,
+    cache_dir,
     get_spec,
-    load_module,
     resolve_weights,
     sha256_of,
 )
 
+ROOT = Path(__file__).resolve().parents[2]
+# The published SHA-256 of resnet50-0676ba61.pth (ResNet50_Weights.IMAGENET1K_V1), in full:
+# every vector in a user's Weaviate index depends on exactly this file.
+RESNET50_V1_SHA256 = "0676ba61b6795bbe1773cffd859882e5e297624d384b6993f7c9e683e722fb8a"
+
+
+def test_resnet50_v1_is_pinned_by_its_full_sha256():
+    spec = SPECS["resnet50"]
+    assert spec.sha256 == RESNET50_V1_SHA256
+    assert spec.weights_file == "resnet50-0676ba61.pth"
+    assert RESNET50_V1_SHA256 in (ROOT / "README.md").read_text()
+    assert not spec.matches(RESNET50_V1_SHA256[:-1] + "0")  # the full digest, not a prefix
+
 
 def test_specs_are_exactly_what_torchvision_publishes():
     """img2vec-pytorch's `pretrained=True` loads IMAGENET1K_V1: each spec names those weights
-    explicitly (`weights_tag`) and pins their URL and file."""
-    tv = {
-        "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
-        "mobilenet_v2": torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1,
-    }
-    assert list(SPECS) == ["resnet50", "mobilenet_v2"]
-    for name, weights in tv.items():
-        spec = SPECS[name]
-        assert torchvision.models.get_weight(spec.weights_tag) is weights
+    explicitly (`weights_tag`) and pins their URL, file and hash prefix."""
+    for spec in SPECS.values():
+        weights = torchvision.models.get_weight(spec.weights_tag)
         assert spec.url == weights.url
         assert spec.url.rsplit("/", 1)[1] == spec.weights_file
-        # torchvision's file names carry the first 8 hex digits of the SHA-256.
-        assert spec.weights_file.rsplit("-", 1)[1].startswith(spec.sha256[:8])
-        assert len(spec.sha256) == 64
+        assert weights.meta["num_params"] > 0
+        if spec.sha256 is not None:
+            assert len(spec.sha256) == 64 and spec.sha256.startswith(spec.sha256_prefix)
     assert SPECS["resnet50"].dim == 2048 and SPECS["mobilenet_v2"].dim == 1280
     assert SPECS["resnet50"].preprocess == "stretch224"
 
@@ -43,51 +61,165 @@ def test_shipped_mobilenet_file_is_the_published_one(mobilenet_v2_file):
     assert sha256_of(mobilenet_v2_file) == SPECS["mobilenet_v2"].sha256
 
 
-def test_a_file_is_hashed_and_loaded_strictly(random_resnet50_file):
+def test_where_only_a_prefix_is_published_the_prefix_is_checked():
+    spec = dataclasses.replace(SPECS["mobilenet_v2"], sha256=None)
+    assert spec.sha256_prefix == "b0353104"
+    assert spec.matches("b0353104" + "0" * 56)
+    assert not spec.matches("b0353105" + "0" * 56)
+    assert "prefix published by torchvision" in spec.pinned
+    with pytest.raises(ValueError, match="does not start with"):
+        dataclasses.replace(spec, sha256="f" * 64)
+    with pytest.raises(ValueError, match="no hash prefix"):
+        dataclasses.replace(spec, weights_file="mobilenet.pth")
+
+
+def test_the_cache_is_where_torch_hub_puts_it(monkeypatch, tmp_path):
+    for env in ({}, {"TORCH_HOME": str(tmp_path / "th")}, {"XDG_CACHE_HOME": str(tmp_path)}):
+        monkeypatch.delenv("TORCH_HOME", raising=False)
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        assert cache_dir() == Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def test_a_file_is_hashed_and_loaded_strictly(resnet50_file):
     spec = get_spec("resnet50")
-    resolved = resolve_weights(spec, str(random_resnet50_file))
+    resolved = resolve_weights(spec, str(resnet50_file))
     assert resolved.source == "file"
-    assert resolved.sha256 == sha256_of(random_resnet50_file)
+    assert resolved.sha256 == sha256_of(resnet50_file)
     module = load_module(spec, resolved)
-    expected = torch.load(random_resnet50_file, weights_only=True)
-    assert torch.equal(module.conv1.weight, expected["conv1.weight"])
-    assert isinstance(module.fc, torch.nn.Identity)
+    expected = torch.load(resnet50_file, weights_only=True)
+    conv1 = dict(module.named_parameters())["extractor.conv1.weight"]
+    assert torch.equal(conv1, expected["conv1.weight"])
+    assert module(torch.zeros(2, 3, 224, 224)).shape == (2, 2048)
 
 
-def test_a_file_with_the_published_name_but_another_hash_is_refused(tmp_path, random_resnet50_file):
+def test_a_file_with_the_published_name_but_another_hash_is_refused(tmp_path, resnet50_file):
     spec = get_spec("resnet50")
     fake = tmp_path / spec.weights_file
-    shutil.copy(random_resnet50_file, fake)
+    shutil.copy(resnet50_file, fake)
     with pytest.raises(WeightsError, match=f"must have sha256 {spec.sha256}"):
         resolve_weights(spec, str(fake))
 
 
-def test_download_uses_a_verified_cached_file(tmp_path, monkeypatch, mobilenet_v2_file):
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+@pytest.fixture()
+def hub(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+def test_download_uses_a_verified_cached_file(hub, mobilenet_v2_file):
     spec = get_spec("mobilenet_v2")
-    (tmp_path / "checkpoints").mkdir()
-    shutil.copy(mobilenet_v2_file, tmp_path / "checkpoints" / spec.weights_file)
+    hub.mkdir(parents=True)
+    shutil.copy(mobilenet_v2_file, hub / spec.weights_file)
     resolved = resolve_weights(spec, "download")
     assert resolved.source == "download"
     assert resolved.sha256 == spec.sha256
 
 
-def test_download_refuses_a_corrupt_cached_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+def test_download_refuses_a_corrupt_cached_file(hub):
     spec = get_spec("mobilenet_v2")
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / spec.weights_file).write_bytes(b"truncated download")
+    hub.mkdir(parents=True)
+    (hub / spec.weights_file).write_bytes(b"truncated download")
     with pytest.raises(WeightsError, match="corrupt, truncated or not the published one"):
         resolve_weights(spec, "download")
 
 
-def test_offline_download_stops_with_instructions(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    # Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
-    spec = dataclasses.replace(get_spec("mobilenet_v2"), url="http://127.0.0.1:9/mobilenet.pth")
-    with pytest.raises(WeightsError, match="set IMG2VEC_WEIGHTS to its path"):
-        resolve_weights(spec, "download")
-    assert list((tmp_path / "checkpoints").iterdir()) == []  # no partial file left behind
+class _Files(http.server.BaseHTTPRequestHandler):
+    """Serves `payload` slowly enough to show progress; counts GETs."""
+
+    payload = b""
+    gets = 0
+    chunk_delay_s = 0.0
+
+    def do_GET(self) -> None:
+        type(self).gets += 1
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.payload)))
+        self.end_headers()
+        for i in range(0, len(self.payload), 1 << 20):
+            self.wfile.write(self.payload[i : i + (1 << 20)])
+            time.sleep(self.chunk_delay_s)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serving(payload: bytes, chunk_delay_s: float = 0.0) -> Iterator[tuple[str, type[_Files]]]:
+    """A real HTTP server on loopback serving `payload`; yields its URL and handler class."""
+    handler = type("Handler", (_Files,), {"payload": payload, "chunk_delay_s": chunk_delay_s})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    try:
+        yield f"http://127.0.0.1:{port}/{SPECS['mobilenet_v2'].weights_file}", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def local_spec(url: str) -> ModelSpec:
+    return dataclasses.replace(get_spec("mobilenet_v2"), url=url)
+
+
+def test_download_fetches_verifies_and_reports_progress(hub, mobilenet_v2_file, caplog):
+    payload = mobilenet_v2_file.read_bytes()
+    with serving(payload, chunk_delay_s=0.5) as (url, _), caplog.at_level(logging.INFO):
+        resolved = resolve_weights(local_spec(url), "download")
+    assert resolved.source == "download" and resolved.sha256 == SPECS["mobilenet_v2"].sha256
+    assert (hub / SPECS["mobilenet_v2"].weights_file).read_bytes() == payload
+    progress = [r.getMessage() for r in caplog.records if "MB (" in r.getMessage()]
+    assert progress and "of 14.2 MB" in progress[0], progress
+
+
+def test_replicas_starting_together_download_once(hub, mobilenet_v2_file):
+    with serving(mobilenet_v2_file.read_bytes(), chunk_delay_s=0.1) as (url, handler):
+        spec = local_spec(url)
+        results: list[object] = []
+        threads = [
+            threading.Thread(target=lambda: results.append(resolve_weights(spec, "download")))
+            for _ in range(3)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert len(results) == 3 and handler.gets == 1
+
+
+def test_a_download_of_the_wrong_bytes_is_refused_and_leaves_nothing(hub):
+    with (
+        serving(b"not the weights" * 1000) as (url, _),
+        pytest.raises(WeightsError, match="must have sha256"),
+    ):
+        resolve_weights(local_spec(url), "download")
+    assert [p.name for p in hub.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_a_refused_connection_stops_with_the_offline_instructions(hub):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connections are refused
+        spec = local_spec(f"http://127.0.0.1:{port}/mobilenet_v2-b0353104.pth")
+        with pytest.raises(WeightsError, match="set IMG2VEC_WEIGHTS to its path") as err:
+            resolve_weights(spec, "download")
+    assert "img2vec weights fetch mobilenet_v2" in str(err.value)
+    assert [p.name for p in hub.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_a_stalled_download_gives_up_after_the_timeout(hub):
+    """A server that accepts the connection and never answers (what a black-holed network
+    looks like) costs the timeout, not forever."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        spec = local_spec(f"http://127.0.0.1:{server.getsockname()[1]}/m-b0353104.pth")
+        started = time.monotonic()
+        with pytest.raises(WeightsError, match="This machine may be offline"):
+            resolve_weights(spec, "download", timeout_s=1.0)
+        assert time.monotonic() - started < 10
 
 
 def test_missing_file_is_a_clear_error(tmp_path):

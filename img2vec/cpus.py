@@ -1,0 +1,41 @@
+"""How many CPUs this process may really use: its affinity mask (where the OS has one) and
+its container's CPU quota (cgroup v2 `cpu.max`, or v1 `cpu.cfs_quota_us`), whichever is
+smaller. `os.cpu_count()` alone counts the host's cores: inside a container limited to two
+CPUs on a 64-core host, 64 torch threads would fight over two."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def available_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
+    if hasattr(os, "sched_getaffinity"):
+        count = len(os.sched_getaffinity(0))
+    else:  # macOS, Windows
+        count = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup_root)
+    if quota is not None:
+        count = min(count, max(1, math.ceil(quota)))
+    return max(1, count)
+
+
+def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
+    """CPUs' worth of time per period this cgroup may use, or None when unlimited/unknown."""
+    try:
+        v2 = (root / "cpu.max").read_text().split()
+    except OSError:
+        v2 = []
+    if len(v2) == 2:
+        if v2[0] == "max":
+            return None
+        return int(v2[0]) / int(v2[1])
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None

@@ -1,0 +1,49 @@
+"""The parity measure: is our vector the reference's vector, as opposed to another photo's?
+
+A bare cosine threshold cannot tell: with weak weights every photo's vector has cosine
+0.9998 to every other's. So the error of our vector against the reference's is compared
+with the distance between the reference vectors of *different* photos, measured on the same
+model: parity holds when the error is under `PARITY_FRACTION` of the smallest such distance.
+`tests/unit/test_parity_measure.py` shows that a one-pixel shift of the resize, a BGR
+channel swap and a missing normalization each fail it by a wide margin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+# Measured on this suite's models (CPU, float32): a frozen TorchScript graph differs from the
+# eager reference by at most 1.1e-5 of a vector's norm. The smallest mistake we must catch,
+# a one-pixel shift of the resize, moves a vector by 0.05 or more; different photos are 0.2
+# (calibrated random ResNet50) to 0.9 (real MobileNetV2) apart. 0.1% of the smallest
+# distance between photos sits far from both: 18x the noise, 1/60 of the shift.
+PARITY_FRACTION = 0.001
+
+
+def relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
+    ours = np.asarray(ours, dtype=np.float64).ravel()
+    ref = np.asarray(ref, dtype=np.float64).ravel()
+    return float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
+
+
+def min_separation(vectors: Mapping[str, np.ndarray]) -> float:
+    """The smallest relative distance between the vectors of two different photos."""
+    names = list(vectors)
+    assert len(names) >= 2, "separation needs at least two different photos"
+    return min(relative_error(vectors[a], vectors[b]) for a in names for b in names if a != b)
+
+
+def tolerance(separation: float) -> float:
+    return PARITY_FRACTION * separation
+
+
+def assert_same_vector(ours: np.ndarray, ref: np.ndarray, separation: float, what: str) -> None:
+    assert np.shape(ours) == np.shape(ref), (what, np.shape(ours), np.shape(ref))
+    error = relative_error(ours, ref)
+    limit = tolerance(separation)
+    assert error <= limit, (
+        f"{what}: relative error {error:.2e} to the reference vector exceeds {limit:.2e} "
+        f"({PARITY_FRACTION:.0%} of the distance {separation:.3f} between different photos)"
+    )
