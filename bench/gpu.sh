@@ -13,10 +13,10 @@ mkdir -p "$out"
 py=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 for graph in torchscript eager; do
-  "$py" -m bench.model --device cuda --graph "$graph" --dtypes float32,float16,bfloat16 \
+  "$py" -m bench.model --device cuda --graph "$graph" --dtypes float32,tf32,float16,bfloat16 \
     --batches 64,128,256 --min-time 5 | tee "$out/model-$graph.jsonl"
 done
-"$py" -m bench.drift --device cuda --dtypes float32,float16,bfloat16 | tee "$out/drift.jsonl"
+"$py" -m bench.drift --device cuda --dtypes float32,tf32,float16,bfloat16 | tee "$out/drift.jsonl"
 "$py" -m bench.run --config serve_config.gpu.yaml --model-device cuda --model-batches 64,128,256 \
   --concurrency 64,256,512 --images 640x480,1920x1080,1x1 --max-requests 50000 \
   --out "$out" --no-docs | tee "$out/run.log"

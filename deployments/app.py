@@ -3,7 +3,7 @@
 Each setting has one owner:
 - structure (which model, which weights, limits) -> `AppArgs`, from the YAML's `args:`
   and overridden by `IMG2VEC_<FIELD>` environment variables, read here, once, at build;
-- live batch tuning -> the Embedder's `user_config` (see embedder.BatchConfig);
+- live batch tuning -> the Embedder's `user_config` (img2vec.batching.BatchSettings);
 - resources, replicas and autoscaling -> serve_config.yaml.
 """
 
@@ -19,9 +19,16 @@ from ray.serve import Application
 
 from deployments.embedder import EmbedderDeployment, EmbedderOptions
 from deployments.ingress import Ingress, IngressOptions
-from img2vec.decoding import DEFAULT_MAX_IMAGE_PIXELS
+from img2vec.decoding import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from img2vec.errors import ConfigError
-from img2vec.weights import DEFAULT_MODEL, DOWNLOAD, check_source, get_spec
+from img2vec.weights import (
+    DEFAULT_DOWNLOAD_TIMEOUT_S,
+    DEFAULT_MODEL,
+    DOWNLOAD,
+    check_source,
+    get_spec,
+    resolve_weights,
+)
 
 log = logging.getLogger("ray.serve")
 ENV_PREFIX = "IMG2VEC_"
@@ -35,18 +42,24 @@ class AppArgs(BaseModel):
     model: str = Field(DEFAULT_MODEL, description="a name in img2vec.weights.SPECS")
     weights: str = Field(DOWNLOAD, description="'download', a state-dict path, or 'random'")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # With real MobileNetV2 weights (`make bench-drift`, docs/benchmarks.md), float16 kept
-    # cosine >= 0.99995 to float32; bfloat16 fell to 0.969, below the 0.999 we require, so the
-    # service does not offer it.
-    dtype: Literal["float32", "float16"] = Field(
-        "float32", description="float32 matches img2vec-pytorch; float16 is a GPU option"
+    # float32 is IEEE float32 on every device (TF32 off on GPUs). With real MobileNetV2
+    # weights (`make bench-drift`), float16 kept cosine >= 0.99995 to float32; bfloat16 fell
+    # to 0.969, below the 0.999 we require, so the service does not offer it.
+    dtype: Literal["float32", "tf32", "float16"] = Field(
+        "float32", description="float32 matches img2vec-pytorch; tf32 and float16 are GPU options"
+    )
+    graph: Literal["torchscript", "eager"] = Field(
+        "torchscript", description="frozen TorchScript graph, or plain eager torchvision"
     )
     torch_threads: int | None = Field(
         None,
         ge=1,
-        description="torch threads per embedder; default: all cores on CPU, else Ray's grant",
+        description="torch threads per embedder; default: all usable CPUs on CPU, else Ray's grant",
     )
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0, description="largest request body")
+    max_image_bytes: int = Field(
+        DEFAULT_MAX_IMAGE_BYTES, gt=0, description="largest image file, after base64 decoding"
+    )
     max_inflight_bytes: int = Field(
         512 * 1024 * 1024, gt=0, description="request bytes one ingress replica holds at once"
     )
@@ -58,6 +71,12 @@ class AppArgs(BaseModel):
     )
     jpeg_draft: bool = Field(
         False, description="decode large JPEGs at reduced scale: faster, vectors drift slightly"
+    )
+    unready_after_s: float = Field(
+        10.0, gt=0, description="readiness turns 503 when the model answered nothing this long"
+    )
+    download_timeout_s: float = Field(
+        DEFAULT_DOWNLOAD_TIMEOUT_S, gt=0, description="give up a weights download stalled this long"
     )
 
     @model_validator(mode="after")
@@ -87,16 +106,28 @@ def resolve_args(args: AppArgs | Mapping[str, object] | None, env: Mapping[str, 
     return resolved
 
 
+def fetch_weights(args: AppArgs) -> None:
+    """`weights: download` is fetched here, once, before any replica starts, with progress
+    in the log and a stall timeout; a machine without network fails the build at once with
+    the offline instructions. Replicas on this machine then find the verified file in the
+    cache; on other nodes they find it baked into the image (or fetch it once per node)."""
+    if args.weights.strip() == DOWNLOAD:
+        resolve_weights(get_spec(args.model), DOWNLOAD, timeout_s=args.download_timeout_s)
+
+
 def build_app(args: AppArgs) -> Application:
     args = resolve_args(args, os.environ)
     log.info("building img2vec with %s", args)
+    fetch_weights(args)
     embedder = EmbedderDeployment.bind(
         EmbedderOptions(
             model=args.model,
             weights=args.weights,
             device=args.device,
             dtype=args.dtype,
+            graph=args.graph,
             torch_threads=args.torch_threads,
+            download_timeout_s=args.download_timeout_s,
         )
     )
     return Ingress.bind(
@@ -105,10 +136,12 @@ def build_app(args: AppArgs) -> Application:
             preprocess=get_spec(args.model).preprocess,
             max_body_bytes=args.max_body_bytes,
             max_inflight_bytes=args.max_inflight_bytes,
+            max_image_bytes=args.max_image_bytes,
             max_image_pixels=args.max_image_pixels,
             max_id_length=args.max_id_length,
             decode_workers=args.decode_workers,
             exif_transpose=args.exif_transpose,
             jpeg_draft=args.jpeg_draft,
+            unready_after_s=args.unready_after_s,
         ),
     )

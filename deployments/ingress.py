@@ -1,9 +1,13 @@
 """The HTTP edge: Weaviate's img2vec-neural API on FastAPI, as a Serve ingress.
 
-Path of a request: read the body (bounded) -> validate the JSON -> decode and
-resize the image in a thread pool (CPU) -> one call to the Embedder deployment,
-which batches -> JSON response. Errors become `{"error": "..."}` here and only
-here, through `STATUS`.
+Path of a request: read the body (bounded) -> validate the JSON -> decode and resize the
+image in a thread pool (CPU) -> one call to the Embedder deployment, which batches -> JSON
+response. Errors become `{"error": "..."}` here and only here (`deployments/http.py`).
+
+This module must not import torch: ingress replicas scale with request rate, and each
+would pay ~3 s and ~700 MB for it (docs/benchmarks.md#ingress). (No `from __future__ import
+annotations` either: Serve's ingress re-creates the route methods, and FastAPI must see
+`Request` as a class, not a string, to inject it.)
 """
 
 import asyncio
@@ -22,54 +26,31 @@ import ray.exceptions
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import img2vec
-from img2vec.decoding import ImageLimits, decode_image
-from img2vec.errors import (
-    ImageTooLarge,
-    Img2VecError,
-    InvalidImage,
-    InvalidRequest,
-    NotReady,
-    Overloaded,
+from deployments.http import (
+    ERRORS,
+    INTERNAL_ERROR,
+    ByteBudget,
+    ErrorResponse,
+    Held,
+    VectorRequest,
+    VectorResponse,
+    describe_validation,
+    error_response,
+    json_error,
+    read_body,
 )
+from img2vec.decoding import ImageLimits, decode_image
+from img2vec.errors import Img2VecError, InvalidRequest, NotReady, Overloaded
 from img2vec.preprocessing import Preprocess, get_preset
 
 log = logging.getLogger("ray.serve")
-
-# The one table from what went wrong to what the client is told.
-STATUS: dict[type[Img2VecError], int] = {
-    InvalidRequest: 422,
-    InvalidImage: 400,
-    ImageTooLarge: 413,
-    Overloaded: 503,
-    NotReady: 503,
-}
-INTERNAL_ERROR = "internal error; the service logged the details"
-
-
-class VectorRequest(BaseModel):
-    """What Weaviate sends. Unknown keys are ignored so that newer clients keep working."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    id: StrictStr
-    image: StrictStr = Field(description="base64 image bytes; a data: URL prefix is accepted")
-
-
-class VectorResponse(BaseModel):
-    id: str
-    vector: list[float]
-    dim: int
-
-
-class ErrorResponse(BaseModel):
-    error: str
 
 
 class IngressOptions(BaseModel):
@@ -80,26 +61,19 @@ class IngressOptions(BaseModel):
     preprocess: str
     max_body_bytes: int = Field(gt=0)
     max_inflight_bytes: int = Field(gt=0)
+    max_image_bytes: int = Field(gt=0)
     max_image_pixels: int = Field(gt=0)
     max_id_length: int = Field(gt=0)
     decode_workers: int = Field(gt=0)
     exif_transpose: bool = False
     jpeg_draft: bool = False
+    # Readiness turns 503 when the Embedder has not answered anything for this long.
+    unready_after_s: float = Field(10.0, gt=0)
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": text}
-    for code, text in (
-        (400, "image is not valid base64, or its bytes are not a readable image"),
-        (413, "request body or image over a configured limit"),
-        (422, "body is not JSON or does not fit the schema"),
-        (500, "our fault; details are in the service log"),
-        (503, "overloaded or model not ready; retry later"),
-    )
-}
 _VECTORS_ROUTE: dict[str, Any] = {
     "response_model": VectorResponse,
-    "responses": _ERRORS,
+    "responses": ERRORS,
     "openapi_extra": {
         "requestBody": {
             "required": True,
@@ -117,16 +91,18 @@ app = FastAPI(
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+    return json_error(str(exc.detail), exc.status_code)
 
 
 @app.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    return JSONResponse({"error": _describe(exc.errors())}, status_code=422)
+    return json_error(describe_validation(exc.errors()), 422)
 
 
-def error_response(exc: Img2VecError) -> JSONResponse:
-    return JSONResponse({"error": exc.message}, status_code=STATUS.get(type(exc), 500))
+@app.exception_handler(Exception)
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error: %r", exc, exc_info=exc)
+    return json_error(INTERNAL_ERROR, 500)
 
 
 def _lower_priority() -> None:
@@ -139,81 +115,44 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 4))
 
 
-class ByteBudget:
-    """The request bytes one ingress replica may hold at once (bodies being read, waiting
-    for a decode thread, or decoding). Past it a request is answered 503 at once: memory
-    stays bounded however many clients send large images. Used from the event loop only."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.held = 0
-
-    def take(self, n: int) -> None:
-        if self.held + n > self.limit:
-            raise Overloaded(
-                f"the service holds {self.held} bytes of requests (max_inflight_bytes is "
-                f"{self.limit}); retry later"
-            )
-        self.held += n
-
-    def give(self, n: int) -> None:
-        self.held -= n
+def embedder_error(exc: BaseException) -> Img2VecError | None:
+    """What a failed Embedder call means for the client, or None if it is our fault."""
+    if isinstance(exc, Img2VecError):
+        return exc
+    if isinstance(exc, BackPressureError):
+        return Overloaded("the model is at capacity; retry later")
+    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, Img2VecError):
+        return exc.cause
+    if isinstance(
+        exc,
+        ray.exceptions.ActorDiedError
+        | ray.exceptions.ActorUnavailableError
+        | ray.exceptions.RayActorError,
+    ):
+        return NotReady("a model replica is restarting; retry later")
+    return None
 
 
-class _Held:
-    """What one request took from the budget, given back when the request ends."""
+class EmbedderHealth:
+    """Is the Embedder making progress? Busy is not down: any answer (a probe or a vector)
+    within `unready_after_s` counts. A hung or dead Embedder stops answering, and readiness
+    turns 503 within that bound; it turns back once an answer comes."""
 
-    def __init__(self, budget: ByteBudget) -> None:
-        self.budget = budget
-        self.n = 0
+    def __init__(self, unready_after_s: float) -> None:
+        self.unready_after_s = unready_after_s
+        self.info: dict[str, Any] | None = None
+        self._last_answer = float("-inf")
 
-    def take(self, n: int) -> None:
-        self.budget.take(n)
-        self.n += n
+    def answered(self) -> None:
+        self._last_answer = time.monotonic()
 
-    def __enter__(self) -> "_Held":
-        return self
+    def failed(self) -> None:
+        self._last_answer = float("-inf")
 
-    def __exit__(self, *exc: object) -> None:
-        self.budget.give(self.n)
-
-
-async def _read_body(request: Request, limit: int, held: _Held) -> bytes:
-    """Read the body, refusing it as soon as it is known to exceed `limit`."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ImageTooLarge(
-            f"request body is {declared} bytes; the limit is {limit} bytes (max_body_bytes)"
-        )
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        held.take(len(chunk))
-        size += len(chunk)
-        if size > limit:
-            raise ImageTooLarge(
-                f"request body is over {limit} bytes; the limit is {limit} bytes (max_body_bytes)"
-            )
-        chunks.append(chunk)
-    if not size:
-        raise InvalidRequest('request body is empty; expected JSON {"id": ..., "image": ...}')
-    return b"".join(chunks)
-
-
-def _describe(errors: Any) -> str:
-    """pydantic/FastAPI error list -> one readable sentence, without echoing input."""
-    parts = []
-    for err in errors:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        if err.get("type") == "json_invalid":
-            parts.append(
-                f"body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})"
-            )
-        elif err.get("type") == "model_type":
-            parts.append("body must be a JSON object with string fields 'id' and 'image'")
-        else:
-            parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts) or "invalid request"
+    @property
+    def ready(self) -> bool:
+        silent = time.monotonic() - self._last_answer
+        return self.info is not None and silent <= self.unready_after_s
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=256)
@@ -227,7 +166,7 @@ class Ingress:
         self._options = options
         self._preset: Preprocess = get_preset(options.preprocess)
         self._limits = ImageLimits(
-            max_bytes=options.max_body_bytes, max_pixels=options.max_image_pixels
+            max_bytes=options.max_image_bytes, max_pixels=options.max_image_pixels
         )
         self._pool = ThreadPoolExecutor(
             options.decode_workers, thread_name_prefix="decode", initializer=_lower_priority
@@ -237,23 +176,28 @@ class Ingress:
         # still averages over several source pixels.
         h, w = self._preset.output_size
         self._draft = (2 * w, 2 * h) if options.jpeg_draft else None
-        self._model_info: dict[str, Any] | None = None
+        self._health = EmbedderHealth(options.unready_after_s)
         self._watcher = asyncio.get_running_loop().create_task(self._watch_embedder())
 
     # -- health ---------------------------------------------------------------------
 
     async def _watch_embedder(self) -> None:
-        """Keep `ready` a cached fact, so that the probe never waits on inference."""
+        """Probe the Embedder in the background, so that the readiness route answers from
+        a cached fact at once (Weaviate gives it 500 ms) and never waits on inference."""
+        health = self._health
         while True:
             try:
-                self._model_info = await asyncio.wait_for(self._embedder.info.remote(), 10)
-            except (asyncio.TimeoutError, BackPressureError):
-                pass  # busy is not down: keep the last answer
+                health.info = await asyncio.wait_for(
+                    self._embedder.info.remote(), health.unready_after_s
+                )
+                health.answered()
+            except (TimeoutError, BackPressureError):
+                pass  # no answer is not an answer: `ready` goes stale on its own
             except Exception as exc:
-                if self._model_info is not None:
+                if health.ready:
                     log.warning("embedder not answering, reporting not ready: %r", exc)
-                self._model_info = None
-            await asyncio.sleep(2.0 if self._model_info else 0.25)
+                health.failed()
+            await asyncio.sleep(1.0 if health.ready else 0.25)
 
     @app.get("/.well-known/live", status_code=204, response_class=Response)
     async def live(self) -> Response:
@@ -263,30 +207,39 @@ class Ingress:
         "/.well-known/ready",
         status_code=204,
         response_class=Response,
-        responses={503: {"model": ErrorResponse, "description": "model not loaded yet"}},
+        responses={503: {"model": ErrorResponse, "description": "model not loaded or stuck"}},
     )
     async def ready(self) -> Response:
-        if self._model_info is None:
+        if self._health.info is None:
             return error_response(NotReady("model is loading"))
+        if not self._health.ready:
+            return error_response(
+                NotReady(f"the model has not answered for over {self._health.unready_after_s} s")
+            )
         return Response(status_code=204)
 
-    @app.get("/meta")
+    @app.get("/meta", responses={503: {"model": ErrorResponse}})
     async def meta(self) -> JSONResponse:
-        """Model identity (what every stored vector depends on) and live batching stats."""
+        """Model identity (what every stored vector depends on) and live batching stats,
+        both from the one Embedder replica that answered (named by `replica`)."""
         try:
-            info, stats = await asyncio.wait_for(
-                asyncio.gather(self._embedder.info.remote(), self._embedder.stats.remote()), 5
-            )
-        except (asyncio.TimeoutError, BackPressureError):
-            return error_response(Overloaded("embedder did not answer within 5 s"))
+            described = await asyncio.wait_for(self._embedder.describe.remote(), 5)
+        except TimeoutError:
+            return error_response(Overloaded("the model did not answer within 5 s"))
+        except Exception as exc:
+            err = embedder_error(exc)
+            if err is None:
+                log.error("/meta failed: %r", exc)
+                return json_error(INTERNAL_ERROR, 500)
+            return error_response(err)
         limits = {
             "max_body_bytes": self._options.max_body_bytes,
             "max_inflight_bytes": self._options.max_inflight_bytes,
+            "max_image_bytes": self._options.max_image_bytes,
             "max_image_pixels": self._options.max_image_pixels,
             "max_id_length": self._options.max_id_length,
         }
-        body = {"version": img2vec.__version__, **info, "limits": limits, "batching": stats}
-        return JSONResponse(body)
+        return JSONResponse({"version": img2vec.__version__, **described, "limits": limits})
 
     # -- vectors --------------------------------------------------------------------
 
@@ -299,36 +252,45 @@ class Ingress:
         return await self._vectorize(request)
 
     async def _vectorize(self, request: Request) -> Response:
-        started = time.perf_counter()
         try:
-            with _Held(self._budget) as held:
-                body = await _read_body(request, self._options.max_body_bytes, held)
-                req = self._parse(body)
-                del body
-                pixels = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self._prepare, req.image
-                )
-            vector = await self._embed(pixels)
+            # The budget covers the request until it is answered, not only until decoded:
+            # Serve's receive path keeps its own copies of the body for the request's life
+            # (measured: ~3x the body per waiting request), so only this bounds memory.
+            with Held(self._budget) as held:
+                id_, pixels = await self._decode_request(request, held)
+                vector = await self._embed(pixels)
         except Img2VecError as exc:
             return error_response(exc)
         except Exception:
             log.exception("vectorize failed")
-            return JSONResponse({"error": INTERNAL_ERROR}, status_code=500)
-        log.debug("vectorized in %.1f ms", (time.perf_counter() - started) * 1e3)
+            return json_error(INTERNAL_ERROR, 500)
         # orjson writes each float32 in its shortest exact form: 20x faster than json on
         # 2048 floats, half the bytes, and the same float32 values once parsed.
         body = orjson.dumps(
-            {"id": req.id, "vector": vector, "dim": int(vector.shape[0])},
+            {"id": id_, "vector": vector, "dim": int(vector.shape[0])},
             option=orjson.OPT_SERIALIZE_NUMPY,
         )
         return Response(body, media_type="application/json")
+
+    async def _decode_request(self, request: Request, held: Held) -> tuple[str, np.ndarray]:
+        """Body -> (id, 224x224 uint8 pixels). Nothing of what the client sent (body, base64
+        text, file bytes) is kept once decoded: what waits for the model is the id and
+        150 KB of pixels."""
+        body = await read_body(request, self._options.max_body_bytes, held)
+        req = self._parse(body)
+        del body
+        id_, image = req.id, req.image
+        del req
+        pixels = await asyncio.get_running_loop().run_in_executor(self._pool, self._prepare, image)
+        del image
+        return id_, pixels
 
     def _parse(self, body: bytes) -> VectorRequest:
         # Parsed from bytes ourselves: Weaviate sends no Content-Type header at all.
         try:
             req = VectorRequest.model_validate_json(body)
         except ValidationError as exc:
-            raise InvalidRequest(_describe(exc.errors())) from None
+            raise InvalidRequest(describe_validation(exc.errors())) from None
         if len(req.id) > self._options.max_id_length:
             raise InvalidRequest(
                 f"id is {len(req.id)} characters; the limit is {self._options.max_id_length}"
@@ -346,8 +308,11 @@ class Ingress:
 
     async def _embed(self, pixels: np.ndarray) -> np.ndarray:
         try:
-            return await self._embedder.embed.remote(pixels)
-        except BackPressureError:
-            raise Overloaded("the model is at capacity; retry later") from None
-        except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError):
-            raise NotReady("a model replica is restarting; retry later") from None
+            vector: np.ndarray = await self._embedder.embed.remote(pixels)
+        except Exception as exc:
+            err = embedder_error(exc)
+            if err is None:
+                raise
+            raise err from None
+        self._health.answered()
+        return vector

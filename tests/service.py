@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -17,7 +18,15 @@ from unittest import mock
 
 from bench.processes import LOOPBACK, free_port, wait_ready
 
-__all__ = ["LOOPBACK", "ServeInstance", "deploy", "free_port", "ray_serve", "wait_ready"]
+__all__ = [
+    "LOOPBACK",
+    "ServeInstance",
+    "deploy",
+    "free_port",
+    "ray_serve",
+    "rss_mb",
+    "wait_ready",
+]
 
 
 @dataclass(frozen=True)
@@ -26,8 +35,11 @@ class ServeInstance:
     tmpdir: Path  # TMPDIR of every Ray worker this instance starts: it should stay empty
     marker: str  # IMG2VEC_TEST_RUN=<marker> is in those workers' environment
 
-    def replica_pids(self) -> list[int]:
-        """PIDs of the Serve replicas of this instance (found by the marker we set)."""
+    def replica_pids(self, app: str | None = None, deployment: str | None = None) -> list[int]:
+        """PIDs of the Serve replicas of this instance (found by the marker we set), of one
+        application and deployment if named (Ray titles them `ServeReplica:<app>:<name>`)."""
+        title = "ServeReplica" + (f":{app}" if app else "")
+        title += f":{deployment}" if deployment else ""
         pids = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -37,9 +49,27 @@ class ServeInstance:
                 cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if f"IMG2VEC_TEST_RUN={self.marker}".encode() in environ and b"ServeReplica" in cmdline:
+            if f"IMG2VEC_TEST_RUN={self.marker}".encode() in environ and title.encode() in cmdline:
                 pids.append(int(entry.name))
         return pids
+
+    def replica_pid(self, app: str, deployment: str, timeout_s: float = 60) -> int:
+        """The one live replica of `deployment` in `app` (waiting for it to exist)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            pids = self.replica_pids(app, deployment)
+            if len(pids) == 1:
+                return pids[0]
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{app}/{deployment}: replicas {pids}, expected one")
+            time.sleep(0.5)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 @contextmanager

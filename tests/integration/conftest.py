@@ -6,6 +6,7 @@ from tests.service import ServeInstance, deploy, ray_serve
 
 # Small limits so that the 413 paths are cheap to reach over loopback.
 MAX_BODY_BYTES = 2_000_000
+MAX_IMAGE_BYTES = 1_000_000
 MAX_IMAGE_PIXELS = 4_000_000
 MAX_ID_LENGTH = 256
 
@@ -22,14 +23,16 @@ def serve_base(serve_instance) -> str:
 
 
 @pytest.fixture(scope="package")
-def resnet_url(serve_base, random_resnet50_file) -> str:
-    """ResNet50 with a seeded random state dict, loaded through IMG2VEC_WEIGHTS=<path>."""
+def resnet_url(serve_base, resnet50_file) -> str:
+    """ResNet50 with a seeded random state dict whose BatchNorm statistics were measured on
+    real photos (tests/conftest.py), loaded through IMG2VEC_WEIGHTS=<path>."""
     env = {
         "IMG2VEC_MODEL": "resnet50",
-        "IMG2VEC_WEIGHTS": str(random_resnet50_file),
+        "IMG2VEC_WEIGHTS": str(resnet50_file),
         "IMG2VEC_DEVICE": "cpu",
         "IMG2VEC_TORCH_THREADS": "2",
         "IMG2VEC_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+        "IMG2VEC_MAX_IMAGE_BYTES": str(MAX_IMAGE_BYTES),
         "IMG2VEC_MAX_IMAGE_PIXELS": str(MAX_IMAGE_PIXELS),
         "IMG2VEC_MAX_ID_LENGTH": str(MAX_ID_LENGTH),
     }

@@ -16,9 +16,10 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import b64, cosine, encode, one_pixel_png
+from tests.conftest import b64, encode, one_pixel_png
 from tests.formats import SAMPLES, sample
-from tests.integration.conftest import MAX_BODY_BYTES, MAX_IMAGE_PIXELS
+from tests.integration.conftest import MAX_BODY_BYTES, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+from tests.parity import assert_same_vector, min_separation
 from tests.reference import ReferenceImg2Vec
 
 
@@ -28,17 +29,23 @@ def post_image(url: str, image: bytes, id_: str = "x") -> httpx.Response:
 
 
 @pytest.fixture(scope="module")
-def reference(random_resnet50_file):
-    return ReferenceImg2Vec("resnet50", random_resnet50_file)
+def reference(resnet50_file):
+    return ReferenceImg2Vec("resnet50", resnet50_file)
+
+
+@pytest.fixture(scope="module")
+def separation(reference, photos) -> float:
+    """How far apart the reference puts different photos (tests/parity.py)."""
+    return min_separation({name: reference.vector_of(img) for name, img in photos.items()})
 
 
 @pytest.mark.parametrize("name", SAMPLES)
-def test_every_format_gets_the_reference_vector(resnet_url, reference, name):
+def test_every_format_gets_the_reference_vector(resnet_url, reference, separation, name):
     data = sample(name)
     r = post_image(resnet_url, data, name)
     assert r.status_code == 200, r.text
     assert r.json()["id"] == name
-    assert cosine(r.json()["vector"], reference.vector(data)) >= 0.99999
+    assert_same_vector(r.json()["vector"], reference.vector(data), separation, name)
 
 
 @pytest.mark.parametrize(
@@ -124,7 +131,7 @@ def test_an_image_exactly_at_the_pixel_limit_is_served_and_one_more_row_is_not(r
     side = int(MAX_IMAGE_PIXELS**0.5)
     assert side * side == MAX_IMAGE_PIXELS
     at_limit = encode(photos["astronaut"].resize((side, side)), "JPEG", quality=85)
-    assert len(b64(at_limit)) < MAX_BODY_BYTES
+    assert len(b64(at_limit)) < MAX_BODY_BYTES and len(at_limit) < MAX_IMAGE_BYTES
     assert post_image(resnet_url, at_limit).status_code == 200
     over = encode(photos["astronaut"].resize((side, side + 1)), "JPEG", quality=85)
     r = post_image(resnet_url, over)

@@ -31,7 +31,8 @@ def config(user_config: dict) -> ServeDeploySchema:
 
 
 def batching(url: str) -> dict:
-    return httpx.get(url + "/meta", timeout=10).json()["batching"]
+    meta = httpx.get(url + "/meta", timeout=10).json()
+    return {**meta["batching"], "replica": meta["replica"]}
 
 
 def test_user_config_changes_reach_the_running_replica(serve_base):

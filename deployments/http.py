@@ -1,0 +1,159 @@
+"""HTTP mechanics of the edge: the wire schemas, the one table from error to status, JSON
+error bodies, the bounded body reader and the byte budget that keeps an ingress replica's
+memory bounded however many clients send large images."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+from img2vec.errors import (
+    ImageTooLarge,
+    Img2VecError,
+    InvalidImage,
+    InvalidRequest,
+    NotReady,
+    Overloaded,
+)
+
+# The one table from what went wrong to what the client is told.
+STATUS: dict[type[Img2VecError], int] = {
+    InvalidRequest: 422,
+    InvalidImage: 400,
+    ImageTooLarge: 413,
+    Overloaded: 503,
+    NotReady: 503,
+}
+INTERNAL_ERROR = "internal error; the service logged the details"
+# Seconds a client should wait before retrying a 503.
+RETRY_AFTER_S = 1
+
+
+class VectorRequest(BaseModel):
+    """What Weaviate sends. Unknown keys are ignored so that newer clients keep working."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: StrictStr
+    image: StrictStr = Field(description="base64 image bytes; a data: URL prefix is accepted")
+
+
+class VectorResponse(BaseModel):
+    id: str
+    vector: list[float]
+    dim: int
+
+
+class ErrorResponse(BaseModel):
+    error: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in (
+        (400, "image is not valid base64, or its bytes are not a readable image"),
+        (413, "request body or image over a configured limit"),
+        (422, "body is not JSON or does not fit the schema"),
+        (500, "our fault; details are in the service log"),
+        (503, "overloaded or model not ready; retry after the Retry-After header's seconds"),
+    )
+}
+
+
+def json_error(message: str, status: int) -> JSONResponse:
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def error_response(exc: Img2VecError) -> JSONResponse:
+    return json_error(exc.message, STATUS.get(type(exc), 500))
+
+
+def describe_validation(errors: Any) -> str:
+    """pydantic/FastAPI error list -> one readable sentence, without echoing input."""
+    parts = []
+    for err in errors:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        if err.get("type") == "json_invalid":
+            parts.append(
+                f"body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})"
+            )
+        elif err.get("type") == "model_type":
+            parts.append("body must be a JSON object with string fields 'id' and 'image'")
+        else:
+            parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+class ByteBudget:
+    """The request bytes one ingress replica may hold at once: the bodies of every request
+    from its first byte read until it is answered. Past it a request is answered 503 at
+    once, so memory stays bounded however many clients send large images (and however long
+    the model takes). Used from the event loop only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, n: int) -> None:
+        if self.held + n > self.limit:
+            raise Overloaded(
+                f"the service holds {self.held} bytes of requests (max_inflight_bytes is "
+                f"{self.limit}); retry later"
+            )
+        self.held += n
+
+    def give(self, n: int) -> None:
+        self.held -= n
+
+
+class Held:
+    """What one request took from the budget, given back when the request ends."""
+
+    def __init__(self, budget: ByteBudget) -> None:
+        self.budget = budget
+        self.n = 0
+
+    def take(self, n: int) -> None:
+        self.budget.take(n)
+        self.n += n
+
+    def __enter__(self) -> Held:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.budget.give(self.n)
+
+
+async def read_body(request: Request, limit: int, held: Held) -> bytes:
+    """Read the body, refusing it as soon as it is known to exceed `limit`.
+
+    A declared Content-Length is taken from the budget before anything is read, and a
+    refusal happens before this coroutine first waits: Serve's receive task, which pulls
+    the body into this process, has then not run yet, so a refused body costs (almost)
+    nothing here. A chunked body is taken from the budget as it arrives."""
+    declared = request.headers.get("content-length")
+    taken = 0
+    if declared is not None and declared.isdigit():
+        if int(declared) > limit:
+            raise ImageTooLarge(
+                f"request body is {declared} bytes; the limit is {limit} bytes (max_body_bytes)"
+            )
+        taken = int(declared)
+        held.take(taken)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ImageTooLarge(f"request body is over the limit of {limit} bytes (max_body_bytes)")
+        if size > taken:
+            held.take(size - taken)
+            taken = size
+        chunks.append(chunk)
+    if not size:
+        raise InvalidRequest('request body is empty; expected JSON {"id": ..., "image": ...}')
+    return b"".join(chunks)
