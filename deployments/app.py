@@ -9,9 +9,11 @@ Each setting has one owner:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -20,7 +22,7 @@ from ray.serve import Application
 from deployments.embedder import EmbedderDeployment, EmbedderOptions
 from deployments.ingress import Ingress, IngressOptions
 from img2vec.decoding import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
-from img2vec.errors import ConfigError
+from img2vec.errors import ConfigError, Img2VecError
 from img2vec.weights import (
     DEFAULT_DOWNLOAD_TIMEOUT_S,
     DEFAULT_MODEL,
@@ -30,7 +32,7 @@ from img2vec.weights import (
     resolve_weights,
 )
 
-log = logging.getLogger("ray.serve")
+build_log = logging.getLogger("img2vec.build")
 ENV_PREFIX = "IMG2VEC_"
 
 
@@ -108,17 +110,42 @@ def resolve_args(args: AppArgs | Mapping[str, object] | None, env: Mapping[str, 
 
 def fetch_weights(args: AppArgs) -> None:
     """`weights: download` is fetched here, once, before any replica starts, with progress
-    in the log and a stall timeout; a machine without network fails the build at once with
-    the offline instructions. Replicas on this machine then find the verified file in the
-    cache; on other nodes they find it baked into the image (or fetch it once per node)."""
+    on the console and a stall timeout; a machine without network fails the build at once
+    with the offline instructions. Replicas on this machine then find the verified file in
+    the cache; on other nodes they find it baked into the image (or fetch it once per node)."""
     if args.weights.strip() == DOWNLOAD:
         resolve_weights(get_spec(args.model), DOWNLOAD, timeout_s=args.download_timeout_s)
 
 
+@contextlib.contextmanager
+def _on_console(*names: str) -> Iterator[None]:
+    """The builder runs in a Ray task whose stderr `serve run` shows, while Serve's own logger
+    writes to files only (with RAY_SERVE_THROUGHPUT_OPTIMIZED): the build's messages, the
+    download's progress among them, go to stderr too while it runs."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("img2vec: %(message)s"))
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+
+
 def build_app(args: AppArgs) -> Application:
-    args = resolve_args(args, os.environ)
-    log.info("building img2vec with %s", args)
-    fetch_weights(args)
+    with _on_console("img2vec.build", "img2vec.weights"):
+        try:
+            args = resolve_args(args, os.environ)
+            build_log.info("building with %s", args)
+            fetch_weights(args)
+        except Img2VecError as exc:
+            build_log.error("cannot start: %s", exc.message)
+            raise
     embedder = EmbedderDeployment.bind(
         EmbedderOptions(
             model=args.model,

@@ -86,3 +86,27 @@ def test_download_happens_once_at_build_and_fails_fast_offline(monkeypatch, tmp_
         with pytest.raises(WeightsError, match="may be offline"):
             fetch_weights(args)
     fetch_weights(resolve_args(None, {"IMG2VEC_WEIGHTS": "random"}))  # nothing to fetch
+
+
+def test_the_build_says_what_it_does_and_why_it_cannot_start_on_stderr(monkeypatch, capfd, tmp_path):
+    """`serve run` shows the build task's stderr, not Serve's log files: the settings, the
+    download and the reason for a failed start must reach the console."""
+    import dataclasses
+    import socket
+
+    from deployments.app import AppArgs, build_app
+    from img2vec import weights
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/mobilenet_v2-b0353104.pth"
+        spec = dataclasses.replace(weights.SPECS["mobilenet_v2"], url=url)
+        monkeypatch.setitem(weights.SPECS, "mobilenet_v2", spec)
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+        monkeypatch.setenv("IMG2VEC_MODEL", "mobilenet_v2")
+        with pytest.raises(WeightsError):
+            build_app(AppArgs())
+    err = capfd.readouterr().err
+    assert "img2vec: building with model='mobilenet_v2'" in err
+    assert "img2vec: downloading mobilenet_v2 weights" in err
+    assert "img2vec: cannot start: Could not download" in err
