@@ -88,7 +88,9 @@ def test_download_happens_once_at_build_and_fails_fast_offline(monkeypatch, tmp_
     fetch_weights(resolve_args(None, {"IMG2VEC_WEIGHTS": "random"}))  # nothing to fetch
 
 
-def test_the_build_says_what_it_does_and_why_it_cannot_start_on_stderr(monkeypatch, capfd, tmp_path):
+def test_the_build_says_what_it_does_and_why_it_cannot_start_on_stderr(
+    monkeypatch, capfd, tmp_path
+):
     """`serve run` shows the build task's stderr, not Serve's log files: the settings, the
     download and the reason for a failed start must reach the console."""
     import dataclasses
