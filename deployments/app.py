@@ -80,6 +80,13 @@ class AppArgs(BaseModel):
     download_timeout_s: float = Field(
         DEFAULT_DOWNLOAD_TIMEOUT_S, gt=0, description="give up a weights download stalled this long"
     )
+    request_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        le=45,
+        description="every request is answered within this, 503 if need be (Weaviate waits 50 s)",
+    )
+    access_log: bool = Field(True, description="one log line per request: id, status, timings")
 
     @model_validator(mode="after")
     def _one_body_fits_in_flight(self) -> AppArgs:
@@ -170,5 +177,7 @@ def build_app(args: AppArgs) -> Application:
             exif_transpose=args.exif_transpose,
             jpeg_draft=args.jpeg_draft,
             unready_after_s=args.unready_after_s,
+            request_timeout_s=args.request_timeout_s,
+            access_log=args.access_log,
         ),
     )

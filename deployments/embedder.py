@@ -20,8 +20,10 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from ray import serve
 
+from deployments.metrics import EmbedderMetrics
 from img2vec.batching import Batcher, BatchSettings
 from img2vec.cpus import available_cpus
+from img2vec.errors import Overloaded
 from img2vec.model import Embedder, build_embedder, is_out_of_memory
 
 log = logging.getLogger("ray.serve")
@@ -78,8 +80,12 @@ class EmbedderDeployment:
             torch_threads=threads,
             download_timeout_s=options.download_timeout_s,
         )
+        self._metrics = EmbedderMetrics(asdict(self._embedder.info()))
         self._batcher: Batcher[np.ndarray, np.ndarray] = Batcher(
-            self._embedder.embed, DEFAULTS, is_out_of_memory=is_out_of_memory
+            self._embedder.embed,
+            DEFAULTS,
+            is_out_of_memory=is_out_of_memory,
+            observer=self._metrics,
         )
         self._replica = serve.get_replica_context().replica_id.unique_id
 
@@ -99,23 +105,41 @@ class EmbedderDeployment:
             time.perf_counter() - started,
         )
 
-    async def embed(self, image: np.ndarray) -> np.ndarray:
-        """One uint8 image (H, W, 3) -> its float32 vector (dim,)."""
+    async def embed(self, image: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        """One uint8 image (H, W, 3) -> its float32 vector (dim,), by `deadline` (epoch
+        seconds, `time.time()`: the caller's clock, so that the time a call waited in Serve's
+        queues counts) or an `Overloaded` error: at once when the model is already further
+        behind than that, else when the deadline passes before its forward pass starts."""
         expected = (*self._embedder.input_size, 3)
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.shape != expected:
             # Refused alone, before it can join (and break) a pass.
             got = (image.dtype, image.shape) if isinstance(image, np.ndarray) else type(image)
             raise ValueError(f"embed() expects a uint8 array of shape {expected}, got {got}")
-        future: asyncio.Future[np.ndarray] = await self._gather(image)
+        local_deadline = None
+        if deadline is not None:
+            left = deadline - time.time()
+            behind = self._batcher.expected_wait_s()
+            if behind > left:
+                raise Overloaded(
+                    f"the model is {behind:.1f} s behind and this request has {max(left, 0):.1f}"
+                    " s left; retry later"
+                )
+            local_deadline = time.monotonic() + left
+        future: asyncio.Future[np.ndarray] = await self._gather(image, local_deadline)
         # If this call is cancelled (the client went away), awaiting cancels the future and
         # the batcher drops the image before its pass.
         return await future
 
     @serve.batch(max_batch_size=DEFAULTS.max_batch_size, batch_wait_timeout_s=0.0)
-    async def _gather(self, images: list[np.ndarray]) -> list[asyncio.Future[np.ndarray]]:
+    async def _gather(
+        self, images: list[np.ndarray], deadlines: list[float | None]
+    ) -> list[asyncio.Future[np.ndarray]]:
         # Hands each call to the batcher and returns at once: a gathered group never waits
         # for a pass to finish, so the next one can form while the model runs.
-        return [self._batcher.enqueue(image) for image in images]
+        return [
+            self._batcher.enqueue(image, deadline)
+            for image, deadline in zip(images, deadlines, strict=True)
+        ]
 
     def describe(self) -> dict[str, Any]:
         """Model identity and this replica's batching, from one replica, in one answer;

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import ray.exceptions
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from ray.serve.exceptions import BackPressureError
 
 from img2vec.errors import (
     ImageTooLarge,
@@ -68,8 +70,28 @@ def json_error(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+def status_of(exc: Img2VecError) -> int:
+    return next((STATUS[c] for c in type(exc).__mro__ if c in STATUS), 500)
+
+
 def error_response(exc: Img2VecError) -> JSONResponse:
-    return json_error(exc.message, STATUS.get(type(exc), 500))
+    return json_error(exc.message, status_of(exc))
+
+
+def embedder_error(exc: BaseException) -> Img2VecError | None:
+    """What a failed call to the Embedder means for the client, or None if it is our fault.
+    Errors raised in the Embedder replica arrive wrapped in RayTaskError."""
+    # First: a RayTaskError wrapping one of ours is also an instance of it (Ray derives a
+    # class from both), but without its attributes; the original is its `cause`.
+    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, Img2VecError):
+        return exc.cause
+    if isinstance(exc, Img2VecError):
+        return exc
+    if isinstance(exc, BackPressureError):
+        return Overloaded("the model is at capacity; retry later")
+    if isinstance(exc, ray.exceptions.RayActorError | ray.exceptions.ActorUnavailableError):
+        return NotReady("a model replica is restarting; retry later")
+    return None
 
 
 def describe_validation(errors: Any) -> str:

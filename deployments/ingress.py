@@ -1,13 +1,15 @@
 """The HTTP edge: Weaviate's img2vec-neural API on FastAPI, as a Serve ingress.
 
-Path of a request: read the body (bounded) -> validate the JSON -> decode and resize the
-image in a thread pool (CPU) -> one call to the Embedder deployment, which batches -> JSON
-response. Errors become `{"error": "..."}` here and only here (`deployments/http.py`).
+Path of a request: take its declared size from the byte budget -> read the body (bounded) ->
+validate the JSON -> decode and resize the image in a thread pool (CPU) -> one call to the
+Embedder deployment, which batches -> JSON response, all within `request_timeout_s`. Errors
+become `{"error": "..."}` here and only here (`deployments/http.py`).
 
 This module must not import torch: ingress replicas scale with request rate, and each
 would pay ~3 s and ~700 MB for it (docs/benchmarks.md#ingress). (No `from __future__ import
 annotations` either: Serve's ingress re-creates the route methods, and FastAPI must see
-`Request` as a class, not a string, to inject it.)
+`Request` as a class, not a string, to inject it. For the same reason every module-level
+helper the class uses is defined above it.)
 """
 
 import asyncio
@@ -22,17 +24,16 @@ from typing import Any
 
 import numpy as np
 import orjson
-import ray.exceptions
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
-from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import img2vec
+from deployments.health import Drain, EmbedderHealth
 from deployments.http import (
     ERRORS,
     INTERNAL_ERROR,
@@ -42,15 +43,18 @@ from deployments.http import (
     VectorRequest,
     VectorResponse,
     describe_validation,
+    embedder_error,
     error_response,
     json_error,
     read_body,
 )
+from deployments.metrics import IngressMetrics
 from img2vec.decoding import ImageLimits, decode_image
 from img2vec.errors import Img2VecError, InvalidRequest, NotReady, Overloaded
 from img2vec.preprocessing import Preprocess, get_preset
 
 log = logging.getLogger("ray.serve")
+access = logging.getLogger("img2vec.access")
 
 
 class IngressOptions(BaseModel):
@@ -69,6 +73,9 @@ class IngressOptions(BaseModel):
     jpeg_draft: bool = False
     # Readiness turns 503 when the Embedder has not answered anything for this long.
     unready_after_s: float = Field(10.0, gt=0)
+    # Every request is answered within this (a 503 if the model could not make it).
+    request_timeout_s: float = Field(20.0, gt=0)
+    access_log: bool = True
 
 
 _VECTORS_ROUTE: dict[str, Any] = {
@@ -115,47 +122,27 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 4))
 
 
-def embedder_error(exc: BaseException) -> Img2VecError | None:
-    """What a failed Embedder call means for the client, or None if it is our fault."""
-    if isinstance(exc, Img2VecError):
-        return exc
-    if isinstance(exc, BackPressureError):
-        return Overloaded("the model is at capacity; retry later")
-    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, Img2VecError):
-        return exc.cause
-    if isinstance(
-        exc,
-        ray.exceptions.ActorDiedError
-        | ray.exceptions.ActorUnavailableError
-        | ray.exceptions.RayActorError,
-    ):
-        return NotReady("a model replica is restarting; retry later")
-    return None
+class _Timing:
+    """Where one request's time went, for its access-log line."""
+
+    __slots__ = ("decode_s", "id", "model_s", "nbytes", "started")
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.decode_s = self.model_s = 0.0
+        self.id: str | None = None
+        self.nbytes = 0
 
 
-class EmbedderHealth:
-    """Is the Embedder making progress? Busy is not down: any answer (a probe or a vector)
-    within `unready_after_s` counts. A hung or dead Embedder stops answering, and readiness
-    turns 503 within that bound; it turns back once an answer comes."""
-
-    def __init__(self, unready_after_s: float) -> None:
-        self.unready_after_s = unready_after_s
-        self.info: dict[str, Any] | None = None
-        self._last_answer = float("-inf")
-
-    def answered(self) -> None:
-        self._last_answer = time.monotonic()
-
-    def failed(self) -> None:
-        self._last_answer = float("-inf")
-
-    @property
-    def ready(self) -> bool:
-        silent = time.monotonic() - self._last_answer
-        return self.info is not None and silent <= self.unready_after_s
+def _loggable(id_: str | None, limit: int = 100) -> str:
+    """The client's id in a log line: quoted, escaped, cut short (it is theirs, not ours)."""
+    if id_ is None:
+        return "-"
+    text = repr(id_)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-@serve.deployment(name="Ingress", max_ongoing_requests=256)
+@serve.deployment(name="Ingress", max_ongoing_requests=512)
 @serve.ingress(app)
 class Ingress:
     def __init__(self, embedder: DeploymentHandle, options: IngressOptions) -> None:
@@ -176,28 +163,18 @@ class Ingress:
         # still averages over several source pixels.
         h, w = self._preset.output_size
         self._draft = (2 * w, 2 * h) if options.jpeg_draft else None
+        self._metrics = IngressMetrics()
+        self._inflight = 0
         self._health = EmbedderHealth(options.unready_after_s)
-        self._watcher = asyncio.get_running_loop().create_task(self._watch_embedder())
+        replica = serve.get_replica_context().replica_id.unique_id
+        self._drain = Drain(replica, lambda: self._inflight)
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._health.watch(embedder)),
+            loop.create_task(self._drain.watch()),
+        ]
 
     # -- health ---------------------------------------------------------------------
-
-    async def _watch_embedder(self) -> None:
-        """Probe the Embedder in the background, so that the readiness route answers from
-        a cached fact at once (Weaviate gives it 500 ms) and never waits on inference."""
-        health = self._health
-        while True:
-            try:
-                health.info = await asyncio.wait_for(
-                    self._embedder.info.remote(), health.unready_after_s
-                )
-                health.answered()
-            except (TimeoutError, BackPressureError):
-                pass  # no answer is not an answer: `ready` goes stale on its own
-            except Exception as exc:
-                if health.ready:
-                    log.warning("embedder not answering, reporting not ready: %r", exc)
-                health.failed()
-            await asyncio.sleep(1.0 if health.ready else 0.25)
 
     @app.get("/.well-known/live", status_code=204, response_class=Response)
     async def live(self) -> Response:
@@ -207,9 +184,11 @@ class Ingress:
         "/.well-known/ready",
         status_code=204,
         response_class=Response,
-        responses={503: {"model": ErrorResponse, "description": "model not loaded or stuck"}},
+        responses={503: {"model": ErrorResponse, "description": "not loaded, stuck or draining"}},
     )
     async def ready(self) -> Response:
+        if self._drain.unready:
+            return error_response(NotReady("the service is shutting down"))
         if self._health.info is None:
             return error_response(NotReady("model is loading"))
         if not self._health.ready:
@@ -238,6 +217,7 @@ class Ingress:
             "max_image_bytes": self._options.max_image_bytes,
             "max_image_pixels": self._options.max_image_pixels,
             "max_id_length": self._options.max_id_length,
+            "request_timeout_s": self._options.request_timeout_s,
         }
         return JSONResponse({"version": img2vec.__version__, **described, "limits": limits})
 
@@ -245,20 +225,53 @@ class Ingress:
 
     @app.post("/vectors", **_VECTORS_ROUTE)
     async def vectors(self, request: Request) -> Response:
-        return await self._vectorize(request)
+        return await self._answer("/vectors", request)
 
     @app.post("/vectors/", include_in_schema=False)
     async def vectors_slash(self, request: Request) -> Response:
-        return await self._vectorize(request)
+        return await self._answer("/vectors", request)
 
-    async def _vectorize(self, request: Request) -> Response:
+    async def _answer(self, route: str, request: Request) -> Response:
+        """One request, from arrival to answer: bounded in time, counted, logged."""
+        timing = _Timing()
+        self._inflight += 1
+        try:
+            response = await self._vectorize(request, timing)
+        finally:
+            self._inflight -= 1
+            self._metrics.inflight_bytes.set(self._budget.held)
+        took = time.perf_counter() - timing.started
+        self._metrics.answered(route, response.status_code, took)
+        if self._options.access_log:
+            access.info(
+                "%s %d id=%s bytes=%d total_ms=%.1f decode_ms=%.1f model_ms=%.1f",
+                route,
+                response.status_code,
+                _loggable(timing.id),
+                timing.nbytes,
+                1e3 * took,
+                1e3 * timing.decode_s,
+                1e3 * timing.model_s,
+            )
+        return response
+
+    async def _vectorize(self, request: Request, timing: _Timing) -> Response:
+        if self._drain.refusing:
+            return error_response(NotReady("the service is shutting down; retry elsewhere"))
+        deadline = time.time() + self._options.request_timeout_s
         try:
             # The budget covers the request until it is answered, not only until decoded:
             # Serve's receive path keeps its own copies of the body for the request's life
             # (measured: ~3x the body per waiting request), so only this bounds memory.
-            with Held(self._budget) as held:
-                id_, pixels = await self._decode_request(request, held)
-                vector = await self._embed(pixels)
+            async with asyncio.timeout(self._options.request_timeout_s):
+                with Held(self._budget) as held:
+                    self._metrics.inflight_bytes.set(self._budget.held)
+                    id_, pixels = await self._decode_request(request, held, timing)
+                    vector = await self._embed(pixels, deadline, timing)
+        except TimeoutError:
+            return error_response(
+                Overloaded(f"not answered within {self._options.request_timeout_s:g} s; retry")
+            )
         except Img2VecError as exc:
             return error_response(exc)
         except Exception:
@@ -272,16 +285,23 @@ class Ingress:
         )
         return Response(body, media_type="application/json")
 
-    async def _decode_request(self, request: Request, held: Held) -> tuple[str, np.ndarray]:
+    async def _decode_request(
+        self, request: Request, held: Held, timing: _Timing
+    ) -> tuple[str, np.ndarray]:
         """Body -> (id, 224x224 uint8 pixels). Nothing of what the client sent (body, base64
         text, file bytes) is kept once decoded: what waits for the model is the id and
         150 KB of pixels."""
         body = await read_body(request, self._options.max_body_bytes, held)
+        timing.nbytes = len(body)
         req = self._parse(body)
         del body
         id_, image = req.id, req.image
+        timing.id = id_
         del req
+        started = time.perf_counter()
         pixels = await asyncio.get_running_loop().run_in_executor(self._pool, self._prepare, image)
+        timing.decode_s = time.perf_counter() - started
+        self._metrics.decode.observe(timing.decode_s)
         del image
         return id_, pixels
 
@@ -306,13 +326,16 @@ class Ingress:
         )
         return self._preset.to_array(img)
 
-    async def _embed(self, pixels: np.ndarray) -> np.ndarray:
+    async def _embed(self, pixels: np.ndarray, deadline: float, timing: _Timing) -> np.ndarray:
+        started = time.perf_counter()
         try:
-            vector: np.ndarray = await self._embedder.embed.remote(pixels)
+            vector: np.ndarray = await self._embedder.embed.remote(pixels, deadline)
         except Exception as exc:
             err = embedder_error(exc)
             if err is None:
                 raise
             raise err from None
+        finally:
+            timing.model_s = time.perf_counter() - started
         self._health.answered()
         return vector

@@ -34,6 +34,7 @@ class ServeInstance:
     base_url: str
     tmpdir: Path  # TMPDIR of every Ray worker this instance starts: it should stay empty
     marker: str  # IMG2VEC_TEST_RUN=<marker> is in those workers' environment
+    metrics_url: str  # this node's Prometheus endpoint
 
     def replica_pids(self, app: str | None = None, deployment: str | None = None) -> list[int]:
         """PIDs of the Serve replicas of this instance (found by the marker we set), of one
@@ -86,7 +87,14 @@ def ray_serve(num_cpus: int = 16) -> Iterator[ServeInstance]:
 
     port = free_port()
     marker = uuid.uuid4().hex
-    with tempfile.TemporaryDirectory(prefix="img2vec-workers-tmp-") as tmpdir:
+    # As serve.env does: Serve's proxy (started below, inheriting this environment) writes its
+    # own few errors as JSON too.
+    proxy_env = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "deployments.proxy:middlewares"}
+    with (
+        tempfile.TemporaryDirectory(prefix="img2vec-workers-tmp-") as tmpdir,
+        mock.patch.dict(os.environ, proxy_env),
+    ):
+        metrics_port = free_port()
         ray.init(
             address="local",
             num_cpus=num_cpus,
@@ -94,10 +102,18 @@ def ray_serve(num_cpus: int = 16) -> Iterator[ServeInstance]:
             object_store_memory=512 * 1024 * 1024,
             log_to_driver=os.environ.get("IMG2VEC_TEST_RAY_LOGS") == "1",
             runtime_env={"env_vars": {"TMPDIR": tmpdir, "IMG2VEC_TEST_RUN": marker}},
+            _metrics_export_port=metrics_port,
+            # Metrics reach the endpoint within a second or two instead of ten.
+            _system_config={"metrics_report_interval_ms": 1000},
         )
         try:
             serve.start(http_options={"host": LOOPBACK, "port": port})
-            yield ServeInstance(f"http://{LOOPBACK}:{port}", Path(tmpdir), marker)
+            yield ServeInstance(
+                f"http://{LOOPBACK}:{port}",
+                Path(tmpdir),
+                marker,
+                f"http://{LOOPBACK}:{metrics_port}/metrics",
+            )
         finally:
             serve.shutdown()
             ray.shutdown()

@@ -1,22 +1,30 @@
-"""The main command, as a user runs it: `serve run serve_config.yaml`, in its own process."""
+"""The main commands, as users run them, in their own processes: `python -m deployments.launch`
+(what `make serve` and the Docker image run) and plain `serve run serve_config.yaml`."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
+import threading
+import time
+import uuid
+from collections import Counter
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from bench.processes import serve_env, started, wait_ready
-from tests.conftest import b64, one_pixel_png
+from bench.processes import MARKER_VAR, marked_pids, serve_env, started, wait_ready
+from tests.conftest import b64, encode, one_pixel_png, photo
 from tests.service import LOOPBACK, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "serve_config.yaml"
+SERVE_CLI = str(Path(sys.executable).with_name("serve"))
 
 
 def load_config() -> dict:
@@ -30,7 +38,9 @@ def deployments(config: dict) -> dict[str, dict]:
 
 def test_config_is_the_documented_shape():
     config = load_config()
-    assert config["http_options"] == {"host": "0.0.0.0", "port": 8000}
+    assert config["http_options"]["host"] == "0.0.0.0" and config["http_options"]["port"] == 8000
+    # Serve's own timeout is a backstop above ours (20 s) and below Weaviate's (50 s).
+    assert 20 < config["http_options"]["request_timeout_s"] < 50
     (app,) = config["applications"]
     assert app["import_path"] == "deployments.app:build_app"
     assert app["route_prefix"] == "/"
@@ -46,7 +56,7 @@ def test_config_is_the_documented_shape():
         assert dep["max_queued_requests"] > 0
         assert "ray_actor_options" in dep
     embedder = deps["Embedder"]
-    # Serve's default max_ongoing_requests (5) would cap every batch at 5.
+    # A full pass running and the next one gathered behind it.
     assert embedder["max_ongoing_requests"] >= 2 * embedder["user_config"]["max_batch_size"]
     assert embedder["ray_actor_options"].get("num_gpus", 0) == 0  # runs on a laptop as is
 
@@ -58,32 +68,186 @@ def test_config_args_are_valid_builder_args():
     AppArgs.model_validate(app["args"])
 
 
+def _launch_cmd(port: int, metrics_port: int, config: Path = CONFIG) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "deployments.launch",
+        str(config),
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--metrics-port",
+        str(metrics_port),
+    ]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "IMG2VEC_WEIGHTS": "random", "RAY_ADDRESS": "local", **extra}
+
+
 @pytest.fixture(scope="module")
-def served(tmp_path_factory) -> str:
-    """`serve run` as `make serve` runs it (serve.env applied), on a copy of serve_config.yaml
-    that differs only in binding to a free loopback port; IMG2VEC_WEIGHTS=random as the
+def launched(tmp_path_factory) -> tuple[str, str]:
+    """The launcher as `make serve` runs it, on serve_config.yaml itself (serve.env beside
+    it), with the port overridden to a free loopback one; IMG2VEC_WEIGHTS=random as the
     README's quick start says."""
+    port, metrics_port = free_port(), free_port()
+    log = tmp_path_factory.mktemp("log") / "launch.log"
+    with started(_launch_cmd(port, metrics_port), _env(), log, ROOT) as proc:
+        url = f"http://{LOOPBACK}:{port}"
+        wait_ready(url, timeout_s=240, proc=proc)
+        yield url, f"http://{LOOPBACK}:{metrics_port}/metrics"
+
+
+def test_the_launcher_serves_the_api_from_the_one_config(launched):
+    url, _ = launched
+    assert httpx.get(url + "/.well-known/live").status_code == 204
+    assert httpx.get(url + "/.well-known/ready").status_code == 204
+    body = json.dumps({"id": "e2e_0", "image": b64(one_pixel_png())})
+    r = httpx.post(url + "/vectors", content=body, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] == "e2e_0" and r.json()["dim"] == 2048
+    meta = httpx.get(url + "/meta").json()
+    assert meta["model"] == "resnet50" and meta["weights"] == "random"
+    assert meta["batching"]["config"] == deployments(load_config())["Embedder"]["user_config"]
+
+
+def test_the_launcher_exports_metrics_on_its_fixed_port(launched):
+    url, metrics = launched
+    body = json.dumps({"id": "m", "image": b64(one_pixel_png())})
+    assert httpx.post(url + "/vectors", content=body, timeout=60).status_code == 200
+    deadline = time.monotonic() + 30
+    while "ray_img2vec_requests" not in httpx.get(metrics, timeout=10).text:
+        assert time.monotonic() < deadline, "our metrics never reached the metrics port"
+        time.sleep(1)
+
+
+def test_overload_is_answered_in_json_with_serve_env_too(launched):
+    """The same burst the integration tests send without serve.env (throughput-optimized
+    Serve changes how requests travel, not what they are answered)."""
+    url, _ = launched
+    image = b64(encode(photo("coffee").resize((320, 240)), "JPEG"))
+    body = json.dumps({"id": "burst", "image": image})
+    results: list[tuple[int, str, float]] = []
+
+    def one() -> None:
+        started_at = time.monotonic()
+        r = httpx.post(url + "/vectors", content=body, timeout=60)
+        results.append((r.status_code, r.headers["content-type"], time.monotonic() - started_at))
+
+    threads = [threading.Thread(target=one) for _ in range(150)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert len(results) == 150
+    assert {s for s, _, _ in results} <= {200, 503}
+    assert all(ct.startswith("application/json") for _, ct, _ in results)
+    assert max(took for _, _, took in results) < 20 + 5  # request_timeout_s + slack
+
+
+def _inflight(url: str, n: int) -> tuple[list[threading.Thread], list[object]]:
+    body = json.dumps({"id": "in-flight", "image": b64(encode(photo("rocket"), "JPEG"))})
+    results: list[object] = []
+
+    def one() -> None:
+        try:
+            r = httpx.post(url + "/vectors", content=body, timeout=90)
+            results.append((r.status_code, r.headers.get("content-type", "")))
+        except httpx.HTTPError as exc:
+            results.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    return threads, results
+
+
+def _start(cmd: list[str], env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
+    marker = uuid.uuid4().hex
+    out = log.open("wb")
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**env, MARKER_VAR: marker},
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return proc, marker
+
+
+def _cleanup(proc: subprocess.Popen, marker: str) -> list[int]:
+    """Whatever the test left: killed, and returned so that the test can fail on it."""
+    left = marked_pids(marker)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    return left
+
+
+def test_sigterm_drains_in_flight_requests_and_leaves_nothing_behind(tmp_path):
+    """Docker and Kubernetes stop a container with SIGTERM: the requests in flight finish,
+    the launcher exits 0, and no process it started remains."""
+    port = free_port()
+    proc, marker = _start(_launch_cmd(port, free_port()), _env(), tmp_path / "launch.log")
+    url = f"http://{LOOPBACK}:{port}"
+    try:
+        wait_ready(url, timeout_s=240, proc=proc)
+        threads, results = _inflight(url, 48)  # ~3 s of work for ResNet50 on 2 cores
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(120)
+        code = proc.wait(90)
+    finally:
+        left = _cleanup(proc, marker)
+    statuses = Counter(r if isinstance(r, str) else r[0] for r in results)
+    print(f"in flight at SIGTERM: {dict(statuses)}")
+    assert code == 0, (tmp_path / "launch.log").read_text()[-3000:]
+    assert statuses[200] >= 40 and set(statuses) <= {200, 503}, statuses
+    assert all(r[1].startswith("application/json") for r in results if not isinstance(r, str))
+    assert left == [], f"processes left behind: {left}"
+
+
+def test_plain_serve_run_on_sigterm_leaves_nothing_behind(tmp_path):
+    """`serve run serve_config.yaml` without serve.env (Ray's own SIGTERM handling: it does
+    not drain, the launcher does) still leaves no process behind."""
     config = load_config()
     port = free_port()
     config["http_options"] = {"host": LOOPBACK, "port": port}
-    path = tmp_path_factory.mktemp("config") / "serve_config.yaml"
+    path = tmp_path / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, **serve_env(ROOT), "IMG2VEC_WEIGHTS": "random", "RAY_ADDRESS": "local"}
-    serve_cli = str(Path(sys.executable).with_name("serve"))
-    log = tmp_path_factory.mktemp("log") / "serve.log"
-    with started([serve_cli, "run", str(path)], env, log, ROOT) as proc:
-        url = f"http://{LOOPBACK}:{port}"
-        wait_ready(url, timeout_s=240, proc=proc)
-        yield url
+    proc, marker = _start([SERVE_CLI, "run", str(path)], _env(), tmp_path / "serve.log")
+    try:
+        wait_ready(f"http://{LOOPBACK}:{port}", timeout_s=240, proc=proc)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(90)
+        time.sleep(2)
+    finally:
+        left = _cleanup(proc, marker)
+    assert left == [], f"processes left behind: {left}"
 
 
-def test_serve_run_answers_the_api(served):
-    assert httpx.get(served + "/.well-known/live").status_code == 204
-    assert httpx.get(served + "/.well-known/ready").status_code == 204
-    body = json.dumps({"id": "e2e_0", "image": b64(one_pixel_png())})
-    r = httpx.post(served + "/vectors", content=body, timeout=60)
-    assert r.status_code == 200, r.text
-    assert r.json()["id"] == "e2e_0" and r.json()["dim"] == 2048
-    meta = httpx.get(served + "/meta").json()
-    assert meta["model"] == "resnet50" and meta["weights"] == "random"
-    assert meta["batching"]["config"] == deployments(load_config())["Embedder"]["user_config"]
+def test_an_application_that_cannot_start_ends_the_launcher_with_its_reason(tmp_path):
+    port = free_port()
+    env = _env(IMG2VEC_WEIGHTS=str(tmp_path / "missing.pth"))
+    log = tmp_path / "launch.log"
+    proc, marker = _start(_launch_cmd(port, free_port()), env, log)
+    try:
+        code = proc.wait(180)
+    finally:
+        left = _cleanup(proc, marker)
+    text = log.read_text()
+    assert code == 1, text[-3000:]
+    assert "failed to deploy" in text and "missing.pth" in text and "which is not a file" in text
+    assert left == []
+
+
+def test_serve_env_is_what_the_launcher_applies():
+    env = serve_env(ROOT)
+    assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "deployments.proxy:middlewares"
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in env  # see docs/benchmarks.md: its errors are not ours

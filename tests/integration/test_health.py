@@ -1,5 +1,6 @@
-"""Readiness and memory when the model replica misbehaves, with real faults: the Embedder
-process stopped (SIGSTOP: hung) or killed (SIGKILL), in an application of its own."""
+"""Readiness, memory and answers when a replica misbehaves, with real faults: the Embedder
+process stopped (SIGSTOP: hung) or killed (SIGKILL), the Ingress process killed, under load,
+in an application of its own."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,6 +23,7 @@ from tests.conftest import b64, encode, one_pixel_png
 from tests.service import deploy, rss_mb
 
 UNREADY_AFTER_S = 3.0
+REQUEST_TIMEOUT_S = 5.0
 BUDGET = 16_000_000
 
 
@@ -33,6 +36,7 @@ def fragile(serve_instance):
         "IMG2VEC_WEIGHTS": "random",
         "IMG2VEC_TORCH_THREADS": "1",
         "IMG2VEC_UNREADY_AFTER_S": str(UNREADY_AFTER_S),
+        "IMG2VEC_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S),
         "IMG2VEC_MAX_BODY_BYTES": "4000000",
         "IMG2VEC_MAX_INFLIGHT_BYTES": str(BUDGET),
         "IMG2VEC_DECODE_WORKERS": "2",
@@ -157,3 +161,94 @@ def test_the_byte_budget_bounds_memory_while_the_model_hangs(fragile, serve_inst
     assert set(results.values()) == {200}, results
     r = httpx.post(fragile + "/vectors", content=body, timeout=60)
     assert r.status_code == 200
+
+
+class Load:
+    """`clients` threads sending 1x1 PNGs back to back; every answer recorded with when it
+    was sent, how long it took, its status and whether its body was JSON."""
+
+    def __init__(self, url: str, clients: int = 6) -> None:
+        self.url = url
+        self.results: list[tuple[float, float, object, bool]] = []
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(clients)
+        self._futures = [self._pool.submit(self._client) for _ in range(clients)]
+
+    def _client(self) -> None:
+        body = json.dumps({"id": "load", "image": b64(one_pixel_png())})
+        with httpx.Client(timeout=60) as http:
+            while not self._stop.is_set():
+                sent = time.monotonic()
+                try:
+                    r = http.post(self.url + "/vectors", content=body)
+                    status: object = r.status_code
+                    is_json = r.headers.get("content-type", "").startswith("application/json")
+                    if is_json:
+                        r.json()
+                except httpx.HTTPError as exc:
+                    status, is_json = type(exc).__name__, False
+                self.results.append((sent, time.monotonic() - sent, status, is_json))
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for f in self._futures:
+            f.result(timeout=120)
+        self._pool.shutdown()
+
+    def first_success_after(self, t: float) -> float | None:
+        done = [sent + took for sent, took, status, _ in self.results if sent > t and status == 200]
+        return min(done) - t if done else None
+
+
+def _kill_under_load(url: str, pid: int) -> tuple[Load, float]:
+    load = Load(url)
+    try:
+        time.sleep(2)
+        killed = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        deadline = killed + 90
+        while time.monotonic() < deadline:
+            back = load.first_success_after(killed + 1)
+            if back is not None and time.monotonic() - killed > back + 2:
+                break
+            time.sleep(0.5)
+    finally:
+        load.stop()
+    return load, killed
+
+
+def _check_every_answer(load: Load, allowed: set[int]) -> None:
+    statuses = {status for _, _, status, _ in load.results}
+    assert statuses <= allowed, statuses  # no connection error, no hang
+    assert all(is_json for *_, is_json in load.results)
+    slowest = max(took for _, took, _, _ in load.results)
+    assert slowest <= REQUEST_TIMEOUT_S + 3, slowest
+
+
+def test_a_model_replica_killed_under_load_is_replaced_and_no_request_hangs(
+    fragile, serve_instance
+):
+    wait_for_status(fragile, 204, 60)
+    load, killed = _kill_under_load(fragile, serve_instance.replica_pid("fragile", "Embedder"))
+    back = load.first_success_after(killed + 1)
+    codes = Counter(status for _, _, status, _ in load.results)
+    print(f"embedder killed: {dict(codes)}; vectors again {back:.1f} s after the kill")
+    _check_every_answer(load, {200, 503})
+    assert back is not None and back < 60
+    wait_for_status(fragile, 204, 30)
+
+
+def test_an_ingress_replica_killed_under_load_is_replaced_and_no_request_hangs(
+    fragile, serve_instance
+):
+    wait_for_status(fragile, 204, 60)
+    load, killed = _kill_under_load(fragile, serve_instance.replica_pid("fragile", "Ingress"))
+    back = load.first_success_after(killed + 1)
+    codes = Counter(status for _, _, status, _ in load.results)
+    print(f"ingress killed: {dict(codes)}; vectors again {back:.1f} s after the kill")
+    # Requests inside the dead process are answered by Serve's proxy (500 or 503, JSON
+    # through deployments/proxy.py); the rest are served by the replacement.
+    _check_every_answer(load, {200, 500, 503})
+    assert back is not None and back < 60
+    wait_for_status(fragile, 204, 30)

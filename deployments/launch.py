@@ -1,0 +1,218 @@
+"""Run img2vec on this machine the way `make serve` and the Docker image do:
+`python -m deployments.launch [serve_config.yaml] [--port 8080]`.
+
+What it adds to `serve run serve_config.yaml` (which it otherwise mirrors):
+- serve.env's Ray process settings are applied before Ray starts (variables already set in
+  the environment win), so the proxy's errors are JSON too (deployments/proxy.py);
+- one config, several ports: `--port` / IMG2VEC_PORT overrides `http_options.port` (the image
+  listens on 8080 like the container it replaces; a workstation keeps 8000);
+- Prometheus metrics on a fixed port, `--metrics-port` / IMG2VEC_METRICS_PORT (8081);
+- SIGTERM (what Docker and Kubernetes send) and Ctrl-C drain first: readiness turns 503,
+  requests still arriving are served for `--accept` seconds, then new ones get 503 with
+  Retry-After while those in flight finish (up to `--grace` seconds); then Serve and Ray shut
+  down and the launcher waits until no process it started is left;
+- an application that fails to deploy ends the process with its error (exit 1) instead of
+  waiting forever.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+import psutil
+import yaml
+
+log = logging.getLogger("img2vec.launch")
+
+DEFAULT_METRICS_PORT = 8081
+DEFAULT_ACCEPT_S = 3.0
+DEFAULT_GRACE_S = 25.0
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines; blank lines and # comments skipped."""
+    env = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, sep, value = line.partition("=")
+            if not sep:
+                raise ValueError(f"{path}: not KEY=VALUE: {line!r}")
+            env[key.strip()] = value.strip()
+    return env
+
+
+def load_config(path: Path, port: int | None, host: str | None) -> dict:
+    config = yaml.safe_load(path.read_text())
+    http = dict(config.get("http_options") or {})
+    if port is not None:
+        http["port"] = port
+    if host is not None:
+        http["host"] = host
+    config["http_options"] = http
+    return config
+
+
+class _Stop:
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.signal is None:
+            log.info("%s received: draining", signal.Signals(signum).name)
+        self.signal = signum
+
+
+def _deploy_failure(app_names: list[str]) -> str | None:
+    from ray import serve
+
+    status = serve.status()
+    for name in app_names:
+        app = status.applications.get(name)
+        if app is not None and app.status == "DEPLOY_FAILED":
+            return f"application {name!r} failed to deploy: {app.message}"
+    return None
+
+
+def _drain(lifecycle: object, accept_s: float, grace_s: float) -> bool:
+    import ray
+
+    ray.get(lifecycle.drain.remote(accept_s))  # type: ignore[attr-defined]
+    deadline = time.monotonic() + accept_s + grace_s
+    while time.monotonic() < deadline:
+        if ray.get(lifecycle.drained.remote()):  # type: ignore[attr-defined]
+            return True
+        time.sleep(0.2)
+    left = ray.get(lifecycle.inflight.remote())  # type: ignore[attr-defined]
+    log.warning("%d requests still in flight after %.0f s; stopping anyway", left, grace_s)
+    return False
+
+
+def _wait_for_descendants(before: set[int], timeout_s: float = 20) -> None:
+    """Ray's shutdown signals its processes and returns; wait until they are gone (and end
+    the stragglers), so that nothing outlives the launcher."""
+    me = psutil.Process()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = [p for p in _descendants(me, before) if p.is_running()]
+        if not alive:
+            return
+        time.sleep(0.2)
+    for proc in _descendants(me, before):
+        with contextlib.suppress(psutil.Error):
+            log.warning("killing %s (pid %d), still running", proc.name(), proc.pid)
+            proc.kill()
+
+
+def _descendants(me: psutil.Process, known: set[int]) -> list[psutil.Process]:
+    found = {p.pid: p for p in me.children(recursive=True)}
+    for pid in known - found.keys():
+        with contextlib.suppress(psutil.Error):
+            found[pid] = psutil.Process(pid)
+    return [p for p in found.values() if p.status() != psutil.STATUS_ZOMBIE]
+
+
+def run(args: argparse.Namespace) -> int:
+    config_path = Path(args.config)
+    env_file = Path(args.env_file) if args.env_file else config_path.parent / "serve.env"
+    if env_file.is_file():
+        for key, value in read_env_file(env_file).items():
+            os.environ.setdefault(key, value)
+    config = load_config(config_path, args.port, args.host)
+
+    import ray
+    from ray import serve
+    from ray.serve._private.api import serve_start
+    from ray.serve.config import gRPCOptions
+    from ray.serve.schema import ServeDeploySchema
+
+    from deployments import lifecycle
+
+    schema = ServeDeploySchema.model_validate(config)
+    ray.init(namespace="serve", _metrics_export_port=args.metrics_port)
+    stop = _Stop()
+    # After ray.init, which installs its own handler (exit at once, dropping requests).
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    handle = lifecycle.create()
+    client = serve_start(
+        http_options=schema.http_options.model_dump(),
+        proxy_location=schema.proxy_location,
+        grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
+    )
+    client.deploy_apps(schema, _blocking=False)
+    names = [app.name for app in schema.applications]
+    http = schema.http_options
+    log.info(
+        "img2vec: serving %s on http://%s:%d, metrics on :%d",
+        ", ".join(names),
+        http.host,
+        http.port,
+        args.metrics_port,
+    )
+    code = 0
+    while stop.signal is None:
+        failure = _deploy_failure(names)
+        if failure:
+            log.error("img2vec: %s", failure)
+            code = 1
+            break
+        time.sleep(1.0)
+    if stop.signal is not None:
+        drained = _drain(handle, args.accept, args.grace)
+        log.info("img2vec: %s; shutting down", "drained" if drained else "grace period over")
+    ours = {p.pid for p in psutil.Process().children(recursive=True)}
+    serve.shutdown()
+    ray.shutdown()
+    _wait_for_descendants(ours)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", nargs="?", default="serve_config.yaml")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ["IMG2VEC_PORT"]) if os.environ.get("IMG2VEC_PORT") else None,
+        help="HTTP port, overriding the config's (env IMG2VEC_PORT)",
+    )
+    parser.add_argument("--host", default=os.environ.get("IMG2VEC_HOST") or None)
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("IMG2VEC_METRICS_PORT") or DEFAULT_METRICS_PORT),
+        help=f"Prometheus metrics port of this node (env IMG2VEC_METRICS_PORT, default "
+        f"{DEFAULT_METRICS_PORT})",
+    )
+    parser.add_argument(
+        "--env-file", default=None, help="Ray process settings (default: serve.env beside it)"
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=float(os.environ.get("IMG2VEC_GRACE_S") or DEFAULT_GRACE_S),
+        help="seconds in-flight requests get to finish on SIGTERM (env IMG2VEC_GRACE_S)",
+    )
+    parser.add_argument(
+        "--accept",
+        type=float,
+        default=DEFAULT_ACCEPT_S,
+        help="seconds, after SIGTERM, during which requests still arriving are served "
+        "(readiness already 503) before new ones are refused",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Our Prometheus metrics, scraped from the real endpoint of the node after real requests:
+each is exported, tagged with its deployment, and its value moved."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from deployments.metrics import NAMES
+from tests.conftest import b64, one_pixel_png
+
+
+def scrape(url: str) -> dict[str, list]:
+    """metric family name -> samples, for our metrics."""
+    families = text_string_to_metric_families(httpx.get(url, timeout=10).text)
+    return {f.name: f.samples for f in families if f.name.startswith("ray_img2vec_")}
+
+
+def total(samples: list, suffix: str = "", **tags: str) -> float:
+    return sum(
+        s.value
+        for s in samples
+        if s.name.endswith(suffix) and all(s.labels.get(k) == v for k, v in tags.items())
+    )
+
+
+def exported_name(name: str) -> str:
+    return "ray_" + name
+
+
+@pytest.fixture(scope="module")
+def scraped_after_requests(serve_instance, resnet_url):
+    url = serve_instance.metrics_url
+    before = scrape(url)
+    ok = json.dumps({"id": "m", "image": b64(one_pixel_png())})
+    for _ in range(6):
+        assert httpx.post(resnet_url + "/vectors", content=ok, timeout=60).status_code == 200
+    assert httpx.post(resnet_url + "/vectors", content=b"{", timeout=60).status_code == 422
+    deadline = time.monotonic() + 30
+    while True:
+        after = scrape(url)
+        requests = after.get(exported_name("img2vec_requests"), [])
+        if (
+            total(requests, application="resnet50", status="200")
+            - total(
+                before.get(exported_name("img2vec_requests"), []),
+                application="resnet50",
+                status="200",
+            )
+            >= 6
+            or time.monotonic() > deadline
+        ):
+            return before, after
+        time.sleep(1)
+
+
+def test_every_metric_of_ours_is_exported(scraped_after_requests):
+    _, after = scraped_after_requests
+    assert {exported_name(n) for n in NAMES} - set(after) <= {"ray_img2vec_dropped_images"}
+
+
+def test_requests_are_counted_by_route_and_status(scraped_after_requests):
+    before, after = scraped_after_requests
+    name = exported_name("img2vec_requests")
+
+    def moved(status: str) -> float:
+        tags = {"application": "resnet50", "route": "/vectors", "status": status}
+        return total(after[name], **tags) - total(before.get(name, []), **tags)
+
+    assert moved("200") >= 6 and moved("422") >= 1
+    assert all(s.labels["deployment"] == "Ingress" for s in after[name])
+
+
+def test_the_model_side_moved(scraped_after_requests):
+    before, after = scraped_after_requests
+    for metric, suffix in (
+        ("img2vec_images_vectorized", ""),
+        ("img2vec_forward_seconds", "_count"),
+        ("img2vec_batch_size", "_count"),
+        ("img2vec_queue_wait_seconds", "_count"),
+        ("img2vec_decode_seconds", "_count"),
+        ("img2vec_request_seconds", "_count"),
+    ):
+        name = exported_name(metric)
+        moved = total(after[name], suffix, application="resnet50") - total(
+            before.get(name, []), suffix, application="resnet50"
+        )
+        assert moved >= 6, (metric, moved)
+
+
+def test_the_model_identity_is_an_info_metric(scraped_after_requests, resnet50_file):
+    from img2vec.weights import sha256_of
+
+    _, after = scraped_after_requests
+    infos = [
+        s.labels
+        for s in after[exported_name("img2vec_model_info")]
+        if s.labels.get("application") == "resnet50"
+    ]
+    assert infos, "no model info for the resnet50 application"
+    labels = infos[0]
+    assert labels["model"] == "resnet50" and labels["device"] == "cpu"
+    assert labels["dtype"] == "float32" and labels["preprocess"] == "stretch224"
+    assert labels["weights_sha256"] == sha256_of(resnet50_file)[:12]
+    assert labels["deployment"] == "Embedder" and re.fullmatch(r"\w+", labels["replica"])
+
+
+def test_serves_built_in_metrics_are_there_too(serve_instance, scraped_after_requests):
+    families = text_string_to_metric_families(httpx.get(serve_instance.metrics_url).text)
+    names = {f.name for f in families}
+    assert "ray_serve_num_http_requests" in names or "ray_serve_num_http_requests_total" in names
