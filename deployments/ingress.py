@@ -54,7 +54,9 @@ from img2vec.errors import Img2VecError, InvalidRequest, NotReady, Overloaded
 from img2vec.preprocessing import Preprocess, get_preset
 
 log = logging.getLogger("ray.serve")
-access = logging.getLogger("img2vec.access")
+# A child of Serve's logger: its lines go where Serve writes the replica's log (file, stderr or
+# JSON, as its logging_config says).
+access = logging.getLogger("ray.serve.img2vec.access")
 
 
 class IngressOptions(BaseModel):

@@ -75,5 +75,6 @@ def fuzz_url(serve_base, mobilenet_v2_file) -> str:
         "IMG2VEC_TORCH_THREADS": "2",
         "IMG2VEC_MAX_BODY_BYTES": "1000000",
         "IMG2VEC_MAX_IMAGE_PIXELS": "4000000",
+        "IMG2VEC_ACCESS_LOG": "false",  # thousands of requests: no line each
     }
     return deploy("fuzz", "/fuzz", env, serve_base)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -261,3 +262,36 @@ def test_the_ingress_replica_does_not_load_torch(resnet_url, serve_instance):
     for pid in ingress:
         assert "libtorch" not in Path(f"/proc/{pid}/maps").read_text()
     assert "libtorch" in Path(f"/proc/{embedder[0]}/maps").read_text()
+
+
+def _log_lines_with(text: str, app: str) -> list[str]:
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    lines = []
+    for path in logs.glob(f"replica_{app}_Ingress_*.log"):
+        lines += [line for line in path.read_text(errors="replace").splitlines() if text in line]
+    return lines
+
+
+def test_each_request_is_one_access_line_without_its_image(resnet_url, photos):
+    id_ = f"access-{uuid.uuid4()}"
+    image = b64(encode(photos["coffee"], "JPEG"))
+    assert post(resnet_url, json.dumps({"id": id_, "image": image})).status_code == 200
+    assert post(resnet_url, json.dumps({"id": id_, "image": "@@"})).status_code == 400
+    deadline = time.monotonic() + 10
+    while len(lines := _log_lines_with(id_, "resnet50")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(lines) == 2, lines
+    ok, bad = sorted(lines, key=lambda line: " 400 " in line)
+    assert "/vectors 200" in ok and "total_ms=" in ok and "decode_ms=" in ok and "model_ms=" in ok
+    assert "/vectors 400" in bad
+    assert image[100:140] not in "".join(lines)  # no image bytes
+
+
+def test_access_lines_can_be_switched_off(fuzz_url):
+    id_ = f"quiet-{uuid.uuid4()}"
+    r = post(fuzz_url, json.dumps({"id": id_, "image": b64(one_pixel_png())}))
+    assert r.status_code == 200
+    time.sleep(1)
+    assert _log_lines_with(id_, "fuzz") == []
