@@ -29,6 +29,7 @@ from img2vec.weights import (
     DOWNLOAD,
     check_source,
     get_spec,
+    preset_of,
     resolve_weights,
 )
 
@@ -41,7 +42,10 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model: str = Field(DEFAULT_MODEL, description="a name in img2vec.weights.SPECS")
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="a name in img2vec.weights.SPECS; <name>:native for the model's own crop",
+    )
     weights: str = Field(DOWNLOAD, description="'download', a state-dict path, or 'random'")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # float32 is IEEE float32 on every device (TF32 off on GPUs). With real MobileNetV2
@@ -167,7 +171,7 @@ def build_app(args: AppArgs) -> Application:
     return Ingress.bind(
         embedder,
         IngressOptions(
-            preprocess=get_spec(args.model).preprocess,
+            preprocess=preset_of(args.model),
             max_body_bytes=args.max_body_bytes,
             max_inflight_bytes=args.max_inflight_bytes,
             max_image_bytes=args.max_image_bytes,

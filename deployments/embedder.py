@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from ray import serve
 
-from deployments.metrics import EmbedderMetrics
+from deployments.metrics import EmbedderMetrics, keep_fresh
 from img2vec.batching import Batcher, BatchSettings
 from img2vec.cpus import available_cpus
 from img2vec.errors import Overloaded
@@ -88,6 +88,7 @@ class EmbedderDeployment:
             observer=self._metrics,
         )
         self._replica = serve.get_replica_context().replica_id.unique_id
+        self._fresh = asyncio.get_running_loop().create_task(keep_fresh(self._metrics.refresh))
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """The batch settings, live: Serve calls this before the replica takes traffic and

@@ -48,7 +48,7 @@ from deployments.http import (
     json_error,
     read_body,
 )
-from deployments.metrics import IngressMetrics
+from deployments.metrics import IngressMetrics, keep_fresh
 from img2vec.decoding import ImageLimits, decode_image
 from img2vec.errors import Img2VecError, InvalidRequest, NotReady, Overloaded
 from img2vec.preprocessing import Preprocess, get_preset
@@ -174,6 +174,7 @@ class Ingress:
         self._tasks = [
             loop.create_task(self._health.watch(embedder)),
             loop.create_task(self._drain.watch()),
+            loop.create_task(keep_fresh(lambda: self._metrics.refresh(self._budget.held))),
         ]
 
     # -- health ---------------------------------------------------------------------

@@ -4,11 +4,13 @@ node's metrics port with Serve's built-ins; docs/metrics.md lists them and what 
 and cluster/grafana/img2vec.json charts them.
 
 Created inside a replica (the Serve tags are filled in from its context), never at import.
+Gauges are set again every few seconds (`refresh`): Ray drops a gauge value after a TTL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ray.serve.metrics import Counter, Gauge, Histogram
@@ -56,6 +58,10 @@ class IngressMetrics:
             description="Request bytes the ingress holds now (limit: max_inflight_bytes).",
         )
 
+    def refresh(self, held_bytes: int) -> None:
+        """Ray forgets a gauge value not set again within its TTL: call this periodically."""
+        self.inflight_bytes.set(held_bytes)
+
     def answered(self, route: str, status: int, seconds: float) -> None:
         self.requests.inc(tags={"route": route, "status": str(status)})
         self.latency.observe(seconds, tags={"route": route})
@@ -89,22 +95,24 @@ class EmbedderMetrics:
             description="Images dropped before their pass: caller gone, or deadline passed.",
             tag_keys=("reason",),
         )
-        model_info = Gauge(
+        self._model_info = Gauge(
             "img2vec_model_info",
             description="1, tagged with what every vector depends on.",
             tag_keys=("model", "weights", "weights_sha256", "device", "dtype", "preprocess"),
         )
-        model_info.set(
-            1,
-            tags={
-                "model": info["model"],
-                "weights": info["weights"],
-                "weights_sha256": (info["weights_sha256"] or "none")[:12],
-                "device": info["device"],
-                "dtype": info["dtype"],
-                "preprocess": info["preprocess"],
-            },
-        )
+        self._identity = {
+            "model": info["model"],
+            "weights": info["weights"],
+            "weights_sha256": (info["weights_sha256"] or "none")[:12],
+            "device": info["device"],
+            "dtype": info["dtype"],
+            "preprocess": info["preprocess"],
+        }
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Ray forgets a gauge value not set again within its TTL: call this periodically."""
+        self._model_info.set(1, tags=self._identity)
 
     def on_pass(self, size: int, forward_s: float, queue_wait_s: Sequence[float]) -> None:
         self.images.inc(size)
@@ -115,3 +123,9 @@ class EmbedderMetrics:
 
     def on_drop(self, reason: str, count: int) -> None:
         self.dropped.inc(count, tags={"reason": reason})
+
+
+async def keep_fresh(refresh: Callable[[], None], every_s: float = 5.0) -> None:
+    while True:
+        refresh()
+        await asyncio.sleep(every_s)

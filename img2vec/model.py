@@ -29,6 +29,7 @@ from img2vec.weights import (
     ModelSpec,
     ResolvedWeights,
     get_spec,
+    preset_of,
     resolve_weights,
 )
 
@@ -79,12 +80,14 @@ class Embedder:
         dtype: str = "float32",
         graph: str = "torchscript",
         pad_to_buckets: bool | None = None,
+        name: str | None = None,
     ) -> None:
         if graph not in GRAPHS:
             raise ConfigError(f"graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
         if dtype not in PRECISIONS:
             raise ConfigError(f"dtype must be one of {', '.join(PRECISIONS)}, got {dtype!r}")
         self.spec = spec
+        self.name = name or spec.name  # as asked for: `convnext_tiny:native` names its preset
         self.device = device
         self.dtype_name = dtype
         self.dtype = PRECISIONS[dtype][0]
@@ -115,7 +118,7 @@ class Embedder:
 
     def info(self) -> ModelInfo:
         return ModelInfo(
-            model=self.spec.name,
+            model=self.name,
             dim=self.spec.dim,
             weights=_weights_name(self.spec, self._weights),
             weights_source=self._weights.source,
@@ -356,8 +359,8 @@ def build_embedder(
     configure_precision(dtype)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    preset = get_preset(preprocess or spec.preprocess)
-    embedder = Embedder(spec, module, resolved, dev, preset, dtype, graph)
+    preset = get_preset(preprocess or preset_of(model))
+    embedder = Embedder(spec, module, resolved, dev, preset, dtype, graph, name=model)
     log.info("embedder ready: %s (pid %d)", embedder.info(), os.getpid())
     return embedder
 

@@ -81,12 +81,25 @@ def _center_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     return img.crop((left, top, left + crop_w, top + crop_h))
 
 
-# The Weaviate-compatible preset comes first: it is what `img2vec-pytorch` does.
+# The Weaviate-compatible preset comes first: it is what `img2vec-pytorch` does, and every
+# model can use it (the model name alone, e.g. `convnext_tiny`).
 STRETCH_224 = Preprocess(name="stretch224", resize=(224, 224))
-# torchvision's ImageNet evaluation transform, for uses beyond Weaviate compatibility.
-CROP_224 = Preprocess(name="crop224", resize=256, crop=(224, 224))
+# The models' own evaluation transforms, as their torchvision weights publish them (a model
+# name with `:native`, e.g. `convnext_tiny:native`): shorter side scaled, centre crop.
+CROP_224 = Preprocess(name="resize256-crop224", resize=256, crop=(224, 224))
+NATIVE = (
+    CROP_224,
+    Preprocess(name="resize232-crop224", resize=232, crop=(224, 224)),
+    Preprocess(name="resize236-crop224", resize=236, crop=(224, 224)),
+    Preprocess(
+        name="resize256-crop224-bicubic",
+        resize=256,
+        crop=(224, 224),
+        resample=Image.Resampling.BICUBIC,
+    ),
+)
 
-PRESETS: dict[str, Preprocess] = {p.name: p for p in (STRETCH_224, CROP_224)}
+PRESETS: dict[str, Preprocess] = {p.name: p for p in (STRETCH_224, *NATIVE)}
 
 
 def get_preset(name: str) -> Preprocess:

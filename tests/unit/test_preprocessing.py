@@ -53,10 +53,23 @@ def test_normalize_is_bit_identical_to_totensor_plus_normalize(photos):
     assert ours.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_crop_preset_matches_torchvision_eval_transform(photos):
-    ref_tf = T.Compose([T.Resize(256), T.CenterCrop(224)])
-    for img in photos.values():
-        assert np.array_equal(CROP_224.to_array(img), np.asarray(ref_tf(img)))
+def test_native_presets_match_the_torchvision_weights_transforms(photos):
+    """Each spec's `:native` preset is pixel-identical to its torchvision weights' own
+    transform (resize, interpolation, centre crop)."""
+    import torchvision
+
+    from img2vec.weights import SPECS
+
+    for spec in SPECS.values():
+        preset = get_preset(spec.native_preprocess)
+        tv = torchvision.models.get_weight(spec.weights_tag).transforms()
+        ref_tf = T.Compose(
+            [T.Resize(tv.resize_size, interpolation=tv.interpolation), T.CenterCrop(tv.crop_size)]
+        )
+        for img in photos.values():
+            assert np.array_equal(preset.to_array(img), np.asarray(ref_tf(img))), spec.name
+        assert list(tv.mean) == list(preset.mean) and list(tv.std) == list(preset.std)
+    assert CROP_224.name == "resize256-crop224"
 
 
 def test_non_rgb_input_is_converted():

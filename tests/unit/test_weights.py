@@ -255,5 +255,5 @@ def test_random_weights_are_seeded_and_reported_as_random():
 
 
 def test_unknown_model_names_the_known_ones():
-    with pytest.raises(WeightsError, match="resnet50, mobilenet_v2"):
+    with pytest.raises(WeightsError, match="resnet50, resnet50_v2, resnet101"):
         get_spec("vgg16")
