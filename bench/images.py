@@ -45,3 +45,21 @@ def request_bodies(images: list[bytes]) -> list[bytes]:
         json.dumps({"id": f"{uuid.uuid4()}_0", "image": base64.b64encode(img).decode()}).encode()
         for img in images
     ]
+
+
+BULK = 64
+
+
+def bulk_bodies(images: list[bytes], items: int = BULK) -> list[bytes]:
+    """POST /vectors/batch bodies of `items` photos each, cycling through `images`."""
+    return [
+        json.dumps(
+            {
+                "items": [
+                    {"id": f"{uuid.uuid4()}_{i}", "image": base64.b64encode(img).decode()}
+                    for i, img in enumerate(images[(j + k) % len(images)] for k in range(items))
+                ]
+            }
+        ).encode()
+        for j in range(len(images))
+    ]

@@ -42,6 +42,7 @@ async def _run(
     duration_s: float,
     warmup_s: float,
     max_requests: int,
+    images_per_request: int = 1,
 ) -> LoadResult:
     # Counted: requests that *complete* inside the measured window, whenever they started.
     # (Counting only those that also start inside it would undercount by latency/duration:
@@ -83,7 +84,7 @@ async def _run(
         requests=sum(statuses.values()),
         errors=sum(n for s, n in statuses.items() if s != 200),
         duration_s=round(window, 3),
-        images_per_s=round(ok / window, 3) if window > 0 else 0.0,
+        images_per_s=round(ok * images_per_request / window, 3) if window > 0 else 0.0,
         p50_ms=round(float(np.percentile(lat, 50)), 1),
         p95_ms=round(float(np.percentile(lat, 95)), 1),
         p99_ms=round(float(np.percentile(lat, 99)), 1),
@@ -99,6 +100,7 @@ def run_load(
     duration_s: float = 15.0,
     warmup_s: float = 3.0,
     max_requests: int = 5000,
+    images_per_request: int = 1,
 ) -> LoadResult:
     """POST `bodies` round-robin to `url` from `concurrency` clients for warm-up + duration
     seconds (or until `max_requests` were sent); counts and latencies of the requests that
@@ -106,4 +108,6 @@ def run_load(
     host = urlsplit(url).hostname
     if host not in LOOPBACK_HOSTS:
         raise ValueError(f"load is only ever sent to loopback, not {host!r}")
-    return asyncio.run(_run(url, bodies, concurrency, duration_s, warmup_s, max_requests))
+    return asyncio.run(
+        _run(url, bodies, concurrency, duration_s, warmup_s, max_requests, images_per_request)
+    )

@@ -24,16 +24,18 @@ import psutil
 import torch
 import yaml
 
-from bench.images import image_sets, request_bodies
+from bench.images import BULK, bulk_bodies, image_sets, request_bodies
 from bench.loadgen import run_load
 from bench.model import bench_model
 from bench.processes import LOOPBACK, free_port, started, wait_ready
-from bench.report import write_report
+from bench.report import PRIMARY, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 # Ray runs its workers at nice 15; everything the benchmark starts runs at that level too, so
 # that the load generator and the baseline do not win the CPU from the service unfairly.
 NICE = 15
+BULK_SUFFIX = f"-bulk{BULK}"
+BULK_CONCURRENCY = (1, 2)
 
 
 class TreeMonitor:
@@ -104,16 +106,21 @@ def drive(name: str, url: str, pid: int, sets: dict, args: argparse.Namespace) -
     rows = []
     with TreeMonitor(pid) as monitor:
         for set_name, bodies in sets.items():
-            for concurrency in args.concurrency:
+            bulk = set_name.endswith(BULK_SUFFIX)
+            if bulk and name != "service":
+                continue  # the container we replace has no bulk route
+            for concurrency in BULK_CONCURRENCY if bulk else args.concurrency:
                 before, cpu0, t0 = batching(url), monitor.cpu_seconds(), time.perf_counter()
                 monitor.peak_rss = 0
                 result = run_load(
-                    url + "/vectors",
+                    url + ("/vectors/batch" if bulk else "/vectors"),
                     bodies,
                     concurrency=concurrency,
-                    duration_s=args.duration,
+                    # A bulk request holds 64 images: a longer window for as many completions.
+                    duration_s=args.duration * (3 if bulk else 1),
                     warmup_s=args.warmup,
                     max_requests=args.max_requests,
+                    images_per_request=BULK if bulk else 1,
                 )
                 cpu1, t1 = monitor.cpu_seconds(), time.perf_counter()
                 after = batching(url)
@@ -212,6 +219,7 @@ def main() -> None:
     parser.add_argument(
         "--ray-defaults", action="store_true", help="ignore serve.env (Ray Serve's defaults)"
     )
+    parser.add_argument("--no-bulk", action="store_true", help="skip the bulk-route rows")
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite benchmarks.md")
     args = parser.parse_args()
@@ -222,7 +230,11 @@ def main() -> None:
     os.nice(NICE)
     command = "python -m bench.run " + " ".join(sys.argv[1:])
     results: dict = {"command": command.strip(), "machine": machine(), "args": vars(args)}
-    sets = {name: request_bodies(imgs) for name, imgs in image_sets(args.images).items()}
+    images = image_sets(args.images)
+    sets = {name: request_bodies(imgs) for name, imgs in images.items()}
+    if PRIMARY in images and not args.no_bulk:
+        # 64 photos per POST /vectors/batch, compared with 64 concurrent single requests.
+        sets[PRIMARY + BULK_SUFFIX] = bulk_bodies(images[PRIMARY])
     if "model" in systems:
         batches = tuple(int(b) for b in args.model_batches.split(","))
         # What the service runs (a frozen TorchScript graph), and plain eager torchvision.

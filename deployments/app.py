@@ -91,14 +91,19 @@ class AppArgs(BaseModel):
         description="every request is answered within this, 503 if need be (Weaviate waits 50 s)",
     )
     access_log: bool = Field(True, description="one log line per request: id, status, timings")
+    max_bulk_items: int = Field(256, gt=0, description="most items in one POST /vectors/batch")
+    max_bulk_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="largest POST /vectors/batch body"
+    )
 
     @model_validator(mode="after")
     def _one_body_fits_in_flight(self) -> AppArgs:
-        if self.max_inflight_bytes < self.max_body_bytes:
-            raise ValueError(
-                f"max_inflight_bytes ({self.max_inflight_bytes}) must be at least "
-                f"max_body_bytes ({self.max_body_bytes}), or no large request could be served"
-            )
+        for name in ("max_body_bytes", "max_bulk_bytes"):
+            if self.max_inflight_bytes < getattr(self, name):
+                raise ValueError(
+                    f"max_inflight_bytes ({self.max_inflight_bytes}) must be at least "
+                    f"{name} ({getattr(self, name)}), or no such request could be served"
+                )
         return self
 
 
@@ -183,5 +188,7 @@ def build_app(args: AppArgs) -> Application:
             unready_after_s=args.unready_after_s,
             request_timeout_s=args.request_timeout_s,
             access_log=args.access_log,
+            max_bulk_items=args.max_bulk_items,
+            max_bulk_bytes=args.max_bulk_bytes,
         ),
     )

@@ -23,7 +23,7 @@ from ray import serve
 from deployments.metrics import EmbedderMetrics, keep_fresh
 from img2vec.batching import Batcher, BatchSettings
 from img2vec.cpus import available_cpus
-from img2vec.errors import Overloaded
+from img2vec.errors import Img2VecError, Overloaded
 from img2vec.model import Embedder, build_embedder, is_out_of_memory
 
 log = logging.getLogger("ray.serve")
@@ -111,25 +111,29 @@ class EmbedderDeployment:
         seconds, `time.time()`: the caller's clock, so that the time a call waited in Serve's
         queues counts) or an `Overloaded` error: at once when the model is already further
         behind than that, else when the deadline passes before its forward pass starts."""
-        expected = (*self._embedder.input_size, 3)
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.shape != expected:
-            # Refused alone, before it can join (and break) a pass.
-            got = (image.dtype, image.shape) if isinstance(image, np.ndarray) else type(image)
-            raise ValueError(f"embed() expects a uint8 array of shape {expected}, got {got}")
-        local_deadline = None
-        if deadline is not None:
-            left = deadline - time.time()
-            behind = self._batcher.expected_wait_s()
-            if behind > left:
-                raise Overloaded(
-                    f"the model is {behind:.1f} s behind and this request has {max(left, 0):.1f}"
-                    " s left; retry later"
-                )
-            local_deadline = time.monotonic() + left
+        self._check(image)
+        local_deadline = self._admit(deadline, 1)
         future: asyncio.Future[np.ndarray] = await self._gather(image, local_deadline)
         # If this call is cancelled (the client went away), awaiting cancels the future and
         # the batcher drops the image before its pass.
         return await future
+
+    async def embed_many(
+        self, images: list[np.ndarray], deadline: float | None = None
+    ) -> list[np.ndarray | Img2VecError]:
+        """Several images of one request (the bulk route), already gathered: straight into the
+        batcher, into the same passes as single calls. Each gets its vector or its own error."""
+        for image in images:
+            self._check(image)
+        local_deadline = self._admit(deadline, len(images))
+        futures = [self._batcher.enqueue(image, local_deadline) for image in images]
+        try:
+            results = await asyncio.gather(*futures, return_exceptions=True)
+        except asyncio.CancelledError:
+            for future in futures:
+                future.cancel()
+            raise
+        return [r if isinstance(r, np.ndarray | Img2VecError) else _as_error(r) for r in results]
 
     @serve.batch(max_batch_size=DEFAULTS.max_batch_size, batch_wait_timeout_s=0.0)
     async def _gather(
@@ -141,6 +145,27 @@ class EmbedderDeployment:
             self._batcher.enqueue(image, deadline)
             for image, deadline in zip(images, deadlines, strict=True)
         ]
+
+    def _check(self, image: object) -> None:
+        """Refused alone, before it can join (and break) a pass."""
+        expected = (*self._embedder.input_size, 3)
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.shape != expected:
+            got = (image.dtype, image.shape) if isinstance(image, np.ndarray) else type(image)
+            raise ValueError(f"embed() expects a uint8 array of shape {expected}, got {got}")
+
+    def _admit(self, deadline: float | None, count: int) -> float | None:
+        """The local (monotonic) deadline, or Overloaded at once when the model is already
+        further behind than the time left."""
+        if deadline is None:
+            return None
+        left = deadline - time.time()
+        behind = self._batcher.expected_wait_s() + (count - 1) * self._batcher.seconds_per_image()
+        if behind > left:
+            raise Overloaded(
+                f"the model is {behind:.1f} s behind and this request has {max(left, 0):.1f}"
+                " s left; retry later"
+            )
+        return time.monotonic() + left
 
     def describe(self) -> dict[str, Any]:
         """Model identity and this replica's batching, from one replica, in one answer;
@@ -159,3 +184,10 @@ class EmbedderDeployment:
         batcher = getattr(self, "_batcher", None)
         if batcher is not None:
             batcher.close()
+
+
+def _as_error(exc: BaseException) -> Img2VecError:
+    """A pass that failed for one of ours (e.g. out of memory on one image): the item's own
+    error, logged; the other items keep their vectors."""
+    log.error("an image of a bulk request failed: %r", exc)
+    return Img2VecError("internal error; the service logged the details")

@@ -150,7 +150,9 @@ class Held:
         self.budget.give(self.n)
 
 
-async def read_body(request: Request, limit: int, held: Held) -> bytes:
+async def read_body(
+    request: Request, limit: int, held: Held, setting: str = "max_body_bytes"
+) -> bytes:
     """Read the body, refusing it as soon as it is known to exceed `limit`.
 
     A declared Content-Length is taken from the budget before anything is read, and a
@@ -162,7 +164,7 @@ async def read_body(request: Request, limit: int, held: Held) -> bytes:
     if declared is not None and declared.isdigit():
         if int(declared) > limit:
             raise ImageTooLarge(
-                f"request body is {declared} bytes; the limit is {limit} bytes (max_body_bytes)"
+                f"request body is {declared} bytes; the limit is {limit} bytes ({setting})"
             )
         taken = int(declared)
         held.take(taken)
@@ -171,7 +173,7 @@ async def read_body(request: Request, limit: int, held: Held) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ImageTooLarge(f"request body is over the limit of {limit} bytes (max_body_bytes)")
+            raise ImageTooLarge(f"request body is over the limit of {limit} bytes ({setting})")
         if size > taken:
             held.take(size - taken)
             taken = size

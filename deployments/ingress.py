@@ -33,6 +33,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import img2vec
+from deployments.bulk import BulkItem, BulkRequest, BulkResponse, bulk_body, parse_bulk
 from deployments.health import Drain, EmbedderHealth
 from deployments.http import (
     ERRORS,
@@ -54,6 +55,8 @@ from img2vec.errors import Img2VecError, InvalidRequest, NotReady, Overloaded
 from img2vec.preprocessing import Preprocess, get_preset
 
 log = logging.getLogger("ray.serve")
+# Images per call to the model from the bulk route (see Ingress._embed_many).
+BULK_CHUNK = 16
 # A child of Serve's logger: its lines go where Serve writes the replica's log (file, stderr or
 # JSON, as its logging_config says).
 access = logging.getLogger("ray.serve.img2vec.access")
@@ -78,6 +81,8 @@ class IngressOptions(BaseModel):
     # Every request is answered within this (a 503 if the model could not make it).
     request_timeout_s: float = Field(20.0, gt=0)
     access_log: bool = True
+    max_bulk_items: int = Field(256, gt=0)
+    max_bulk_bytes: int = Field(64 * 1024 * 1024, gt=0)
 
 
 _VECTORS_ROUTE: dict[str, Any] = {
@@ -87,6 +92,17 @@ _VECTORS_ROUTE: dict[str, Any] = {
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": VectorRequest.model_json_schema()}},
+        }
+    },
+}
+
+_BULK_ROUTE: dict[str, Any] = {
+    "response_model": BulkResponse,
+    "responses": ERRORS,
+    "openapi_extra": {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": BulkRequest.model_json_schema()}},
         }
     },
 }
@@ -221,6 +237,8 @@ class Ingress:
             "max_image_pixels": self._options.max_image_pixels,
             "max_id_length": self._options.max_id_length,
             "request_timeout_s": self._options.request_timeout_s,
+            "max_bulk_items": self._options.max_bulk_items,
+            "max_bulk_bytes": self._options.max_bulk_bytes,
         }
         return JSONResponse({"version": img2vec.__version__, **described, "limits": limits})
 
@@ -234,12 +252,18 @@ class Ingress:
     async def vectors_slash(self, request: Request) -> Response:
         return await self._answer("/vectors", request)
 
+    @app.post("/vectors/batch", **_BULK_ROUTE)
+    async def vectors_batch(self, request: Request) -> Response:
+        """Many images, each answered on its own (deployments/bulk.py)."""
+        return await self._answer("/vectors/batch", request)
+
     async def _answer(self, route: str, request: Request) -> Response:
         """One request, from arrival to answer: bounded in time, counted, logged."""
         timing = _Timing()
         self._inflight += 1
+        handler = self._vectorize_bulk if route == "/vectors/batch" else self._vectorize
         try:
-            response = await self._vectorize(request, timing)
+            response = await handler(request, timing)
         finally:
             self._inflight -= 1
             self._metrics.inflight_bytes.set(self._budget.held)
@@ -287,6 +311,80 @@ class Ingress:
             option=orjson.OPT_SERIALIZE_NUMPY,
         )
         return Response(body, media_type="application/json")
+
+    async def _vectorize_bulk(self, request: Request, timing: _Timing) -> Response:
+        if self._drain.refusing:
+            return error_response(NotReady("the service is shutting down; retry elsewhere"))
+        deadline = time.time() + self._options.request_timeout_s
+        options = self._options
+        try:
+            async with asyncio.timeout(options.request_timeout_s):
+                with Held(self._budget) as held:
+                    self._metrics.inflight_bytes.set(self._budget.held)
+                    body = await read_body(request, options.max_bulk_bytes, held, "max_bulk_bytes")
+                    timing.nbytes = len(body)
+                    items = parse_bulk(body, options.max_bulk_items, options.max_id_length)
+                    del body
+                    timing.id = f"{len(items)} items"
+                    started = time.perf_counter()
+                    await asyncio.gather(*(self._decode_item(item) for item in items))
+                    timing.decode_s = time.perf_counter() - started
+                    todo = [item for item in items if item.pixels is not None]
+                    if todo:
+                        started = time.perf_counter()
+                        pixels = [item.pixels for item in todo]
+                        results = await self._embed_many(pixels, deadline)
+                        timing.model_s = time.perf_counter() - started
+                        for item, result in zip(todo, results, strict=True):
+                            item.pixels = None
+                            if isinstance(result, Img2VecError):
+                                item.error = result
+                            else:
+                                item.vector = result
+        except TimeoutError:
+            return error_response(
+                Overloaded(f"not answered within {options.request_timeout_s:g} s; retry")
+            )
+        except Img2VecError as exc:
+            return error_response(exc)
+        except Exception:
+            log.exception("bulk vectorize failed")
+            return json_error(INTERNAL_ERROR, 500)
+        return Response(bulk_body(items), media_type="application/json")
+
+    async def _decode_item(self, item: BulkItem) -> None:
+        if item.image is None:
+            return
+        image, item.image = item.image, None
+        try:
+            item.pixels = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._prepare, image
+            )
+        except Img2VecError as exc:
+            item.error = exc
+
+    async def _embed_many(
+        self, pixels: list[np.ndarray], deadline: float
+    ) -> list[np.ndarray | Img2VecError]:
+        """The items' pixels to the model in chunks of BULK_CHUNK, concurrently: Serve's gRPC
+        transport between deployments (throughput-optimized mode) refuses messages over 4 MiB,
+        and 16 images are 2.4 MB. A chunk the model refuses fails only its own items."""
+        chunks = [pixels[i : i + BULK_CHUNK] for i in range(0, len(pixels), BULK_CHUNK)]
+        answers = await asyncio.gather(
+            *(self._embedder.embed_many.remote(chunk, deadline) for chunk in chunks),
+            return_exceptions=True,
+        )
+        results: list[np.ndarray | Img2VecError] = []
+        for chunk, answer in zip(chunks, answers, strict=True):
+            if isinstance(answer, BaseException):
+                err = embedder_error(answer)
+                if err is None:
+                    raise answer
+                results += [err] * len(chunk)
+            else:
+                results += answer
+                self._health.answered()
+        return results
 
     async def _decode_request(
         self, request: Request, held: Held, timing: _Timing

@@ -169,6 +169,10 @@ class Batcher(Generic[T, R]):
             self._worker = loop.create_task(self._drain())
         return future
 
+    def seconds_per_image(self) -> float:
+        """The recent cost of one image in a pass (0 until a pass has run)."""
+        return self._s_per_image or 0.0
+
     def _resolved(self, _: asyncio.Future[R]) -> None:
         self._unresolved -= 1
 

@@ -108,6 +108,13 @@ def test_the_launcher_serves_the_api_from_the_one_config(launched):
     r = httpx.post(url + "/vectors", content=body, timeout=60)
     assert r.status_code == 200, r.text
     assert r.json()["id"] == "e2e_0" and r.json()["dim"] == 2048
+    # Bulk, over serve.env's gRPC transport (4 MiB per message between deployments): 40
+    # photos' pixels are 6 MB.
+    image = b64(encode(photo("coffee").resize((320, 240)), "JPEG"))
+    items = [{"id": f"b{i}", "image": image} for i in range(40)]
+    r = httpx.post(url + "/vectors/batch", content=json.dumps({"items": items}), timeout=120)
+    assert r.status_code == 200, r.text
+    assert [item.get("dim") for item in r.json()["items"]] == [2048] * 40
     meta = httpx.get(url + "/meta").json()
     assert meta["model"] == "resnet50" and meta["weights"] == "random"
     assert meta["batching"]["config"] == deployments(load_config())["Embedder"]["user_config"]

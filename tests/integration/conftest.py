@@ -9,6 +9,8 @@ MAX_BODY_BYTES = 2_000_000
 MAX_IMAGE_BYTES = 1_000_000
 MAX_IMAGE_PIXELS = 4_000_000
 MAX_ID_LENGTH = 256
+MAX_BULK_ITEMS = 12
+MAX_BULK_BYTES = 6_000_000
 
 
 @pytest.fixture(scope="package")
@@ -35,6 +37,8 @@ def resnet_url(serve_base, resnet50_file) -> str:
         "IMG2VEC_MAX_IMAGE_BYTES": str(MAX_IMAGE_BYTES),
         "IMG2VEC_MAX_IMAGE_PIXELS": str(MAX_IMAGE_PIXELS),
         "IMG2VEC_MAX_ID_LENGTH": str(MAX_ID_LENGTH),
+        "IMG2VEC_MAX_BULK_ITEMS": str(MAX_BULK_ITEMS),
+        "IMG2VEC_MAX_BULK_BYTES": str(MAX_BULK_BYTES),
     }
     return deploy("resnet50", "/", env, serve_base)
 
@@ -62,6 +66,7 @@ def mobilenet_small_budget_url(serve_base) -> tuple[str, int]:
         "IMG2VEC_TORCH_THREADS": "1",
         "IMG2VEC_MAX_BODY_BYTES": str(SMALL_BUDGET),
         "IMG2VEC_MAX_INFLIGHT_BYTES": str(SMALL_BUDGET),
+        "IMG2VEC_MAX_BULK_BYTES": str(SMALL_BUDGET),
     }
     return deploy("budget", "/budget", env, serve_base), SMALL_BUDGET
 

@@ -39,6 +39,7 @@ def fragile(serve_instance):
         "IMG2VEC_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S),
         "IMG2VEC_MAX_BODY_BYTES": "4000000",
         "IMG2VEC_MAX_INFLIGHT_BYTES": str(BUDGET),
+        "IMG2VEC_MAX_BULK_BYTES": str(BUDGET),
         "IMG2VEC_DECODE_WORKERS": "2",
     }
     url = deploy("fragile", "/fragile", env, serve_instance.base_url)

@@ -1,0 +1,94 @@
+"""`POST /vectors/batch`: many images in one request, each answered on its own.
+
+`{"items": [{"id", "image"}, ...]}` -> `{"items": [...]}` in the same order, each
+`{"id", "vector", "dim"}` or `{"id", "error", "status"}`. One bad item fails only itself; the
+request as a whole is a 200. Past `max_bulk_items` items or `max_bulk_bytes` of body, the whole
+request is a 413, before anything is decoded. (Not `/vectorize`: that is the multi2vec-clip
+protocol, `{"images": [...]}`, and this is not it.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from pydantic import BaseModel, StrictStr
+
+from deployments.http import VectorRequest, status_of
+from img2vec.errors import ImageTooLarge, Img2VecError, InvalidRequest
+
+
+class BulkRequest(BaseModel):
+    items: list[VectorRequest]
+
+
+class BulkVector(BaseModel):
+    id: str
+    vector: list[float]
+    dim: int
+
+
+class BulkError(BaseModel):
+    id: StrictStr | None
+    error: str
+    status: int
+
+
+class BulkResponse(BaseModel):
+    items: list[BulkVector | BulkError]
+
+
+@dataclass
+class BulkItem:
+    id: str | None
+    image: str | None
+    error: Img2VecError | None = None
+    pixels: np.ndarray | None = None
+    vector: np.ndarray | None = None
+
+
+def parse_bulk(body: bytes, max_items: int, max_id_length: int) -> list[BulkItem]:
+    """The body's items, each valid or carrying its own error. What makes the whole request
+    unusable (not JSON, no `items` list, too many items) raises."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"body is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("items"), list):
+        raise InvalidRequest('body must be a JSON object {"items": [{"id": ..., "image": ...}]}')
+    raw = data["items"]
+    if len(raw) > max_items:
+        raise ImageTooLarge(f"{len(raw)} items; the limit is {max_items} (max_bulk_items)")
+    if not raw:
+        raise InvalidRequest("items is empty")
+    return [_item(entry, max_id_length) for entry in raw]
+
+
+def _item(entry: Any, max_id_length: int) -> BulkItem:
+    if not isinstance(entry, dict):
+        return BulkItem(None, None, InvalidRequest("item must be an object {id, image}"))
+    id_, image = entry.get("id"), entry.get("image")
+    id_ok = id_ if isinstance(id_, str) else None
+    if not isinstance(id_, str):
+        return BulkItem(None, None, InvalidRequest("id: a string is required"))
+    if not isinstance(image, str):
+        return BulkItem(id_ok, None, InvalidRequest("image: a base64 string is required"))
+    if len(id_) > max_id_length:
+        error = InvalidRequest(f"id is {len(id_)} characters; the limit is {max_id_length}")
+        return BulkItem(id_, None, error)
+    return BulkItem(id_, image)
+
+
+def bulk_body(items: list[BulkItem]) -> bytes:
+    out: list[dict[str, Any]] = []
+    for item in items:
+        if item.vector is not None:
+            out.append({"id": item.id, "vector": item.vector, "dim": int(item.vector.shape[0])})
+        else:
+            assert item.error is not None
+            out.append(
+                {"id": item.id, "error": item.error.message, "status": status_of(item.error)}
+            )
+    return orjson.dumps({"items": out}, option=orjson.OPT_SERIALIZE_NUMPY)
