@@ -43,7 +43,7 @@ fuzz: install
 # Bare model vs our service vs the one-at-a-time baseline, side by side (~10 min on 2 cores).
 # Rewrites the results section of docs/benchmarks.md. BENCH_ARGS adds options of bench/run.py.
 bench: install
-	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	$(BIN)/img2vec bench $(BENCH_ARGS)
 
 # One Serve setting changed at a time against serve_config.yaml (~15 min on 2 cores).
 bench-knobs: install

@@ -76,4 +76,7 @@ def find() -> ray.actor.ActorHandle | None:
 
 
 def create() -> ray.actor.ActorHandle:
-    return Lifecycle.options(name=NAME, namespace=NAMESPACE, lifetime=None).remote()
+    handle: ray.actor.ActorHandle = Lifecycle.options(  # type: ignore[attr-defined]
+        name=NAME, namespace=NAMESPACE, lifetime=None
+    ).remote()
+    return handle

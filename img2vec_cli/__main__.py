@@ -1,0 +1,3 @@
+from img2vec_cli.main import main
+
+main()
