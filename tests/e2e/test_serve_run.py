@@ -258,3 +258,31 @@ def test_serve_env_is_what_the_launcher_applies():
     env = serve_env(ROOT)
     assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "deployments.proxy:middlewares"
     assert "RAY_SERVE_ENABLE_HA_PROXY" not in env  # see docs/benchmarks.md: its errors are not ours
+
+
+def test_the_image_entrypoint_serves_on_its_port_and_stops_cleanly(tmp_path):
+    """The Docker image's command, run here: ENABLE_CUDA=0 as the replaced container knew it,
+    the port from IMG2VEC_PORT (8080 in the image), its health check, SIGTERM."""
+    port = free_port()
+    env = _env(
+        ENABLE_CUDA="0",
+        IMG2VEC_PORT=str(port),
+        IMG2VEC_HOST=LOOPBACK,
+        IMG2VEC_METRICS_PORT=str(free_port()),
+    )
+    log = tmp_path / "entrypoint.log"
+    proc, marker = _start([sys.executable, "-m", "deployments.container"], env, log)
+    try:
+        url = f"http://{LOOPBACK}:{port}"
+        wait_ready(url, timeout_s=240, proc=proc)
+        health = subprocess.run(
+            [sys.executable, "-m", "deployments.container", "health"], env=env, cwd=ROOT
+        )
+        assert health.returncode == 0
+        assert httpx.get(url + "/meta").json()["device"] == "cpu"
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(90)
+    finally:
+        left = _cleanup(proc, marker)
+    assert code == 0, log.read_text()[-3000:]
+    assert left == []
