@@ -172,6 +172,7 @@ class EmbedderDeployment:
         answering at all means the model is loaded."""
         return {
             "replica": self._replica,
+            "node_id": ray.get_runtime_context().get_node_id(),
             **asdict(self._embedder.info()),
             "batching": self._batcher.snapshot(),
         }
