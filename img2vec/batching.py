@@ -123,7 +123,7 @@ class Batcher(Generic[T, R]):
         self._pending: deque[_Job[T, R]] = deque()
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
-        self._unresolved = 0  # enqueued, not yet answered nor withdrawn
+        self._in_pass = 0  # images in the pass running now
         # One thread for every forward pass: torch's OpenMP team belongs to the thread that
         # calls it, and a pool of callers would each keep a team of spinning threads.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
@@ -146,11 +146,17 @@ class Batcher(Generic[T, R]):
 
     def expected_wait_s(self) -> float:
         """How long a request enqueued now would wait for its result, from the recent cost
-        per image (0 until a pass has run). Withdrawn and answered requests do not count,
-        even before their pass would have dropped them."""
+        per image (0 until a pass has run). Only work that will run counts: requests
+        withdrawn or past their deadline are left out even before a pass drops them."""
         if self._s_per_image is None:
             return 0.0
-        return (self._unresolved + 1) * self._s_per_image
+        now = time.monotonic()
+        waiting = sum(
+            1
+            for job in self._pending
+            if not job.future.done() and (job.deadline is None or job.deadline > now)
+        )
+        return (waiting + self._in_pass + 1) * self._s_per_image
 
     def enqueue(self, item: T, deadline: float | None = None) -> asyncio.Future[R]:
         """Queue one item; its future gets its result. Cancel the future to withdraw it.
@@ -161,8 +167,6 @@ class Batcher(Generic[T, R]):
             raise Overloaded(f"{len(self._pending)} images are queued for the model; retry later")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
-        self._unresolved += 1
-        future.add_done_callback(self._resolved)
         self._pending.append(_Job(item, future, time.monotonic(), deadline))
         self._arrived.set()
         if self._worker is None or self._worker.done():
@@ -172,9 +176,6 @@ class Batcher(Generic[T, R]):
     def seconds_per_image(self) -> float:
         """The recent cost of one image in a pass (0 until a pass has run)."""
         return self._s_per_image or 0.0
-
-    def _resolved(self, _: asyncio.Future[R]) -> None:
-        self._unresolved -= 1
 
     async def submit(self, items: Iterable[T], deadline: float | None = None) -> list[R]:
         """Enqueue several items and wait for all their results."""
@@ -276,6 +277,7 @@ class Batcher(Generic[T, R]):
         items = [job.item for job in jobs]
         started = time.perf_counter()
         waited = time.monotonic()
+        self._in_pass = len(jobs)
         try:
             results = await asyncio.get_running_loop().run_in_executor(
                 self._thread, self._run, items
@@ -298,6 +300,8 @@ class Batcher(Generic[T, R]):
                 if not job.future.done():
                     job.future.set_exception(exc)
             return
+        finally:
+            self._in_pass = 0
         took = time.perf_counter() - started
         n = len(jobs)
         s = self.stats

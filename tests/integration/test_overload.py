@@ -110,4 +110,4 @@ def test_a_full_model_queue_is_answered_at_once_not_at_the_timeout(slow):
         f"{len(refused)} refused; median {refused[len(refused) // 2]:.2f} s; {fast} under "
         f"{TIMEOUT_S / 2} s"
     )
-    assert refused[len(refused) // 2] < TIMEOUT_S - 1
+    assert refused[len(refused) // 2] < TIMEOUT_S - 0.5

@@ -316,3 +316,27 @@ def test_the_expected_wait_counts_only_requests_still_waited_for():
 
     busy, after = run(main())
     assert after < busy / 2, (busy, after)
+
+
+def test_the_expected_wait_leaves_out_requests_past_their_deadline():
+    async def main():
+        model = FakeModel(gated=True)
+        batcher = Batcher(model, BatchSettings(max_batch_size=1))
+        first = batcher.enqueue(1)
+        model.release()
+        await first
+        model.started.clear()
+        running = batcher.enqueue(2)
+        await until(model.started.is_set)
+        soon = time.monotonic() + 0.05
+        late = [batcher.enqueue(i, deadline=soon) for i in range(3, 8)]
+        busy = batcher.expected_wait_s()
+        await asyncio.sleep(0.1)  # their deadlines pass while the model is still busy
+        after = batcher.expected_wait_s()
+        model.release(10)
+        await running
+        await asyncio.gather(*late, return_exceptions=True)
+        return busy, after
+
+    busy, after = run(main())
+    assert after < busy / 2, (busy, after)
