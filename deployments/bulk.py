@@ -14,30 +14,9 @@ from typing import Any
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, StrictStr
 
-from deployments.http import VectorRequest, status_of
+from deployments.http import status_of
 from img2vec.errors import ImageTooLarge, Img2VecError, InvalidRequest
-
-
-class BulkRequest(BaseModel):
-    items: list[VectorRequest]
-
-
-class BulkVector(BaseModel):
-    id: str
-    vector: list[float]
-    dim: int
-
-
-class BulkError(BaseModel):
-    id: StrictStr | None
-    error: str
-    status: int
-
-
-class BulkResponse(BaseModel):
-    items: list[BulkVector | BulkError]
 
 
 @dataclass

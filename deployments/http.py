@@ -1,17 +1,22 @@
-"""HTTP mechanics of the edge: the wire schemas, the one table from error to status, JSON
-error bodies, the bounded body reader and the byte budget that keeps an ingress replica's
-memory bounded however many clients send large images."""
+"""HTTP mechanics of the edge: the FastAPI app and its JSON error handlers, the wire schemas,
+the one table from error to status, JSON error bodies, the bounded body reader and the byte
+budget that keeps an ingress replica's memory bounded however many clients send large images.
+(The routes are the Ingress deployment's methods, in deployments/ingress.py.)"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import ray.exceptions
-from fastapi import Request
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from ray.serve.exceptions import BackPressureError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+import img2vec
 from img2vec.errors import (
     ImageTooLarge,
     Img2VecError,
@@ -20,6 +25,8 @@ from img2vec.errors import (
     NotReady,
     Overloaded,
 )
+
+log = logging.getLogger("ray.serve")
 
 # The one table from what went wrong to what the client is told.
 STATUS: dict[type[Img2VecError], int] = {
@@ -51,6 +58,26 @@ class VectorResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: str
+
+
+class BulkRequest(BaseModel):
+    items: list[VectorRequest]
+
+
+class BulkVector(BaseModel):
+    id: str
+    vector: list[float]
+    dim: int
+
+
+class BulkError(BaseModel):
+    id: StrictStr | None
+    error: str
+    status: int
+
+
+class BulkResponse(BaseModel):
+    items: list[BulkVector | BulkError]
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -181,3 +208,49 @@ async def read_body(
     if not size:
         raise InvalidRequest('request body is empty; expected JSON {"id": ..., "image": ...}')
     return b"".join(chunks)
+
+
+# The FastAPI app the ingress serves: its OpenAPI description and JSON error handlers.
+VECTORS_ROUTE: dict[str, Any] = {
+    "response_model": VectorResponse,
+    "responses": ERRORS,
+    "openapi_extra": {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": VectorRequest.model_json_schema()}},
+        }
+    },
+}
+
+BULK_ROUTE: dict[str, Any] = {
+    "response_model": BulkResponse,
+    "responses": ERRORS,
+    "openapi_extra": {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": BulkRequest.model_json_schema()}},
+        }
+    },
+}
+
+app = FastAPI(
+    title="img2vec",
+    version=img2vec.__version__,
+    description="Images to vectors; a drop-in for Weaviate's img2vec-neural inference API.",
+)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return json_error(str(exc.detail), exc.status_code)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    return json_error(describe_validation(exc.errors()), 422)
+
+
+@app.exception_handler(Exception)
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error: %r", exc, exc_info=exc)
+    return json_error(INTERNAL_ERROR, 500)

@@ -20,29 +20,27 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
+from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import img2vec
-from deployments.bulk import BulkItem, BulkRequest, BulkResponse, bulk_body, parse_bulk
+from deployments.bulk import BulkItem, bulk_body, parse_bulk
 from deployments.health import Drain, EmbedderHealth
 from deployments.http import (
-    ERRORS,
+    BULK_ROUTE,
     INTERNAL_ERROR,
+    VECTORS_ROUTE,
     ByteBudget,
     ErrorResponse,
     Held,
     VectorRequest,
-    VectorResponse,
+    app,
     describe_validation,
     embedder_error,
     error_response,
@@ -83,51 +81,6 @@ class IngressOptions(BaseModel):
     access_log: bool = True
     max_bulk_items: int = Field(256, gt=0)
     max_bulk_bytes: int = Field(64 * 1024 * 1024, gt=0)
-
-
-_VECTORS_ROUTE: dict[str, Any] = {
-    "response_model": VectorResponse,
-    "responses": ERRORS,
-    "openapi_extra": {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": VectorRequest.model_json_schema()}},
-        }
-    },
-}
-
-_BULK_ROUTE: dict[str, Any] = {
-    "response_model": BulkResponse,
-    "responses": ERRORS,
-    "openapi_extra": {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": BulkRequest.model_json_schema()}},
-        }
-    },
-}
-
-app = FastAPI(
-    title="img2vec",
-    version=img2vec.__version__,
-    description="Images to vectors; a drop-in for Weaviate's img2vec-neural inference API.",
-)
-
-
-@app.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return json_error(str(exc.detail), exc.status_code)
-
-
-@app.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    return json_error(describe_validation(exc.errors()), 422)
-
-
-@app.exception_handler(Exception)
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-    log.error("unhandled error: %r", exc, exc_info=exc)
-    return json_error(INTERNAL_ERROR, 500)
 
 
 def _lower_priority() -> None:
@@ -244,7 +197,7 @@ class Ingress:
 
     # -- vectors --------------------------------------------------------------------
 
-    @app.post("/vectors", **_VECTORS_ROUTE)
+    @app.post("/vectors", **VECTORS_ROUTE)
     async def vectors(self, request: Request) -> Response:
         return await self._answer("/vectors", request)
 
@@ -252,7 +205,7 @@ class Ingress:
     async def vectors_slash(self, request: Request) -> Response:
         return await self._answer("/vectors", request)
 
-    @app.post("/vectors/batch", **_BULK_ROUTE)
+    @app.post("/vectors/batch", **BULK_ROUTE)
     async def vectors_batch(self, request: Request) -> Response:
         """Many images, each answered on its own (deployments/bulk.py)."""
         return await self._answer("/vectors/batch", request)
