@@ -92,3 +92,37 @@ def started(
             for pid in marked_pids(marker):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def launched(
+    config: dict,
+    workdir: Path,
+    root: Path,
+    *,
+    serve_env_text: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """The service as `make serve` runs it (`python -m deployments.launch`, serve.env beside
+    the config), on a copy of `config` bound to a free loopback port, with random weights;
+    yields (url, process) once it is ready."""
+    import sys
+
+    import yaml
+
+    port = free_port()
+    config = {
+        **config,
+        "http_options": {**config.get("http_options", {}), "host": LOOPBACK, "port": port},
+    }
+    path = workdir / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    text = (root / "serve.env").read_text() if serve_env_text is None else serve_env_text
+    (workdir / "serve.env").write_text(text)  # beside the copy, where the launcher looks
+    env = {**os.environ, **(extra_env or {}), "IMG2VEC_WEIGHTS": "random", "RAY_ADDRESS": "local"}
+    metrics = str(free_port())
+    cmd = [sys.executable, "-m", "deployments.launch", str(path), "--metrics-port", metrics]
+    with started(cmd, env, workdir / "service.log", root) as proc:
+        url = f"http://{LOOPBACK}:{port}"
+        wait_ready(url, proc=proc)
+        yield url, proc

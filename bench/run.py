@@ -27,7 +27,7 @@ import yaml
 from bench.images import BULK, bulk_bodies, image_sets, request_bodies
 from bench.loadgen import run_load
 from bench.model import bench_model
-from bench.processes import LOOPBACK, free_port, started, wait_ready
+from bench.processes import LOOPBACK, free_port, launched, started, wait_ready
 from bench.report import PRIMARY, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,26 +147,11 @@ def run_service(
     applied), on a copy of the config bound to a free loopback port."""
     if config is None:
         config = yaml.safe_load((ROOT / args.config).read_text())
-    port = free_port()
-    config["http_options"] = {**config.get("http_options", {}), "host": LOOPBACK, "port": port}
-    path = workdir / "serve_config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env_file = workdir / "serve.env"
-    env_file.write_text(
-        "" if args.ray_defaults else (ROOT / "serve.env").read_text()
-    )  # beside the copy, where the launcher looks
-    env = {**os.environ, **args.serve_env, "IMG2VEC_WEIGHTS": "random", "RAY_ADDRESS": "local"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "deployments.launch",
-        str(path),
-        "--metrics-port",
-        str(free_port()),
-    ]
-    with started(cmd, env, workdir / "service.log", ROOT) as proc:
-        url = f"http://{LOOPBACK}:{port}"
-        wait_ready(url, proc=proc)
+    env_text = "" if args.ray_defaults else None
+    with launched(config, workdir, ROOT, serve_env_text=env_text, extra_env=args.serve_env) as (
+        url,
+        proc,
+    ):
         return drive("service", url, proc.pid, sets, args)
 
 

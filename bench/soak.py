@@ -23,7 +23,7 @@ import yaml
 
 from bench.images import image_sets, request_bodies
 from bench.loadgen import run_load
-from bench.processes import LOOPBACK, free_port, started, wait_ready
+from bench.processes import launched
 from bench.run import NICE, machine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,25 +68,9 @@ def _role(cmdline: list[str]) -> str:
 
 def soak(args: argparse.Namespace, workdir: Path) -> dict:
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    port = free_port()
-    config["http_options"] = {**config["http_options"], "host": LOOPBACK, "port": port}
-    path = workdir / "serve_config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    (workdir / "serve.env").write_text((ROOT / "serve.env").read_text())
-    env = {**os.environ, "IMG2VEC_WEIGHTS": "random", "RAY_ADDRESS": "local"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "deployments.launch",
-        str(path),
-        "--metrics-port",
-        str(free_port()),
-    ]
     bodies = request_bodies(image_sets(args.images)[args.images])
     minutes = []
-    with started(cmd, env, workdir / "service.log", ROOT) as proc:
-        url = f"http://{LOOPBACK}:{port}"
-        wait_ready(url, proc=proc)
+    with launched(config, workdir, ROOT) as (url, proc):
         for minute in range(1, args.minutes + 1):
             result = run_load(
                 url + "/vectors",

@@ -19,6 +19,7 @@ import os
 import threading
 import time
 import warnings
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -235,75 +236,71 @@ class Ingress:
             )
         return response
 
-    async def _vectorize(self, request: Request, timing: _Timing) -> Response:
+    async def _bounded(
+        self, work: Callable[[Held, float], Awaitable[Response]], what: str
+    ) -> Response:
+        """Run one request's work within `request_timeout_s` and the byte budget; whatever
+        goes wrong becomes its JSON answer."""
         if self._drain.refusing:
             return error_response(NotReady("the service is shutting down; retry elsewhere"))
-        deadline = time.time() + self._options.request_timeout_s
+        timeout = self._options.request_timeout_s
+        deadline = time.time() + timeout
         try:
             # The budget covers the request until it is answered, not only until decoded:
             # Serve's receive path keeps its own copies of the body for the request's life
             # (measured: ~3x the body per waiting request), so only this bounds memory.
-            async with asyncio.timeout(self._options.request_timeout_s):
+            async with asyncio.timeout(timeout):
                 with Held(self._budget) as held:
                     self._metrics.inflight_bytes.set(self._budget.held)
-                    id_, pixels = await self._decode_request(request, held, timing)
-                    vector = await self._embed(pixels, deadline, timing)
+                    return await work(held, deadline)
         except TimeoutError:
-            return error_response(
-                Overloaded(f"not answered within {self._options.request_timeout_s:g} s; retry")
-            )
+            return error_response(Overloaded(f"not answered within {timeout:g} s; retry"))
         except Img2VecError as exc:
             return error_response(exc)
         except Exception:
-            log.exception("vectorize failed")
+            log.exception("%s failed", what)
             return json_error(INTERNAL_ERROR, 500)
-        # orjson writes each float32 in its shortest exact form: 20x faster than json on
-        # 2048 floats, half the bytes, and the same float32 values once parsed.
-        body = orjson.dumps(
-            {"id": id_, "vector": vector, "dim": int(vector.shape[0])},
-            option=orjson.OPT_SERIALIZE_NUMPY,
-        )
-        return Response(body, media_type="application/json")
+
+    async def _vectorize(self, request: Request, timing: _Timing) -> Response:
+        async def work(held: Held, deadline: float) -> Response:
+            id_, pixels = await self._decode_request(request, held, timing)
+            vector = await self._embed(pixels, deadline, timing)
+            # orjson writes each float32 in its shortest exact form: 20x faster than json on
+            # 2048 floats, half the bytes, and the same float32 values once parsed.
+            body = orjson.dumps(
+                {"id": id_, "vector": vector, "dim": int(vector.shape[0])},
+                option=orjson.OPT_SERIALIZE_NUMPY,
+            )
+            return Response(body, media_type="application/json")
+
+        return await self._bounded(work, "vectorize")
 
     async def _vectorize_bulk(self, request: Request, timing: _Timing) -> Response:
-        if self._drain.refusing:
-            return error_response(NotReady("the service is shutting down; retry elsewhere"))
-        deadline = time.time() + self._options.request_timeout_s
         options = self._options
-        try:
-            async with asyncio.timeout(options.request_timeout_s):
-                with Held(self._budget) as held:
-                    self._metrics.inflight_bytes.set(self._budget.held)
-                    body = await read_body(request, options.max_bulk_bytes, held, "max_bulk_bytes")
-                    timing.nbytes = len(body)
-                    items = parse_bulk(body, options.max_bulk_items, options.max_id_length)
-                    del body
-                    timing.id = f"{len(items)} items"
-                    started = time.perf_counter()
-                    await asyncio.gather(*(self._decode_item(item) for item in items))
-                    timing.decode_s = time.perf_counter() - started
-                    todo = [item for item in items if item.pixels is not None]
-                    if todo:
-                        started = time.perf_counter()
-                        pixels = [item.pixels for item in todo]
-                        results = await self._embed_many(pixels, deadline)
-                        timing.model_s = time.perf_counter() - started
-                        for item, result in zip(todo, results, strict=True):
-                            item.pixels = None
-                            if isinstance(result, Img2VecError):
-                                item.error = result
-                            else:
-                                item.vector = result
-        except TimeoutError:
-            return error_response(
-                Overloaded(f"not answered within {options.request_timeout_s:g} s; retry")
-            )
-        except Img2VecError as exc:
-            return error_response(exc)
-        except Exception:
-            log.exception("bulk vectorize failed")
-            return json_error(INTERNAL_ERROR, 500)
-        return Response(bulk_body(items), media_type="application/json")
+
+        async def work(held: Held, deadline: float) -> Response:
+            body = await read_body(request, options.max_bulk_bytes, held, "max_bulk_bytes")
+            timing.nbytes = len(body)
+            items = parse_bulk(body, options.max_bulk_items, options.max_id_length)
+            del body
+            timing.id = f"{len(items)} items"
+            started = time.perf_counter()
+            await asyncio.gather(*(self._decode_item(item) for item in items))
+            timing.decode_s = time.perf_counter() - started
+            todo = [item for item in items if item.pixels is not None]
+            if todo:
+                started = time.perf_counter()
+                results = await self._embed_many([item.pixels for item in todo], deadline)
+                timing.model_s = time.perf_counter() - started
+                for item, result in zip(todo, results, strict=True):
+                    item.pixels = None
+                    if isinstance(result, Img2VecError):
+                        item.error = result
+                    else:
+                        item.vector = result
+            return Response(bulk_body(items), media_type="application/json")
+
+        return await self._bounded(work, "bulk vectorize")
 
     async def _decode_item(self, item: BulkItem) -> None:
         if item.image is None:
