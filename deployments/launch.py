@@ -102,7 +102,7 @@ def _wait_for_descendants(before: set[int], timeout_s: float = 20) -> None:
     me = psutil.Process()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        alive = [p for p in _descendants(me, before) if p.is_running()]
+        alive = _descendants(me, before)
         if not alive:
             return
         time.sleep(0.2)
@@ -117,7 +117,15 @@ def _descendants(me: psutil.Process, known: set[int]) -> list[psutil.Process]:
     for pid in known - found.keys():
         with contextlib.suppress(psutil.Error):
             found[pid] = psutil.Process(pid)
-    return [p for p in found.values() if p.status() != psutil.STATUS_ZOMBIE]
+    return [p for p in found.values() if _alive(p)]
+
+
+def _alive(proc: psutil.Process) -> bool:
+    """Running and not a zombie; a process that exits while we look is not alive."""
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def run(args: argparse.Namespace) -> int:

@@ -267,6 +267,10 @@ def test_the_ingress_replica_does_not_load_torch(resnet_url, serve_instance):
 def _log_lines_with(text: str, app: str) -> list[str]:
     import ray
 
+    # @serve.batch builds its queue (and checks its sizes) at the first call.
+    body = json.dumps({"id": "warn", "image": b64(one_pixel_png())})
+    assert httpx.post(resnet_url + "/vectors", content=body, timeout=60).status_code == 200
+    time.sleep(1)
     logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
     lines = []
     for path in logs.glob(f"replica_{app}_Ingress_*.log"):
@@ -295,3 +299,18 @@ def test_access_lines_can_be_switched_off(fuzz_url):
     assert r.status_code == 200
     time.sleep(1)
     assert _log_lines_with(id_, "fuzz") == []
+
+
+def test_model_replicas_start_without_serves_batching_warning(resnet_url):
+    """Ray warns at replica start when @serve.batch could hold more than max_ongoing_requests
+    (the old two-batcher design did, at every start); the one-batcher design must not."""
+    import ray
+
+    # @serve.batch builds its queue (and checks its sizes) at the first call.
+    body = json.dumps({"id": "warn", "image": b64(one_pixel_png())})
+    assert httpx.post(resnet_url + "/vectors", content=body, timeout=60).status_code == 200
+    time.sleep(1)
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    texts = [p.read_text(errors="replace") for p in logs.glob("replica_resnet50_Embedder_*.log")]
+    assert texts and all("embedder batching" in t for t in texts)  # the replica's own start line
+    assert not any("is larger than `max_ongoing_requests`" in t for t in texts)

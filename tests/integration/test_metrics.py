@@ -36,6 +36,34 @@ def exported_name(name: str) -> str:
     return "ray_" + name
 
 
+MODEL_SIDE = (
+    ("img2vec_images_vectorized", ""),
+    ("img2vec_forward_seconds", "_count"),
+    ("img2vec_batch_size", "_count"),
+    ("img2vec_queue_wait_seconds", "_count"),
+    ("img2vec_decode_seconds", "_count"),
+    ("img2vec_request_seconds", "_count"),
+)
+
+
+def moved(before: dict, after: dict, metric: str, suffix: str = "", **tags: str) -> float:
+    name = exported_name(metric)
+    return total(after.get(name, []), suffix, **tags) - total(before.get(name, []), suffix, **tags)
+
+
+def settled(before: dict, after: dict) -> bool:
+    """Every count these requests must move has moved: each process (ingress, model) exports
+    its metrics on its own schedule, so one scrape may hold some and not others."""
+    route = {"application": "resnet50", "route": "/vectors"}
+    return (
+        moved(before, after, "img2vec_requests", status="200", **route) >= 6
+        and moved(before, after, "img2vec_requests", status="422", **route) >= 1
+        and all(
+            moved(before, after, m, suffix, application="resnet50") >= 6 for m, suffix in MODEL_SIDE
+        )
+    )
+
+
 @pytest.fixture(scope="module")
 def scraped_after_requests(serve_instance, resnet_url):
     url = serve_instance.metrics_url
@@ -44,22 +72,10 @@ def scraped_after_requests(serve_instance, resnet_url):
     for _ in range(6):
         assert httpx.post(resnet_url + "/vectors", content=ok, timeout=60).status_code == 200
     assert httpx.post(resnet_url + "/vectors", content=b"{", timeout=60).status_code == 422
-    deadline = time.monotonic() + 30
-    while True:
-        after = scrape(url)
-        requests = after.get(exported_name("img2vec_requests"), [])
-        if (
-            total(requests, application="resnet50", status="200")
-            - total(
-                before.get(exported_name("img2vec_requests"), []),
-                application="resnet50",
-                status="200",
-            )
-            >= 6
-            or time.monotonic() > deadline
-        ):
-            return before, after
+    deadline = time.monotonic() + 60
+    while not settled(before, after := scrape(url)) and time.monotonic() < deadline:
         time.sleep(1)
+    return before, after
 
 
 def test_every_metric_of_ours_is_exported(scraped_after_requests):
@@ -69,31 +85,19 @@ def test_every_metric_of_ours_is_exported(scraped_after_requests):
 
 def test_requests_are_counted_by_route_and_status(scraped_after_requests):
     before, after = scraped_after_requests
-    name = exported_name("img2vec_requests")
-
-    def moved(status: str) -> float:
-        tags = {"application": "resnet50", "route": "/vectors", "status": status}
-        return total(after[name], **tags) - total(before.get(name, []), **tags)
-
-    assert moved("200") >= 6 and moved("422") >= 1
-    assert all(s.labels["deployment"] == "Ingress" for s in after[name])
+    route = {"application": "resnet50", "route": "/vectors"}
+    assert moved(before, after, "img2vec_requests", status="200", **route) >= 6
+    assert moved(before, after, "img2vec_requests", status="422", **route) >= 1
+    assert all(
+        s.labels["deployment"] == "Ingress" for s in after[exported_name("img2vec_requests")]
+    )
 
 
 def test_the_model_side_moved(scraped_after_requests):
     before, after = scraped_after_requests
-    for metric, suffix in (
-        ("img2vec_images_vectorized", ""),
-        ("img2vec_forward_seconds", "_count"),
-        ("img2vec_batch_size", "_count"),
-        ("img2vec_queue_wait_seconds", "_count"),
-        ("img2vec_decode_seconds", "_count"),
-        ("img2vec_request_seconds", "_count"),
-    ):
-        name = exported_name(metric)
-        moved = total(after[name], suffix, application="resnet50") - total(
-            before.get(name, []), suffix, application="resnet50"
-        )
-        assert moved >= 6, (metric, moved)
+    for metric, suffix in MODEL_SIDE:
+        amount = moved(before, after, metric, suffix, application="resnet50")
+        assert amount >= 6, (metric, amount)
 
 
 def test_the_model_identity_is_an_info_metric(scraped_after_requests, resnet50_file):
