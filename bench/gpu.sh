@@ -1,22 +1,71 @@
 #!/usr/bin/env bash
-# The GPU half of the performance work, for a CUDA machine (one H100 or H200):
-#   bash bench/gpu.sh [OUT_DIR]
-# 1. bare model img/s at batch 64/128/256 in float32, float16 and bfloat16 (both graphs);
-# 2. cosine drift of float16/bfloat16 and of JPEG draft decoding against the float32 reference;
-# 3. the whole service (serve_config.gpu.yaml, serve.env) at high concurrency, side by side
-#    with the bare model, and the one-at-a-time baseline.
-# Status: written for that machine, not yet run there (no GPU was lent to the session that wrote
-# it); docs/benchmarks.md says so until its numbers are recorded.
-set -euo pipefail
+# The GPU half of the performance work, on a CUDA machine (one H100 or H200), in one pass that
+# fits a short lease (~8 min):   bash bench/gpu.sh [OUT_DIR]
+#  1. the CUDA tests (tests/unit/test_cuda.py, test_model.py on the card);
+#  2. the bare model: img/s and peak memory at batch 1..256 in float32 (IEEE), TF32, float16
+#     and bfloat16 (the frozen graph we serve; eager for float32/float16);
+#  3. the service on serve_config.gpu.yaml (launcher + serve.env) with single-image requests at
+#     concurrency 1, 32, 256, 1024 and the bulk route, GPU utilisation from `nvidia-smi dmon`;
+#  4. drift against the CPU float32 reference on real photos (real MobileNetV2, calibrated
+#     ResNet50) for each precision on CUDA;
+#  5. nvJPEG decode vs Pillow, and torch.compile vs the frozen graph (bench/cuda_probe.py).
+# Each step has its own time limit, so one that fails or hangs costs only its own numbers.
+# Offline machine without ray[serve]: build .whl/ with ../shared/tools/gpu-wheels.sh and
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+#   export PYTHONPATH=/tmp/site:$PWD
+# Results: docs/benchmarks.md#gpu.
+set -uo pipefail
 out=${1:-bench/results/gpu}
 mkdir -p "$out"
 py=${PYTHON:-python3}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-for graph in torchscript eager; do
-  "$py" -m bench.model --device cuda --graph "$graph" --dtypes float32,tf32,float16,bfloat16 \
-    --batches 64,128,256 --min-time 5 | tee "$out/model-$graph.jsonl"
-done
-"$py" -m bench.drift --device cuda --dtypes float32,tf32,float16,bfloat16 | tee "$out/drift.jsonl"
-"$py" -m bench.run --config serve_config.gpu.yaml --model-device cuda --model-batches 64,128,256 \
-  --concurrency 64,256,512 --images 640x480,1920x1080,1x1 --max-requests 50000 \
-  --out "$out" --no-docs | tee "$out/run.log"
+export PYTHONUNBUFFERED=1
+step() { echo "== $(date +%T) $*" >&2; }
+# STEPS=service bash bench/gpu.sh: only the named steps.
+steps=",${STEPS:-tests,model,service,drift,probe},"
+want() { [[ $steps == *",$1,"* ]]; }
+
+want tests && {
+  nvidia-smi --query-gpu=name,memory.total,driver_version,power.limit --format=csv
+  "$py" -c 'import torch, torchvision; print(torch.__version__, torchvision.__version__,
+    torch.cuda.get_device_name(0), torch.backends.cudnn.version())'
+  step tests
+  IMG2VEC_TEST_DEVICE=cuda timeout 85 "$py" -m pytest -q -p no:cacheprovider -o addopts= \
+    tests/unit/test_cuda.py tests/unit/test_model.py 2>&1 | tail -40
+} > "$out/tests.log" 2>&1
+
+want model && step model && for graph in torchscript eager; do
+  dtypes=float32,tf32,float16,bfloat16
+  [[ $graph == eager ]] && dtypes=float32,float16
+  limit=100; [[ $graph == eager ]] && limit=45
+  timeout $limit "$py" -m bench.model --device cuda --graph "$graph" --dtypes "$dtypes" \
+    --batches 1,8,32,64,128,256 --min-time 0.8
+done > "$out/model.jsonl" 2> "$out/model.err"
+
+want service && {
+step service
+# The shipped GPU config with its ingress fixed at 6 replicas of 2 CPUs (16-core machine:
+# 12 for decoding, 2 for the Embedder, the rest for Ray and the load generator), so that the
+# numbers do not wait for the ingress autoscaler.
+"$py" - <<'PY'
+import yaml
+cfg = yaml.safe_load(open("serve_config.gpu.yaml"))
+for d in cfg["applications"][0]["deployments"]:
+    if d["name"] == "Ingress":
+        d.pop("autoscaling_config", None)
+        d["num_replicas"] = 6
+yaml.safe_dump(cfg, open("/tmp/serve_config.gpu-bench.yaml", "w"))
+PY
+nvidia-smi dmon -s u -d 1 > "$out/dmon.txt" 2>&1 &
+dmon=$!
+timeout 190 "$py" -m bench.run --config /tmp/serve_config.gpu-bench.yaml --systems service \
+  --concurrency 1,32,256,1024 --images 640x480 --duration 6 --warmup 2 \
+  --max-requests 100000 --out /tmp/gpu-run --no-docs > "$out/service.log" 2>&1
+kill "$dmon" 2>/dev/null
+cat /tmp/gpu-run/*.json >> "$out/service.log" 2>/dev/null
+}
+
+want drift && step drift && timeout 75 "$py" -m bench.drift --device cuda --dtypes float32,tf32,float16,bfloat16 \
+  --graphs torchscript --no-draft > "$out/drift.jsonl" 2>&1
+
+want probe && step probe && timeout 80 "$py" -m bench.cuda_probe > "$out/probe.jsonl" 2>&1
+step done

@@ -23,6 +23,8 @@ def time_forward(
     the normalization on its device, as in the service)."""
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
+    if embedder.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(embedder.device)
     for _ in range(warmup):
         embedder.embed(images)
     _sync(embedder.device)
@@ -36,11 +38,14 @@ def time_forward(
             break
     _sync(embedder.device)
     elapsed = time.perf_counter() - start
-    return {
+    row = {
         "batch": batch,
         "images_per_s": round(batch * runs / elapsed, 2),
         "ms_per_batch": round(elapsed / runs * 1e3, 2),
     }
+    if embedder.device.type == "cuda":  # the weights, this batch's activations and workspace
+        row["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(embedder.device) / 2**20)
+    return row
 
 
 def _sync(device: torch.device) -> None:

