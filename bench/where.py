@@ -43,8 +43,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--images", default="640x480")
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--ingress-replicas", type=int, help="fixed, instead of autoscaling")
     args = parser.parse_args()
     config = yaml.safe_load((ROOT / args.config).read_text())
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"] == "Ingress" and args.ingress_replicas:
+            deployment.pop("autoscaling_config", None)
+            deployment["num_replicas"] = args.ingress_replicas
     bodies = request_bodies(next(iter(image_sets(args.images).values())))
     with tempfile.TemporaryDirectory() as tmp, launched(config, Path(tmp), ROOT) as (url, proc):
         run_load(
