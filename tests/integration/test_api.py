@@ -267,10 +267,6 @@ def test_the_ingress_replica_does_not_load_torch(resnet_url, serve_instance):
 def _log_lines_with(text: str, app: str) -> list[str]:
     import ray
 
-    # @serve.batch builds its queue (and checks its sizes) at the first call.
-    body = json.dumps({"id": "warn", "image": b64(one_pixel_png())})
-    assert httpx.post(resnet_url + "/vectors", content=body, timeout=60).status_code == 200
-    time.sleep(1)
     logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
     lines = []
     for path in logs.glob(f"replica_{app}_Ingress_*.log"):
