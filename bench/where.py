@@ -44,14 +44,22 @@ def main() -> None:
     parser.add_argument("--images", default="640x480")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--ingress-replicas", type=int, help="fixed, instead of autoscaling")
+    parser.add_argument("--model", help="another backbone than the config's")
+    parser.add_argument("--serve-env", default="", help="KEY=VAL,... on top of serve.env")
     args = parser.parse_args()
     config = yaml.safe_load((ROOT / args.config).read_text())
+    if args.model:
+        config["applications"][0]["args"]["model"] = args.model
+    extra = dict(kv.split("=", 1) for kv in args.serve_env.split(",") if kv)
     for deployment in config["applications"][0]["deployments"]:
         if deployment["name"] == "Ingress" and args.ingress_replicas:
             deployment.pop("autoscaling_config", None)
             deployment["num_replicas"] = args.ingress_replicas
     bodies = request_bodies(next(iter(image_sets(args.images).values())))
-    with tempfile.TemporaryDirectory() as tmp, launched(config, Path(tmp), ROOT) as (url, proc):
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        launched(config, Path(tmp), ROOT, extra_env=extra) as (url, proc),
+    ):
         run_load(
             url + "/vectors",
             bodies,

@@ -18,6 +18,18 @@ from unittest import mock
 
 from bench.processes import LOOPBACK, free_port, wait_ready
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def proxy_request_timeout_s() -> float:
+    """Serve's own backstop (`http_options.request_timeout_s`), as serve_config.yaml sets it:
+    the bound for a request that waits in the proxy while no ingress replica is alive."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    return float(config["http_options"]["request_timeout_s"])
+
+
 __all__ = [
     "LOOPBACK",
     "ServeInstance",
@@ -107,7 +119,13 @@ def ray_serve(num_cpus: int = 16) -> Iterator[ServeInstance]:
             _system_config={"metrics_report_interval_ms": 1000},
         )
         try:
-            serve.start(http_options={"host": LOOPBACK, "port": port})
+            serve.start(
+                http_options={
+                    "host": LOOPBACK,
+                    "port": port,
+                    "request_timeout_s": proxy_request_timeout_s(),
+                }
+            )
             yield ServeInstance(
                 f"http://{LOOPBACK}:{port}",
                 Path(tmpdir),

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import b64, encode, one_pixel_png
-from tests.service import deploy, rss_mb
+from tests.service import deploy, proxy_request_timeout_s, rss_mb
 
 UNREADY_AFTER_S = 3.0
 REQUEST_TIMEOUT_S = 5.0
@@ -219,13 +219,13 @@ def _kill_under_load(url: str, pid: int) -> tuple[Load, float]:
     return load, killed
 
 
-def _check_every_answer(load: Load, allowed: set[int]) -> None:
+def _check_every_answer(load: Load, allowed: set[int], bound_s: float) -> None:
     statuses = Counter(status for _, _, status, _ in load.results)
     assert set(statuses) <= allowed, statuses  # no connection error, no hang
     not_json = Counter(status for _, _, status, is_json in load.results if not is_json)
     assert not not_json, not_json
     slowest = max(took for _, took, _, _ in load.results)
-    assert slowest <= REQUEST_TIMEOUT_S + 3, (slowest, statuses)
+    assert slowest <= bound_s, (slowest, statuses)
 
 
 def test_a_model_replica_killed_under_load_is_replaced_and_no_request_hangs(
@@ -236,7 +236,8 @@ def test_a_model_replica_killed_under_load_is_replaced_and_no_request_hangs(
     back = load.first_success_after(killed + 1)
     codes = Counter(status for _, _, status, _ in load.results)
     print(f"embedder killed: {dict(codes)}; vectors again {back:.1f} s after the kill")
-    _check_every_answer(load, {200, 503})
+    # Every request was inside the ingress, under our deadline.
+    _check_every_answer(load, {200, 503}, REQUEST_TIMEOUT_S + 3)
     assert back is not None and back < 60
     wait_for_status(fragile, 204, 30)
 
@@ -250,7 +251,8 @@ def test_an_ingress_replica_killed_under_load_is_replaced_and_no_request_hangs(
     codes = Counter(status for _, _, status, _ in load.results)
     print(f"ingress killed: {dict(codes)}; vectors again {back:.1f} s after the kill")
     # Requests inside the dead process are answered by Serve's proxy (500 or 503, JSON
-    # through deployments/proxy.py); the rest are served by the replacement.
-    _check_every_answer(load, {200, 500, 503})
+    # through deployments/proxy.py); the rest wait in the proxy for the replacement, which
+    # our deadline (it starts in the ingress) cannot bound: Serve's request_timeout_s does.
+    _check_every_answer(load, {200, 500, 503}, proxy_request_timeout_s() + 3)
     assert back is not None and back < 60
     wait_for_status(fragile, 204, 30)
