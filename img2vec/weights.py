@@ -115,9 +115,10 @@ def _torchvision(
 SPECS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        # The weights `img2vec-pytorch` serves: its `resnet50(pretrained=True)` resolves to
-        # ResNet50_Weights.IMAGENET1K_V1. Pinned by URL and full SHA-256 here, so that a newer
-        # torchvision default (V2) can never change users' vectors.
+        # The weights the replaced `img2vec-pytorch` container serves (its deprecated
+        # `pretrained=True` flag resolves to them), named here explicitly as
+        # ResNet50_Weights.IMAGENET1K_V1 and pinned by URL and full SHA-256: no torchvision
+        # default (V2 today) can change users' vectors. We never pass `pretrained`.
         _torchvision(
             "resnet50", "resnet50", "ResNet50_Weights.IMAGENET1K_V1", "resnet50-0676ba61.pth",
             2048, "avgpool", "resize256-crop224",

@@ -37,6 +37,7 @@ RESNET50_V1_SHA256 = "0676ba61b6795bbe1773cffd859882e5e297624d384b6993f7c9e683e7
 
 def test_resnet50_v1_is_pinned_by_its_full_sha256():
     spec = SPECS["resnet50"]
+    assert spec.weights_tag == "ResNet50_Weights.IMAGENET1K_V1"  # named, never a default
     assert spec.sha256 == RESNET50_V1_SHA256
     assert spec.weights_file == "resnet50-0676ba61.pth"
     assert RESNET50_V1_SHA256 in (ROOT / "README.md").read_text()
@@ -44,8 +45,9 @@ def test_resnet50_v1_is_pinned_by_its_full_sha256():
 
 
 def test_specs_are_exactly_what_torchvision_publishes():
-    """img2vec-pytorch's `pretrained=True` loads IMAGENET1K_V1: each spec names those weights
-    explicitly (`weights_tag`) and pins their URL, file and hash prefix."""
+    """Each spec names its weights explicitly (`weights_tag`, e.g. IMAGENET1K_V1 for the
+    default: what the replaced container's deprecated `pretrained=True` loads) and pins their
+    URL, file and hash prefix to what torchvision publishes under that name."""
     for spec in SPECS.values():
         weights = torchvision.models.get_weight(spec.weights_tag)
         assert spec.url == weights.url
