@@ -52,18 +52,10 @@ step service
 # The shipped GPU config with its ingress fixed at 6 replicas of 2 CPUs (16-core machine:
 # 12 for decoding, 2 for the Embedder, the rest for Ray and the load generator), so that the
 # numbers do not wait for the ingress autoscaler.
-"$py" - <<'PY'
-import yaml
-cfg = yaml.safe_load(open("serve_config.gpu.yaml"))
-for d in cfg["applications"][0]["deployments"]:
-    if d["name"] == "Ingress":
-        d.pop("autoscaling_config", None)
-        d["num_replicas"] = 6
-yaml.safe_dump(cfg, open("/tmp/serve_config.gpu-bench.yaml", "w"))
-PY
 nvidia-smi dmon -s u -d 1 > "$out/dmon.txt" 2>&1 &
 dmon=$!
-timeout 190 "$py" -m bench.run --config /tmp/serve_config.gpu-bench.yaml --systems service \
+timeout 190 "$py" -m bench.run --config serve_config.gpu.yaml --ingress-replicas 6 \
+  --systems service \
   --concurrency 1,32,256,1024 --images 640x480 --duration 6 --warmup 2 \
   --max-requests 100000 --out /tmp/gpu-run --no-docs > "$out/service.log" 2>&1
 kill "$dmon" 2>/dev/null

@@ -34,6 +34,23 @@ def serve_env(root: Path) -> dict[str, str]:
     return read_env_file(root / "serve.env")
 
 
+def env_pairs(text: str) -> dict[str, str]:
+    """`KEY=VAL,KEY2=VAL2` (the benchmarks' `--serve-env`) -> a dict."""
+    return dict(kv.split("=", 1) for kv in text.split(",") if kv)
+
+
+def fixed_ingress(config: dict, replicas: int | None) -> dict:
+    """The serve config with its Ingress at `replicas` fixed replicas instead of autoscaling
+    (numbers that do not wait for the autoscaler); unchanged for None."""
+    if replicas:
+        for app in config["applications"]:
+            for deployment in app.get("deployments", []):
+                if deployment["name"] == "Ingress":
+                    deployment.pop("autoscaling_config", None)
+                    deployment["num_replicas"] = replicas
+    return config
+
+
 def wait_ready(url: str, timeout_s: float = 300, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     last: object = None

@@ -27,7 +27,15 @@ import yaml
 from bench.images import BULK, bulk_bodies, image_sets, request_bodies
 from bench.loadgen import run_load
 from bench.model import bench_model
-from bench.processes import LOOPBACK, free_port, launched, started, wait_ready
+from bench.processes import (
+    LOOPBACK,
+    env_pairs,
+    fixed_ingress,
+    free_port,
+    launched,
+    started,
+    wait_ready,
+)
 from bench.report import PRIMARY, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +155,7 @@ def run_service(
     applied), on a copy of the config bound to a free loopback port."""
     if config is None:
         config = yaml.safe_load((ROOT / args.config).read_text())
+        config = fixed_ingress(config, args.ingress_replicas)
     env_text = "" if args.ray_defaults else None
     with launched(config, workdir, ROOT, serve_env_text=env_text, extra_env=args.serve_env) as (
         url,
@@ -201,6 +210,7 @@ def main() -> None:
         default="",
         help="environment for `serve run` on top of serve.env, e.g. KEY=VAL,KEY2=VAL2",
     )
+    parser.add_argument("--ingress-replicas", type=int, help="fixed, instead of autoscaling")
     parser.add_argument(
         "--ray-defaults", action="store_true", help="ignore serve.env (Ray Serve's defaults)"
     )
@@ -209,7 +219,7 @@ def main() -> None:
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite benchmarks.md")
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
-    args.serve_env = dict(kv.split("=", 1) for kv in args.serve_env.split(",") if kv)
+    args.serve_env = env_pairs(args.serve_env)
     systems = set(args.systems.split(","))
 
     os.nice(NICE)

@@ -18,7 +18,7 @@ import yaml
 
 from bench.images import image_sets, request_bodies
 from bench.loadgen import run_load
-from bench.processes import launched
+from bench.processes import env_pairs, fixed_ingress, launched
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,14 +47,10 @@ def main() -> None:
     parser.add_argument("--model", help="another backbone than the config's")
     parser.add_argument("--serve-env", default="", help="KEY=VAL,... on top of serve.env")
     args = parser.parse_args()
-    config = yaml.safe_load((ROOT / args.config).read_text())
+    config = fixed_ingress(yaml.safe_load((ROOT / args.config).read_text()), args.ingress_replicas)
     if args.model:
         config["applications"][0]["args"]["model"] = args.model
-    extra = dict(kv.split("=", 1) for kv in args.serve_env.split(",") if kv)
-    for deployment in config["applications"][0]["deployments"]:
-        if deployment["name"] == "Ingress" and args.ingress_replicas:
-            deployment.pop("autoscaling_config", None)
-            deployment["num_replicas"] = args.ingress_replicas
+    extra = env_pairs(args.serve_env)
     bodies = request_bodies(next(iter(image_sets(args.images).values())))
     with (
         tempfile.TemporaryDirectory() as tmp,
