@@ -200,22 +200,26 @@ class Ingress:
 
     @app.post("/vectors", **VECTORS_ROUTE)
     async def vectors(self, request: Request) -> Response:
-        return await self._answer("/vectors", request)
+        return await self._answer("/vectors", self._vectorize, request)
 
     @app.post("/vectors/", include_in_schema=False)
     async def vectors_slash(self, request: Request) -> Response:
-        return await self._answer("/vectors", request)
+        return await self._answer("/vectors", self._vectorize, request)
 
     @app.post("/vectors/batch", **BULK_ROUTE)
     async def vectors_batch(self, request: Request) -> Response:
         """Many images, each answered on its own (deployments/bulk.py)."""
-        return await self._answer("/vectors/batch", request)
+        return await self._answer("/vectors/batch", self._vectorize_bulk, request)
 
-    async def _answer(self, route: str, request: Request) -> Response:
+    async def _answer(
+        self,
+        route: str,
+        handler: Callable[[Request, _Timing], Awaitable[Response]],
+        request: Request,
+    ) -> Response:
         """One request, from arrival to answer: bounded in time, counted, logged."""
         timing = _Timing()
         self._inflight += 1
-        handler = self._vectorize_bulk if route == "/vectors/batch" else self._vectorize
         try:
             response = await handler(request, timing)
         finally:
