@@ -1,14 +1,20 @@
 """Start a server as users would (`serve run ...`, or the baseline) in its own process group,
 and stop exactly what was started: the leader first, gracefully, so that Ray Serve can stop
-its own helpers (HAProxy among them), then anything left that carries this run's marker."""
+its own helpers (HAProxy among them), then anything left that carries this run's marker.
+
+Every server started here gets a Ray temp dir of its own (RAY_TMPDIR): what a cluster ended by
+SIGKILL leaves behind (Ray's `ray_current_cluster` record, session files) stays there, and is
+removed with it, so it can reach no other test, benchmark or user's next start."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -51,6 +57,17 @@ def fixed_ingress(config: dict, replicas: int | None) -> dict:
     return config
 
 
+@contextlib.contextmanager
+def own_ray_tmpdir() -> Iterator[str]:
+    """A fresh directory for RAY_TMPDIR, removed afterwards. Short and under /tmp: Ray puts
+    Unix sockets in it, whose paths must fit in 107 bytes."""
+    path = tempfile.mkdtemp(prefix="i2v-ray-", dir="/tmp")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def wait_ready(url: str, timeout_s: float = 300, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     last: object = None
@@ -83,14 +100,22 @@ def marked_pids(marker: str) -> list[int]:
 
 @contextlib.contextmanager
 def started(
-    cmd: list[str], env: Mapping[str, str], log: Path, cwd: Path, stop_timeout_s: float = 60
+    cmd: list[str],
+    env: Mapping[str, str],
+    log: Path,
+    cwd: Path,
+    stop_timeout_s: float = 60,
+    ray_tmpdir: str | None = None,
 ) -> Iterator[subprocess.Popen]:
+    """`ray_tmpdir`: the caller's own Ray temp dir (it removes it); by default a fresh one."""
     marker = uuid.uuid4().hex
-    with log.open("wb") as out:
+    with contextlib.ExitStack() as stack:
+        ray_tmp = ray_tmpdir or stack.enter_context(own_ray_tmpdir())
+        out = stack.enter_context(log.open("wb"))
         proc = subprocess.Popen(
             cmd,
             cwd=cwd,
-            env={**env, MARKER_VAR: marker},
+            env={**env, MARKER_VAR: marker, "RAY_TMPDIR": ray_tmp},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -1,14 +1,18 @@
 """Where the CPU goes: one load point against the service (as `make serve` runs it), with the
-CPU time of each of its processes per request (proxy, each ingress replica, the Embedder...).
-A process near 100 % of one core is the service's serial limit.
+CPU time of each of its processes per request (proxy, each ingress replica, the Embedder...),
+split into the work a request pays for anyway (decoding and resizing in the ingress's
+`i2v-decode` threads, the forward pass in the Embedder's `i2v-forward` thread and the torch
+threads it starts) and the rest: the serving path's own cost. A process near 100 % of one
+core is the service's serial limit.
 
-Run: `python -m bench.where --config serve_config.gpu.yaml --concurrency 256`"""
+Run: `python -m bench.where --model mobilenet_v3_large --concurrency 32`
+(`--config serve_config.gpu.yaml --concurrency 256` on a GPU node)."""
 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -19,22 +23,72 @@ import yaml
 from bench.images import image_sets, request_bodies
 from bench.loadgen import run_load
 from bench.processes import env_pairs, fixed_ingress, launched
+from img2vec.cpus import DECODE_THREAD, FORWARD_THREAD
 
 ROOT = Path(__file__).resolve().parent.parent
+TICK = os.sysconf("SC_CLK_TCK")
+WORK_THREADS = (DECODE_THREAD, FORWARD_THREAD)
 
 
-def cpu_by_process(pid: int) -> dict[str, float]:
-    """CPU seconds of each process in the tree, keyed by its title and pid."""
-    out: dict[str, float] = collections.Counter()
+def _threads(pid: int) -> dict[int, tuple[str, float]]:
+    """tid -> (OS thread name, CPU seconds) from /proc."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            comm = (task / "comm").read_text().strip()
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[int(task.name)] = (comm, (int(fields[11]) + int(fields[12])) / TICK)
+    return out
+
+
+def cpu_by_process(pid: int) -> dict[str, tuple[float, float]]:
+    """(work, rest) CPU seconds of each process in the tree, keyed by its title and pid."""
+    out: dict[str, tuple[float, float]] = {}
     root = psutil.Process(pid)
     for p in [root, *root.children(recursive=True)]:
         try:
-            t = p.cpu_times()
             title = " ".join(p.cmdline())[:48] or p.name()
-            out[f"{title} [{p.pid}]"] += t.user + t.system
-        except psutil.Error:
-            pass
+            threads = _threads(p.pid)
+        except (psutil.Error, OSError):
+            continue
+        work = sum(cpu for name, cpu in threads.values() if name in WORK_THREADS)
+        rest = sum(cpu for name, cpu in threads.values() if name not in WORK_THREADS)
+        out[f"{title} [{p.pid}]"] = (work, rest)
     return out
+
+
+def table(
+    before: dict[str, tuple[float, float]],
+    after: dict[str, tuple[float, float]],
+    elapsed: float,
+    requests: int,
+) -> list[str]:
+    """One line a process: its share of a core, and per request the work and the rest."""
+    lines = [
+        "| process | % of a core | work ms/request | rest ms/request |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    n = max(requests, 1)
+    total_work = total_rest = 0.0
+    rows = []
+    for name, (work, rest) in after.items():
+        w0, r0 = before.get(name, (0.0, 0.0))
+        work, rest = work - w0, rest - r0
+        total_work += work
+        total_rest += rest
+        if (work + rest) / elapsed >= 0.02:
+            rows.append((work + rest, name, work, rest))
+    for used, name, work, rest in sorted(rows, reverse=True):
+        pct = 100 * used / elapsed
+        lines.append(f"| {name} | {pct:.1f} | {1e3 * work / n:.2f} | {1e3 * rest / n:.2f} |")
+    lines.append(
+        f"| **all processes** | {100 * (total_work + total_rest) / elapsed:.1f} | "
+        f"{1e3 * total_work / n:.2f} | **{1e3 * total_rest / n:.2f}** |"
+    )
+    return lines
 
 
 def main() -> None:
@@ -56,30 +110,13 @@ def main() -> None:
         tempfile.TemporaryDirectory() as tmp,
         launched(config, Path(tmp), ROOT, extra_env=extra) as (url, proc),
     ):
-        run_load(
-            url + "/vectors",
-            bodies,
-            concurrency=args.concurrency,
-            duration_s=3,
-            warmup_s=1,
-            max_requests=10**7,
-        )
+        load = {"concurrency": args.concurrency, "max_requests": 10**7}
+        run_load(url + "/vectors", bodies, duration_s=3, warmup_s=1, **load)
         before, t0 = cpu_by_process(proc.pid), time.perf_counter()
-        result = run_load(
-            url + "/vectors",
-            bodies,
-            concurrency=args.concurrency,
-            duration_s=args.duration,
-            warmup_s=0,
-            max_requests=10**7,
-        )
+        result = run_load(url + "/vectors", bodies, duration_s=args.duration, warmup_s=0, **load)
         after, elapsed = cpu_by_process(proc.pid), time.perf_counter() - t0
     print(json.dumps(result.as_dict()))
-    used = {k: v - before.get(k, 0.0) for k, v in after.items()}
-    for name, seconds in sorted(used.items(), key=lambda kv: -kv[1]):
-        if seconds / elapsed >= 0.02:
-            pct, per = 100 * seconds / elapsed, 1e3 * seconds / max(result.requests, 1)
-            print(f"{pct:6.1f}% of a core {per:7.2f} ms/request  {name}")
+    print("\n".join(table(before, after, elapsed, result.requests)))
 
 
 if __name__ == "__main__":

@@ -87,6 +87,9 @@ class EmbedderDeployment:
             is_out_of_memory=is_out_of_memory,
             observer=self._metrics,
         )
+        # Images admitted by embed() that @serve.batch has not yet handed to the batcher:
+        # work already promised, which the batcher's own queue does not show yet.
+        self._admitted = 0
         self._replica = serve.get_replica_context().replica_id.unique_id
         self._fresh = asyncio.get_running_loop().create_task(keep_fresh(self._metrics.refresh))
 
@@ -113,7 +116,11 @@ class EmbedderDeployment:
         behind than that, else when the deadline passes before its forward pass starts."""
         self._check(image)
         local_deadline = self._admit(deadline, 1)
-        future: asyncio.Future[np.ndarray] = await self._gather(image, local_deadline)
+        self._admitted += 1
+        try:
+            future: asyncio.Future[np.ndarray] = await self._gather(image, local_deadline)
+        finally:
+            self._admitted -= 1
         # If this call is cancelled (the client went away), awaiting cancels the future and
         # the batcher drops the image before its pass.
         return await future
@@ -155,11 +162,15 @@ class EmbedderDeployment:
 
     def _admit(self, deadline: float | None, count: int) -> float | None:
         """The local (monotonic) deadline, or Overloaded at once when the model is already
-        further behind than the time left."""
+        further behind than the time left. Behind counts what the batcher holds and what was
+        admitted but is still on its way to it: a burst arrives within one tick of the event
+        loop, before @serve.batch has handed any of it over, and counting only the batcher's
+        queue admitted all of it (every refusal then came at the deadline)."""
         if deadline is None:
             return None
         left = deadline - time.time()
-        behind = self._batcher.expected_wait_s() + (count - 1) * self._batcher.seconds_per_image()
+        ahead = self._admitted + count - 1
+        behind = self._batcher.expected_wait_s() + ahead * self._batcher.seconds_per_image()
         if behind > left:
             raise Overloaded(
                 f"the model is {behind:.1f} s behind and this request has {max(left, 0):.1f}"

@@ -49,6 +49,7 @@ from deployments.http import (
     read_body,
 )
 from deployments.metrics import IngressMetrics, keep_fresh
+from img2vec.cpus import DECODE_THREAD, name_this_thread
 from img2vec.decoding import ImageLimits, decode_image
 from img2vec.errors import Img2VecError, InvalidRequest, NotReady, Overloaded
 from img2vec.preprocessing import Preprocess, get_preset
@@ -88,7 +89,9 @@ def _lower_priority() -> None:
     """Decode threads run at a lower CPU priority than the rest of the node: where the
     model shares the CPU with them, its forward pass (whose threads wait on each other at
     every op) should not be the one that gets preempted. Decoding still fills every idle
-    cycle. Linux applies nice values per thread; elsewhere this is a no-op."""
+    cycle. Linux applies nice values per thread; elsewhere this is a no-op. Named, so that
+    `bench.where` counts its CPU as decoding."""
+    name_this_thread(DECODE_THREAD)
     with contextlib.suppress(OSError, AttributeError):
         tid = threading.get_native_id()
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 4))

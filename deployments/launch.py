@@ -12,7 +12,11 @@ What it adds to `serve run serve_config.yaml` (which it otherwise mirrors):
   Retry-After while those in flight finish (up to `--grace` seconds); then Serve and Ray shut
   down and the launcher waits until no process it started is left;
 - an application that fails to deploy ends the process with its error (exit 1) instead of
-  waiting forever.
+  waiting forever;
+- it starts its own local Ray unless an address is given (`--address` / RAY_ADDRESS): a bare
+  `ray.init()` (what `serve run` does) joins the cluster recorded in Ray's temp dir, and the
+  record of one that died without cleaning up (SIGKILL, OOM, a crash) makes it hang. Such a
+  stale record is removed, with a log line, before Ray starts.
 """
 
 from __future__ import annotations
@@ -48,6 +52,58 @@ def read_env_file(path: Path) -> dict[str, str]:
                 raise ValueError(f"{path}: not KEY=VALUE: {line!r}")
             env[key.strip()] = value.strip()
     return env
+
+
+def ray_address(flag: str | None) -> str:
+    """Where the launcher's Ray runs: the flag, else RAY_ADDRESS, else a new local instance
+    ("local"), never whatever cluster Ray's temp dir last recorded."""
+    return flag or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def _record_path(temp_dir: str | None = None) -> Path:
+    from ray._common.utils import get_ray_address_file
+
+    return Path(get_ray_address_file(temp_dir))
+
+
+def _live_gcs_addresses() -> set[str]:
+    """GCS addresses that a raylet on this machine is connected to (Ray's own scan of the
+    process table, as `ray.init(address="auto")` does): no network probe."""
+    from ray._private.services import find_gcs_addresses
+
+    find_gcs_addresses.cache_clear()
+    return set(find_gcs_addresses())
+
+
+def clear_stale_record(temp_dir: str | None = None) -> str | None:
+    """Ray writes the address of the last cluster started on this machine to
+    `<temp dir>/ray_current_cluster` and removes it on a clean stop. A cluster that died
+    (SIGKILL, OOM, a crash) leaves it behind, and every later `ray.init()` or `serve run`
+    without an address tries to join that dead cluster and hangs, retrying for minutes.
+    Removes such a record (no raylet on this machine belongs to that cluster) and returns the
+    address it named."""
+    path = _record_path(temp_dir)
+    try:
+        address = path.read_text().strip()
+    except OSError:
+        return None
+    if address and address in _live_gcs_addresses():
+        log.info(
+            "img2vec: a Ray cluster is running at %s; starting a separate local one "
+            "(set RAY_ADDRESS=%s or --address to join it instead)",
+            address,
+            address,
+        )
+        return None
+    with contextlib.suppress(OSError):
+        path.unlink()
+    log.warning(
+        "img2vec: removed %s, the record of a Ray cluster at %s that is no longer running "
+        "(it was stopped without cleaning up); starting a new local one",
+        path,
+        address or "(empty)",
+    )
+    return address
 
 
 def load_config(path: Path, port: int | None, host: str | None) -> dict:
@@ -145,7 +201,13 @@ def run(args: argparse.Namespace) -> int:
     from deployments import lifecycle
 
     schema = ServeDeploySchema.model_validate(config)
-    ray.init(namespace="serve", _metrics_export_port=args.metrics_port)
+    address = ray_address(args.address)
+    if address == "local":
+        clear_stale_record()
+        ray.init(address="local", namespace="serve", _metrics_export_port=args.metrics_port)
+    else:
+        log.info("img2vec: joining the Ray cluster at %s", address)
+        ray.init(address=address, namespace="serve")
     stop = _Stop()
     # After ray.init, which installs its own handler (exit at once, dropping requests).
     signal.signal(signal.SIGTERM, stop)
@@ -194,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         help="HTTP port, overriding the config's (env IMG2VEC_PORT)",
     )
     parser.add_argument("--host", default=os.environ.get("IMG2VEC_HOST") or None)
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="a Ray cluster to join (env RAY_ADDRESS); default: start a local one",
+    )
     parser.add_argument(
         "--metrics-port",
         type=int,

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Generic, Protocol, TypeVar
 
+from img2vec.cpus import FORWARD_THREAD, name_this_thread
 from img2vec.errors import NotReady, Overloaded
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,12 @@ class Batcher(Generic[T, R]):
         self._in_pass = 0  # images in the pass running now
         # One thread for every forward pass: torch's OpenMP team belongs to the thread that
         # calls it, and a pool of callers would each keep a team of spinning threads.
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+        self._thread = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="forward",
+            initializer=name_this_thread,
+            initargs=(FORWARD_THREAD,),
+        )
         self._closed = False
         self.stats = BatchStats()
         self._s_per_image: float | None = None  # moving average, for the expected wait

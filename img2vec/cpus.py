@@ -5,8 +5,10 @@ CPUs on a 64-core host, 64 torch threads would fight over two."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -39,3 +41,17 @@ def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
     except (OSError, ValueError):
         return None
     return quota / period if quota > 0 and period > 0 else None
+
+
+# The OS-level names of the threads that do the work a request pays for anyway (decoding an
+# image, the forward pass), so that `bench.where`, top -H and py-spy can tell them apart from
+# the serving path's own cost. Threads that a named thread starts (torch's OpenMP team) inherit
+# its name on Linux.
+DECODE_THREAD = "i2v-decode"
+FORWARD_THREAD = "i2v-forward"
+
+
+def name_this_thread(name: str) -> None:
+    """Sets the calling thread's OS name (Linux: at most 15 bytes); a no-op elsewhere."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/self/task/{threading.get_native_id()}/comm").write_text(name[:15])

@@ -30,7 +30,7 @@ import httpx
 import pytest
 import yaml
 
-from bench.processes import MARKER_VAR, free_port, marked_pids, wait_ready
+from bench.processes import MARKER_VAR, free_port, marked_pids, own_ray_tmpdir, wait_ready
 from tests.conftest import b64, encode, photo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,12 +119,15 @@ def cluster_config(port: int) -> dict:
 
 
 class FakeCluster:
-    def __init__(self, tmp: Path) -> None:
+    """Stopped by signals (there is no `ray stop` that ends only this cluster), so its head's
+    record (`ray_current_cluster`) would outlive it: it lives in a Ray temp dir of its own."""
+
+    def __init__(self, tmp: Path, ray_tmp: str) -> None:
         self.marker = uuid.uuid4().hex
         self.gcs_port = free_port()
         config = tmp / "autoscaler.json"
         config.write_text(json.dumps(autoscaler_config(self.gcs_port)))
-        self.env = {**os.environ, **FAST, MARKER_VAR: self.marker}
+        self.env = {**os.environ, **FAST, MARKER_VAR: self.marker, "RAY_TMPDIR": ray_tmp}
         head = [RAY, "start", "--head", f"--node-ip-address={LOOPBACK}", f"--port={self.gcs_port}"]
         head += ["--num-cpus=0", "--num-gpus=0", f"--autoscaling-config={config}"]
         head += ["--include-dashboard=false", "--disable-usage-stats"]
@@ -147,10 +150,10 @@ def cluster(tmp_path_factory) -> Iterator[tuple[FakeCluster, str]]:
     from ray.serve._private.api import serve_start
     from ray.serve.schema import ServeDeploySchema
 
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, own_ray_tmpdir() as ray_tmp:
         for key, value in FAST.items():
             mp.setenv(key, value)
-        fake = FakeCluster(tmp_path_factory.mktemp("cluster"))
+        fake = FakeCluster(tmp_path_factory.mktemp("cluster"), ray_tmp)
         try:
             ray.init(address=f"{LOOPBACK}:{fake.gcs_port}", log_to_driver=False)
             port = free_port()
