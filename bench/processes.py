@@ -57,6 +57,15 @@ def fixed_ingress(config: dict, replicas: int | None) -> dict:
     return config
 
 
+def own_ports() -> dict[str, str]:
+    """Free ports for the listeners HAProxy mode (serve.env) adds beside the service's own,
+    whose defaults (9101 metrics, 8404 stats) two services on one machine would share."""
+    return {
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+    }
+
+
 @contextlib.contextmanager
 def own_ray_tmpdir() -> Iterator[str]:
     """A fresh directory for RAY_TMPDIR, removed afterwards. Short and under /tmp: Ray puts
@@ -115,7 +124,7 @@ def started(
         proc = subprocess.Popen(
             cmd,
             cwd=cwd,
-            env={**env, MARKER_VAR: marker, "RAY_TMPDIR": ray_tmp},
+            env={**own_ports(), **env, MARKER_VAR: marker, "RAY_TMPDIR": ray_tmp},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

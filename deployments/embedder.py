@@ -125,22 +125,52 @@ class EmbedderDeployment:
         # the batcher drops the image before its pass.
         return await future
 
-    async def embed_many(
-        self, images: list[np.ndarray], deadline: float | None = None
-    ) -> list[np.ndarray | Img2VecError]:
-        """Several images of one request (the bulk route), already gathered: straight into the
-        batcher, into the same passes as single calls. Each gets its vector or its own error."""
-        for image in images:
-            self._check(image)
-        local_deadline = self._admit(deadline, len(images))
-        futures = [self._batcher.enqueue(image, local_deadline) for image in images]
+    async def embed_group(
+        self, images: np.ndarray, deadlines: list[float | None]
+    ) -> tuple[list[np.ndarray | Img2VecError], float, int]:
+        """Several images in one call (N, H, W, 3): the requests an ingress replica gathered
+        (deployments/link.py), or one bulk request's chunk. One call per group, not per
+        image, is what keeps this replica's event loop, which every call of the node reaches,
+        from being the node's serial limit. Straight into the batcher, into the same passes
+        as single calls.
+
+        Returns each image's vector or its own error (refusals are values: an exception
+        crossing Ray costs a traceback and its pickling, per request, in both processes),
+        then how far behind the model is now (seconds), from which the ingress refuses early,
+        before it decodes anything, and the largest pass it runs (a group larger than that
+        would wait for two passes before it is answered)."""
+        self._check_group(images, len(deadlines))
+        now, local_now = time.time(), time.monotonic()
+        base = self._batcher.expected_wait_s() + self._admitted * self._batcher.seconds_per_image()
+        per_image = self._batcher.seconds_per_image()
+        results: list[np.ndarray | Img2VecError | None] = [None] * len(deadlines)
+        futures: dict[int, asyncio.Future[np.ndarray]] = {}
+        for i, deadline in enumerate(deadlines):
+            local_deadline = None
+            if deadline is not None:
+                left = deadline - now
+                behind = base + len(futures) * per_image
+                if behind > left:
+                    results[i] = Overloaded(
+                        f"the model is {behind:.1f} s behind and this request has "
+                        f"{max(left, 0):.1f} s left; retry later"
+                    )
+                    continue
+                local_deadline = local_now + left
+            futures[i] = self._batcher.enqueue(images[i], local_deadline)
         try:
-            results = await asyncio.gather(*futures, return_exceptions=True)
+            answers = await asyncio.gather(*futures.values(), return_exceptions=True)
         except asyncio.CancelledError:
-            for future in futures:
+            for future in futures.values():
                 future.cancel()
             raise
-        return [r if isinstance(r, np.ndarray | Img2VecError) else _as_error(r) for r in results]
+        for i, answer in zip(futures, answers, strict=True):
+            results[i] = (
+                answer if isinstance(answer, np.ndarray | Img2VecError) else _as_error(answer)
+            )
+        behind_now = max(self._batcher.expected_wait_s() - per_image, 0.0)
+        max_pass = self._batcher.settings.max_batch_size
+        return results, behind_now, max_pass  # type: ignore[return-value]
 
     @serve.batch(max_batch_size=DEFAULTS.max_batch_size, batch_wait_timeout_s=0.0)
     async def _gather(
@@ -152,6 +182,16 @@ class EmbedderDeployment:
             self._batcher.enqueue(image, deadline)
             for image, deadline in zip(images, deadlines, strict=True)
         ]
+
+    def _check_group(self, images: object, count: int) -> None:
+        expected = (count, *self._embedder.input_size, 3)
+        if (
+            not isinstance(images, np.ndarray)
+            or images.dtype != np.uint8
+            or images.shape != expected
+        ):
+            got = (images.dtype, images.shape) if isinstance(images, np.ndarray) else type(images)
+            raise ValueError(f"embed_group() expects a uint8 array of shape {expected}, got {got}")
 
     def _check(self, image: object) -> None:
         """Refused alone, before it can join (and break) a pass."""
@@ -201,5 +241,5 @@ class EmbedderDeployment:
 def _as_error(exc: BaseException) -> Img2VecError:
     """A pass that failed for one of ours (e.g. out of memory on one image): the item's own
     error, logged; the other items keep their vectors."""
-    log.error("an image of a bulk request failed: %r", exc)
+    log.error("an image of a group failed: %r", exc)
     return Img2VecError("internal error; the service logged the details")

@@ -48,6 +48,7 @@ from deployments.http import (
     json_error,
     read_body,
 )
+from deployments.link import GROUP_SIZE, ModelLink
 from deployments.metrics import IngressMetrics, keep_fresh
 from img2vec.cpus import DECODE_THREAD, name_this_thread
 from img2vec.decoding import ImageLimits, decode_image
@@ -55,8 +56,6 @@ from img2vec.errors import Img2VecError, InvalidRequest, NotReady, Overloaded
 from img2vec.preprocessing import Preprocess, get_preset
 
 log = logging.getLogger("ray.serve")
-# Images per call to the model from the bulk route (see Ingress._embed_many).
-BULK_CHUNK = 16
 # A child of Serve's logger: its lines go where Serve writes the replica's log (file, stderr or
 # JSON, as its logging_config says).
 access = logging.getLogger("ray.serve.img2vec.access")
@@ -141,6 +140,7 @@ class Ingress:
         self._metrics = IngressMetrics()
         self._inflight = 0
         self._health = EmbedderHealth(options.unready_after_s)
+        self._link = ModelLink(embedder, on_answer=self._health.answered)
         replica = serve.get_replica_context().replica_id.unique_id
         self._drain = Drain(replica, lambda: self._inflight)
         loop = asyncio.get_running_loop()
@@ -197,7 +197,11 @@ class Ingress:
             "max_bulk_items": self._options.max_bulk_items,
             "max_bulk_bytes": self._options.max_bulk_bytes,
         }
-        return JSONResponse({"version": img2vec.__version__, **described, "limits": limits})
+        # This ingress replica's calls to the model: each carries a group of requests.
+        link = {"calls_to_model": self._link.groups, "images_to_model": self._link.images}
+        return JSONResponse(
+            {"version": img2vec.__version__, **described, "limits": limits, "ingress": link}
+        )
 
     # -- vectors --------------------------------------------------------------------
 
@@ -270,6 +274,9 @@ class Ingress:
 
     async def _vectorize(self, request: Request, timing: _Timing) -> Response:
         async def work(held: Held, deadline: float) -> Response:
+            refused = self._link.refusal(deadline - time.time())
+            if refused is not None:
+                raise refused
             id_, pixels = await self._decode_request(request, held, timing)
             vector = await self._embed(pixels, deadline, timing)
             # orjson writes each float32 in its shortest exact form: 20x faster than json on
@@ -323,25 +330,13 @@ class Ingress:
     async def _embed_many(
         self, pixels: list[np.ndarray], deadline: float
     ) -> list[np.ndarray | Img2VecError]:
-        """The items' pixels to the model in chunks of BULK_CHUNK, concurrently: Serve's gRPC
-        transport between deployments (throughput-optimized mode) refuses messages over 4 MiB,
-        and 16 images are 2.4 MB. A chunk the model refuses fails only its own items."""
-        chunks = [pixels[i : i + BULK_CHUNK] for i in range(0, len(pixels), BULK_CHUNK)]
+        """The items' pixels to the model in chunks of GROUP_SIZE (one call each), all at
+        once. A chunk the model refuses fails only its own items."""
+        chunks = [pixels[i : i + GROUP_SIZE] for i in range(0, len(pixels), GROUP_SIZE)]
         answers = await asyncio.gather(
-            *(self._embedder.embed_many.remote(chunk, deadline) for chunk in chunks),
-            return_exceptions=True,
+            *(self._link.embed_chunk(chunk, deadline) for chunk in chunks)
         )
-        results: list[np.ndarray | Img2VecError] = []
-        for chunk, answer in zip(chunks, answers, strict=True):
-            if isinstance(answer, BaseException):
-                err = embedder_error(answer)
-                if err is None:
-                    raise answer
-                results += [err] * len(chunk)
-            else:
-                results += answer
-                self._health.answered()
-        return results
+        return [result for answer in answers for result in answer]
 
     async def _decode_request(
         self, request: Request, held: Held, timing: _Timing
@@ -387,13 +382,6 @@ class Ingress:
     async def _embed(self, pixels: np.ndarray, deadline: float, timing: _Timing) -> np.ndarray:
         started = time.perf_counter()
         try:
-            vector: np.ndarray = await self._embedder.embed.remote(pixels, deadline)
-        except Exception as exc:
-            err = embedder_error(exc)
-            if err is None:
-                raise
-            raise err from None
+            return await self._link.embed(pixels, deadline)
         finally:
             timing.model_s = time.perf_counter() - started
-        self._health.answered()
-        return vector

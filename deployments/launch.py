@@ -25,8 +25,10 @@ import argparse
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import FrameType
@@ -104,6 +106,26 @@ def clear_stale_record(temp_dir: str | None = None) -> str | None:
         address or "(empty)",
     )
     return address
+
+
+def single_node_settings(files: str) -> dict[str, str]:
+    """Ray Serve settings that hold for the one node the launcher runs (variables already set
+    win):
+    - Ray keeps a draining direct-ingress replica alive for at least 30 s
+      (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S), so that HAProxy on other nodes stops
+      routing to it first. The launcher has drained every replica itself before it shuts
+      Serve down, and there are no other nodes: 0, or a stop takes 30 s more than the drain
+      (Docker's default grace is 10 s).
+    - HAProxy's files (config, admin socket, server state) go to `files`, a directory of this
+      run's own, not Ray's default /tmp/haproxy-serve, which two services on one machine
+      would share."""
+    return {
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{files}/haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{files}/admin.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": files,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{files}/server-state",
+    }
 
 
 def load_config(path: Path, port: int | None, host: str | None) -> dict:
@@ -190,6 +212,9 @@ def run(args: argparse.Namespace) -> int:
     if env_file.is_file():
         for key, value in read_env_file(env_file).items():
             os.environ.setdefault(key, value)
+    haproxy_files = tempfile.mkdtemp(prefix="img2vec-haproxy-")
+    for key, value in single_node_settings(haproxy_files).items():
+        os.environ.setdefault(key, value)
     config = load_config(config_path, args.port, args.host)
 
     import ray
@@ -243,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
     serve.shutdown()
     ray.shutdown()
     _wait_for_descendants(ours)
+    shutil.rmtree(haproxy_files, ignore_errors=True)
     return code
 
 

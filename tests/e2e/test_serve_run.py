@@ -24,6 +24,7 @@ import yaml
 from bench.processes import (
     MARKER_VAR,
     marked_pids,
+    own_ports,
     own_ray_tmpdir,
     serve_env,
     started,
@@ -94,7 +95,8 @@ def _launch_cmd(port: int, metrics_port: int, config: Path = CONFIG) -> list[str
 
 
 def _env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "IMG2VEC_WEIGHTS": "random", "RAY_ADDRESS": "local", **extra}
+    base = {**os.environ, **own_ports()}
+    return {**base, "IMG2VEC_WEIGHTS": "random", "RAY_ADDRESS": "local", **extra}
 
 
 # Ray's own SIGTERM path (`serve run`): every process it started is gone within this after the
@@ -326,7 +328,8 @@ def test_an_application_that_cannot_start_ends_the_launcher_with_its_reason(tmp_
 def test_serve_env_is_what_the_launcher_applies():
     env = serve_env(ROOT)
     assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "deployments.proxy:middlewares"
-    assert "RAY_SERVE_ENABLE_HA_PROXY" not in env  # see docs/benchmarks.md: its errors are not ours
+    # The C front end in place of Serve's Python proxy (docs/benchmarks.md#where).
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
 
 
 def test_the_image_entrypoint_serves_on_its_port_and_stops_cleanly(tmp_path):

@@ -210,7 +210,8 @@ def test_16_concurrent_requests_are_answered_correctly_in_batches(resnet_url, ph
             w, h = img.size
             images.append(encode(img.crop((k * 7, k * 5, w - k * 3, h - k * 2)), "PNG"))
     solo = _solo_vectors(resnet_url, images)
-    before = httpx.get(resnet_url + "/meta").json()["batching"]
+    meta = httpx.get(resnet_url + "/meta").json()
+    before, link_before = meta["batching"], meta["ingress"]
 
     def call(i: int) -> httpx.Response:
         return post(resnet_url, vector_body(images[i], f"req-{i}"))
@@ -218,7 +219,8 @@ def test_16_concurrent_requests_are_answered_correctly_in_batches(resnet_url, ph
     with ThreadPoolExecutor(16) as pool:
         responses = list(pool.map(call, range(16)))
 
-    after = httpx.get(resnet_url + "/meta").json()["batching"]
+    meta = httpx.get(resnet_url + "/meta").json()
+    after, link_after = meta["batching"], meta["ingress"]
     for i, r in enumerate(responses):
         assert r.status_code == 200, r.text
         assert r.json()["id"] == f"req-{i}"
@@ -230,6 +232,9 @@ def test_16_concurrent_requests_are_answered_correctly_in_batches(resnet_url, ph
     }
     assert max(size for size, n in formed.items() if n > 0) > 1, formed
     assert after["passes"] - before["passes"] < 16
+    # ...and they reached the model in fewer calls than requests (deployments/link.py).
+    assert link_after["images_to_model"] - link_before["images_to_model"] == 16
+    assert link_after["calls_to_model"] - link_before["calls_to_model"] < 16, link_after
 
 
 def test_the_same_id_in_concurrent_requests_gets_each_its_own_vector(resnet_url, photos):
@@ -309,4 +314,7 @@ def test_model_replicas_start_without_serves_batching_warning(resnet_url):
     logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
     texts = [p.read_text(errors="replace") for p in logs.glob("replica_resnet50_Embedder_*.log")]
     assert texts and all("embedder batching" in t for t in texts)  # the replica's own start line
-    assert not any("is larger than `max_ongoing_requests`" in t for t in texts)
+    # The ingress gathers with @serve.batch too (deployments/link.py).
+    ingress = [p.read_text(errors="replace") for p in logs.glob("replica_resnet50_Ingress_*.log")]
+    assert ingress
+    assert not any("is larger than `max_ongoing_requests`" in t for t in texts + ingress)
