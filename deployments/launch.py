@@ -73,7 +73,7 @@ def _live_gcs_addresses() -> set[str]:
     process table, as `ray.init(address="auto")` does): no network probe."""
     from ray._private.services import find_gcs_addresses
 
-    find_gcs_addresses.cache_clear()
+    find_gcs_addresses.cache_clear()  # type: ignore[attr-defined]
     return set(find_gcs_addresses())
 
 
