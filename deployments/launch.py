@@ -128,6 +128,39 @@ def single_node_settings(files: str) -> dict[str, str]:
     }
 
 
+# Of /dev/shm's free space, what the object store may take (the rest for anything else there).
+SHM_SHARE = 0.8
+
+
+def object_store_bytes(shm_free: int | None, memory: int) -> int | None:
+    """A size for Ray's object store that fits in /dev/shm, or None for Ray's own default.
+
+    Ray sizes the store at 30 % of the memory it sees and, when /dev/shm is smaller (Docker's
+    default is 64 MB; `--shm-size=1g` is still smaller than 30 % of most hosts), puts it in /tmp
+    instead, with a warning that it "will harm performance". What img2vec keeps there is small
+    (a group of pixels in flight is ~2.4 MB), so the store is sized to what /dev/shm has."""
+    default = int(memory * ray_default_proportion())
+    if shm_free is None or shm_free >= default:
+        return None
+    size = int(shm_free * SHM_SHARE)
+    return size if size >= OBJECT_STORE_MINIMUM_BYTES else None
+
+
+OBJECT_STORE_MINIMUM_BYTES = 75 * 1024 * 1024  # Ray's own minimum
+
+
+def ray_default_proportion() -> float:
+    return float(os.environ.get("RAY_DEFAULT_OBJECT_STORE_MEMORY_PROPORTION") or 0.3)
+
+
+def shm_free_bytes(path: str = "/dev/shm") -> int | None:
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
 def load_config(path: Path, port: int | None, host: str | None) -> dict:
     config = yaml.safe_load(path.read_text())
     http = dict(config.get("http_options") or {})
@@ -229,7 +262,17 @@ def run(args: argparse.Namespace) -> int:
     address = ray_address(args.address)
     if address == "local":
         clear_stale_record()
-        ray.init(address="local", namespace="serve", _metrics_export_port=args.metrics_port)
+        from ray._common.utils import get_system_memory
+
+        store = object_store_bytes(shm_free_bytes(), get_system_memory())
+        if store is not None:
+            log.info("img2vec: object store %d MB, to fit in /dev/shm", store // 2**20)
+        ray.init(
+            address="local",
+            namespace="serve",
+            object_store_memory=store,
+            _metrics_export_port=args.metrics_port,
+        )
     else:
         log.info("img2vec: joining the Ray cluster at %s", address)
         ray.init(address=address, namespace="serve")

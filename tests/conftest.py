@@ -19,7 +19,7 @@ from torchvision import transforms as T
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Markers by folder: `pytest -m unit`, `-m integration`, `-m e2e`, `-m cluster`."""
     for item in items:
-        for folder in ("unit", "integration", "e2e", "cluster"):
+        for folder in ("unit", "integration", "e2e", "cluster", "image"):
             if f"/tests/{folder}/" in str(item.path):
                 item.add_marker(getattr(pytest.mark, folder))
 

@@ -38,3 +38,25 @@ def test_a_live_clusters_record_is_kept(tmp_path, monkeypatch, caplog):
 
 def test_no_record_is_nothing_to_do(tmp_path):
     assert launch.clear_stale_record(str(tmp_path)) is None
+
+
+GB = 2**30
+
+
+def test_the_object_store_is_sized_to_fit_a_small_dev_shm():
+    """`--shm-size=1g` on a 16 GB host: Ray's default (30 %, 4.8 GB) would not fit, and Ray
+    would move the store to /tmp with a performance warning. The launcher asks for what fits."""
+    size = launch.object_store_bytes(shm_free=1 * GB, memory=16 * GB)
+    assert size is not None and size <= 1 * GB
+    assert size >= 0.5 * GB  # most of it: the store is not starved
+
+
+def test_the_object_store_is_left_to_ray_where_dev_shm_is_large_enough():
+    assert launch.object_store_bytes(shm_free=8 * GB, memory=16 * GB) is None
+    assert launch.object_store_bytes(shm_free=None, memory=16 * GB) is None  # no /dev/shm
+
+
+def test_a_dev_shm_below_rays_minimum_is_left_to_ray():
+    """Docker's default 64 MB: below Ray's 75 MB minimum, nothing fits; Ray's fallback (and its
+    warning, which names --shm-size) is the honest answer."""
+    assert launch.object_store_bytes(shm_free=64 * 2**20, memory=16 * GB) is None
