@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 import yaml
 
@@ -44,13 +45,24 @@ def _threads(pid: int) -> dict[int, tuple[str, float]]:
     return out
 
 
+def _title(cmdline: list[str]) -> str:
+    """`ray::ServeReplica:...` for Ray's workers, the program's name for its binaries
+    (raylet, gcs_server, haproxy), `python -m module` for Python entry points."""
+    if not cmdline:
+        return ""
+    program = Path(cmdline[0]).name
+    if program.startswith("python") and len(cmdline) > 1:
+        return " ".join([program, *cmdline[1:3]])[:60]
+    return " ".join(cmdline)[:60] if cmdline[0].startswith("ray::") else program
+
+
 def cpu_by_process(pid: int) -> dict[str, tuple[float, float]]:
     """(work, rest) CPU seconds of each process in the tree, keyed by its title and pid."""
     out: dict[str, tuple[float, float]] = {}
     root = psutil.Process(pid)
     for p in [root, *root.children(recursive=True)]:
         try:
-            title = " ".join(p.cmdline())[:48] or p.name()
+            title = _title(p.cmdline()) or p.name()
             threads = _threads(p.pid)
         except (psutil.Error, OSError):
             continue
@@ -112,11 +124,22 @@ def main() -> None:
     ):
         load = {"concurrency": args.concurrency, "max_requests": 10**7}
         run_load(url + "/vectors", bodies, duration_s=3, warmup_s=1, **load)
+        meta_before = httpx.get(url + "/meta", timeout=30).json()
         before, t0 = cpu_by_process(proc.pid), time.perf_counter()
         result = run_load(url + "/vectors", bodies, duration_s=args.duration, warmup_s=0, **load)
         after, elapsed = cpu_by_process(proc.pid), time.perf_counter() - t0
+        meta_after = httpx.get(url + "/meta", timeout=30).json()
     print(json.dumps(result.as_dict()))
     print("\n".join(table(before, after, elapsed, result.requests)))
+    passes = meta_after["batching"]["passes"] - meta_before["batching"]["passes"]
+    images = meta_after["batching"]["images"] - meta_before["batching"]["images"]
+    line = f"mean forward pass: {images / max(passes, 1):.1f} images"
+    link_before, link_after = meta_before.get("ingress"), meta_after.get("ingress")
+    if link_before and link_after:  # one ingress replica's calls to the model
+        calls = link_after["calls_to_model"] - link_before["calls_to_model"]
+        sent = link_after["images_to_model"] - link_before["images_to_model"]
+        line += f"; mean call to the model (one ingress replica): {sent / max(calls, 1):.1f} images"
+    print(line)
 
 
 if __name__ == "__main__":

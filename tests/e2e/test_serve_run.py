@@ -103,6 +103,8 @@ def _env(**extra: str) -> dict[str, str]:
 # command exits (measured 2026-11-30 on the 2-core machine under the test suite: see the
 # README's "Stopping"); the launcher waits for them itself before it exits.
 RAY_STOP_BOUND_S = 15.0
+# Docker's default grace between SIGTERM and SIGKILL (`docker stop`); Kubernetes gives 30 s.
+STOP_GRACE_S = 10.0
 
 
 def stale_record(ray_tmp: str) -> str:
@@ -269,14 +271,19 @@ def test_sigterm_drains_in_flight_requests_and_leaves_nothing_behind(tmp_path):
         threads, results = _inflight(url, 48)  # ~3 s of work for ResNet50 on 2 cores
         time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
+        stopping = time.monotonic()
+        code = proc.wait(90)
+        took = time.monotonic() - stopping
         for t in threads:
             t.join(120)
-        code = proc.wait(90)
     finally:
         left = _cleanup(proc, marker)
     statuses = Counter(r if isinstance(r, str) else r[0] for r in results)
-    print(f"in flight at SIGTERM: {dict(statuses)}")
+    print(f"in flight at SIGTERM: {dict(statuses)}; the launcher exited {took:.1f} s later")
     assert code == 0, (tmp_path / "launch.log").read_text()[-3000:]
+    # Within Docker's default grace (10 s) before it sends SIGKILL: Ray's own 30 s minimum
+    # drain of a direct-ingress replica is off under the launcher, which drains first.
+    assert took < STOP_GRACE_S, (tmp_path / "launch.log").read_text()[-3000:]
     assert statuses[200] >= 40 and set(statuses) <= {200, 503}, statuses
     assert all(r[1].startswith("application/json") for r in results if not isinstance(r, str))
     assert left == [], f"processes left behind: {left}"
@@ -353,8 +360,12 @@ def test_the_image_entrypoint_serves_on_its_port_and_stops_cleanly(tmp_path):
         assert health.returncode == 0
         assert httpx.get(url + "/meta").json()["device"] == "cpu"
         proc.send_signal(signal.SIGTERM)
+        stopping = time.monotonic()
         code = proc.wait(90)
+        took = time.monotonic() - stopping
     finally:
         left = _cleanup(proc, marker)
+    print(f"idle stop: {took:.1f} s")
     assert code == 0, log.read_text()[-3000:]
+    assert took < STOP_GRACE_S, log.read_text()[-3000:]
     assert left == []
