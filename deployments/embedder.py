@@ -127,7 +127,7 @@ class EmbedderDeployment:
 
     async def embed_group(
         self, images: np.ndarray, deadlines: list[float | None]
-    ) -> tuple[list[np.ndarray | Img2VecError], float, int]:
+    ) -> tuple[list[np.ndarray | Img2VecError], float, float, int]:
         """Several images in one call (N, H, W, 3): the requests an ingress replica gathered
         (deployments/link.py), or one bulk request's chunk. One call per group, not per
         image, is what keeps this replica's event loop, which every call of the node reaches,
@@ -136,9 +136,9 @@ class EmbedderDeployment:
 
         Returns each image's vector or its own error (refusals are values: an exception
         crossing Ray costs a traceback and its pickling, per request, in both processes),
-        then how far behind the model is now (seconds), from which the ingress refuses early,
-        before it decodes anything, and the largest pass it runs (a group larger than that
-        would wait for two passes before it is answered)."""
+        then how far behind the model is now and its recent seconds per image, from which the
+        ingress refuses early what cannot make its deadline, and the largest pass it runs (a
+        group larger than that would wait for two passes before it is answered)."""
         self._check_group(images, len(deadlines))
         now, local_now = time.time(), time.monotonic()
         base = self._batcher.expected_wait_s() + self._admitted * self._batcher.seconds_per_image()
@@ -170,7 +170,7 @@ class EmbedderDeployment:
             )
         behind_now = max(self._batcher.expected_wait_s() - per_image, 0.0)
         max_pass = self._batcher.settings.max_batch_size
-        return results, behind_now, max_pass  # type: ignore[return-value]
+        return results, behind_now, per_image, max_pass  # type: ignore[return-value]
 
     @serve.batch(max_batch_size=DEFAULTS.max_batch_size, batch_wait_timeout_s=0.0)
     async def _gather(

@@ -9,8 +9,9 @@ What it adds to `serve run serve_config.yaml` (which it otherwise mirrors):
 - Prometheus metrics on a fixed port, `--metrics-port` / IMG2VEC_METRICS_PORT (8081);
 - SIGTERM (what Docker and Kubernetes send) and Ctrl-C drain first: readiness turns 503,
   requests still arriving are served for `--accept` seconds, then new ones get 503 with
-  Retry-After while those in flight finish (up to `--grace` seconds); then Serve and Ray shut
-  down and the launcher waits until no process it started is left;
+  Retry-After while those in flight finish (up to `--grace` seconds); then Ray stops (Serve
+  with it) and the launcher waits until no process it started is left: 6-8 s on 2 cores,
+  within Docker's 10 s grace;
 - an application that fails to deploy ends the process with its error (exit 1) instead of
   waiting forever;
 - it starts its own local Ray unless an address is given (`--address` / RAY_ADDRESS): a bare
