@@ -1,0 +1,108 @@
+"""ModelLink (deployments/link.py), the ingress's path to the model, against a deterministic
+stand-in for the Embedder's handle whose calls complete when the test says so: requests that
+wait while calls are in flight leave together, and those that cannot make their deadline are
+answered at once. (Over real Serve: tests/integration/test_api.py counts the calls,
+test_overload.py times the refusals.)"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from deployments.link import GROUPS_IN_FLIGHT, ModelLink
+from img2vec.errors import Overloaded
+
+
+class FakeEmbedder:
+    """`embed_group.remote(images, deadlines)`: one pending call per invocation, answered by
+    `answer()` with one vector per image and the backlog the test chooses."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[np.ndarray, asyncio.Future]] = []
+        self.embed_group = self
+
+    def remote(self, images: np.ndarray, deadlines: list[float]) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self.calls.append((images, future))
+        return future
+
+    def answer(self, i: int, behind_s: float = 0.0, per_image_s: float = 0.01) -> None:
+        images, future = self.calls[i]
+        vectors = [images[k, 0, 0].astype(np.float32) for k in range(len(images))]
+        future.set_result((vectors, behind_s, per_image_s, 8))
+
+
+def pixels(value: int) -> np.ndarray:
+    return np.full((224, 224, 3), value, dtype=np.uint8)
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_requests_that_wait_for_a_slot_leave_as_one_call():
+    async def scenario() -> None:
+        fake = FakeEmbedder()
+        link = ModelLink(fake, on_answer=lambda: None)  # type: ignore[arg-type]
+        deadline = time.time() + 20
+        tasks = [asyncio.create_task(link.embed(pixels(i), deadline)) for i in range(7)]
+        await settle()
+        # Two slots: the first two requests left alone; the other five wait.
+        assert [len(images) for images, _ in fake.calls] == [1] * GROUPS_IN_FLIGHT
+        fake.answer(0)
+        await settle()
+        assert [len(images) for images, _ in fake.calls] == [1, 1, 5]
+        fake.answer(1)
+        fake.answer(2)
+        vectors = await asyncio.gather(*tasks)
+        # Each request got its own image's vector back, in spite of the grouping.
+        assert [int(v[0]) for v in vectors] == list(range(7))
+        assert (link.groups, link.images) == (3, 7)
+
+    asyncio.run(scenario())
+
+
+def test_waiting_requests_that_cannot_make_their_deadline_are_refused_at_once():
+    async def scenario() -> None:
+        fake = FakeEmbedder()
+        link = ModelLink(fake, on_answer=lambda: None)  # type: ignore[arg-type]
+        tasks = [asyncio.create_task(link.embed(pixels(i), time.time() + 4)) for i in range(6)]
+        await settle()
+        # The model says it is 10 s behind: nothing waiting here can be answered within 4 s.
+        fake.answer(0, behind_s=10.0)
+        await settle()
+        for task in tasks[2:]:
+            assert task.done()
+            with pytest.raises(Overloaded, match="behind"):
+                task.result()
+        assert len(fake.calls) == 2  # none of them was sent
+        # ...and a new request is refused before it would even wait.
+        with pytest.raises(Overloaded):
+            await link.embed(pixels(9), time.time() + 4)
+        fake.answer(1)
+        await asyncio.gather(*tasks[:2])
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_request_is_left_out_of_its_group():
+    async def scenario() -> None:
+        fake = FakeEmbedder()
+        link = ModelLink(fake, on_answer=lambda: None)  # type: ignore[arg-type]
+        deadline = time.time() + 20
+        tasks = [asyncio.create_task(link.embed(pixels(i), deadline)) for i in range(4)]
+        await settle()
+        tasks[2].cancel()  # its client went away while it waited
+        await settle()
+        fake.answer(0, per_image_s=0.0)  # no estimate yet: nothing is shed, only skipped
+        await settle()
+        assert [len(images) for images, _ in fake.calls] == [1, 1, 1]
+        fake.answer(1)
+        fake.answer(2)
+        assert int((await tasks[3])[0]) == 3
+
+    asyncio.run(scenario())
