@@ -41,28 +41,11 @@ def import_cost(repeats: int = 5) -> dict:
     }
 
 
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
 def _app_config(ingress_replicas: int) -> object:
-    from ray.serve.schema import ServeDeploySchema
+    from tests.service import small_app_config
 
-    return ServeDeploySchema.model_validate(
-        {
-            "applications": [
-                {
-                    "name": "footprint",
-                    "route_prefix": "/",
-                    "import_path": "deployments.app:build_app",
-                    "args": {"model": "mobilenet_v2", "weights": "random", "torch_threads": 1},
-                    "deployments": [{"name": "Ingress", "num_replicas": ingress_replicas}],
-                }
-            ]
-        }
+    return small_app_config(
+        "footprint", "/", [{"name": "Ingress", "num_replicas": ingress_replicas}]
     )
 
 
@@ -87,7 +70,7 @@ def live_replica() -> dict:
     from ray import serve
     from ray.serve._private.api import serve_start
 
-    from tests.service import ray_serve, wait_ready
+    from tests.service import ray_serve, rss_mb, wait_ready
 
     img = io.BytesIO()
     Image.new("RGB", (64, 48), (10, 200, 30)).save(img, "PNG")
@@ -104,7 +87,7 @@ def live_replica() -> dict:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
             role = "ingress" if "Ingress" in cmdline else "embedder"
             maps = Path(f"/proc/{pid}/maps").read_text()
-            roles[role] = {"rss_mb": round(_rss_mb(pid), 1), "libtorch": "libtorch" in maps}
+            roles[role] = {"rss_mb": round(rss_mb(pid), 1), "libtorch": "libtorch" in maps}
         starts = []
         for _ in range(3):
             started = time.perf_counter()

@@ -14,97 +14,24 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Mapping
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 from ray.serve import Application
 
-from deployments.embedder import EmbedderDeployment, EmbedderOptions
-from deployments.ingress import Ingress, IngressOptions
-from img2vec.decoding import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from deployments.embedder import EmbedderDeployment
+from deployments.ingress import Ingress
+from deployments.settings import EmbedderSettings, IngressSettings
 from img2vec.errors import ConfigError, Img2VecError
-from img2vec.weights import (
-    DEFAULT_DOWNLOAD_TIMEOUT_S,
-    DEFAULT_MODEL,
-    DOWNLOAD,
-    check_source,
-    get_spec,
-    preset_of,
-    resolve_weights,
-)
+from img2vec.weights import DOWNLOAD, check_source, get_spec, preset_of, resolve_weights
 
 build_log = logging.getLogger("img2vec.build")
 ENV_PREFIX = "IMG2VEC_"
 
 
-class AppArgs(BaseModel):
-    """Arguments of the application. Every field `foo` can be overridden by `IMG2VEC_FOO`."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    model: str = Field(
-        DEFAULT_MODEL,
-        description="a name in img2vec.weights.SPECS; <name>:native for the model's own crop",
-    )
-    weights: str = Field(DOWNLOAD, description="'download', a state-dict path, or 'random'")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    # float32 is IEEE float32 on every device (TF32 off on GPUs). With real MobileNetV2
-    # weights (`make bench-drift`), float16 kept cosine >= 0.99995 to float32; bfloat16 fell
-    # to 0.969, below the 0.999 we require, so the service does not offer it.
-    dtype: Literal["float32", "tf32", "float16"] = Field(
-        "float32", description="float32 matches img2vec-pytorch; tf32 and float16 are GPU options"
-    )
-    graph: Literal["torchscript", "eager"] = Field(
-        "torchscript", description="frozen TorchScript graph, or plain eager torchvision"
-    )
-    torch_threads: int | None = Field(
-        None,
-        ge=1,
-        description="torch threads per embedder; default: all usable CPUs on CPU, else Ray's grant",
-    )
-    max_body_bytes: int = Field(32 * 1024 * 1024, gt=0, description="largest request body")
-    max_image_bytes: int = Field(
-        DEFAULT_MAX_IMAGE_BYTES, gt=0, description="largest image file, after base64 decoding"
-    )
-    max_inflight_bytes: int = Field(
-        512 * 1024 * 1024, gt=0, description="request bytes one ingress replica holds at once"
-    )
-    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, gt=0, description="width x height")
-    max_id_length: int = Field(1024, gt=0, description="longest accepted id, in characters")
-    decode_workers: int = Field(4, gt=0, description="decode threads per ingress replica")
-    exif_transpose: bool = Field(
-        False, description="apply EXIF orientation (changes vectors vs. img2vec-pytorch)"
-    )
-    jpeg_draft: bool = Field(
-        False, description="decode large JPEGs at reduced scale: faster, vectors drift slightly"
-    )
-    unready_after_s: float = Field(
-        10.0, gt=0, description="readiness turns 503 when the model answered nothing this long"
-    )
-    download_timeout_s: float = Field(
-        DEFAULT_DOWNLOAD_TIMEOUT_S, gt=0, description="give up a weights download stalled this long"
-    )
-    request_timeout_s: float = Field(
-        20.0,
-        gt=0,
-        le=45,
-        description="every request is answered within this, 503 if need be (Weaviate waits 50 s)",
-    )
-    access_log: bool = Field(True, description="one log line per request: id, status, timings")
-    max_bulk_items: int = Field(256, gt=0, description="most items in one POST /vectors/batch")
-    max_bulk_bytes: int = Field(
-        64 * 1024 * 1024, gt=0, description="largest POST /vectors/batch body"
-    )
-
-    @model_validator(mode="after")
-    def _one_body_fits_in_flight(self) -> AppArgs:
-        for name in ("max_body_bytes", "max_bulk_bytes"):
-            if self.max_inflight_bytes < getattr(self, name):
-                raise ValueError(
-                    f"max_inflight_bytes ({self.max_inflight_bytes}) must be at least "
-                    f"{name} ({getattr(self, name)}), or no such request could be served"
-                )
-        return self
+class AppArgs(IngressSettings, EmbedderSettings):
+    """Arguments of the application: the model replica's settings and the ingress's, each
+    defined once in deployments/settings.py. Every field `foo` can be overridden by
+    `IMG2VEC_FOO`."""
 
 
 def resolve_args(args: AppArgs | Mapping[str, object] | None, env: Mapping[str, str]) -> AppArgs:
@@ -162,33 +89,5 @@ def build_app(args: AppArgs) -> Application:
         except Img2VecError as exc:
             build_log.error("cannot start: %s", exc.message)
             raise
-    embedder = EmbedderDeployment.bind(
-        EmbedderOptions(
-            model=args.model,
-            weights=args.weights,
-            device=args.device,
-            dtype=args.dtype,
-            graph=args.graph,
-            torch_threads=args.torch_threads,
-            download_timeout_s=args.download_timeout_s,
-        )
-    )
-    return Ingress.bind(
-        embedder,
-        IngressOptions(
-            preprocess=preset_of(args.model),
-            max_body_bytes=args.max_body_bytes,
-            max_inflight_bytes=args.max_inflight_bytes,
-            max_image_bytes=args.max_image_bytes,
-            max_image_pixels=args.max_image_pixels,
-            max_id_length=args.max_id_length,
-            decode_workers=args.decode_workers,
-            exif_transpose=args.exif_transpose,
-            jpeg_draft=args.jpeg_draft,
-            unready_after_s=args.unready_after_s,
-            request_timeout_s=args.request_timeout_s,
-            access_log=args.access_log,
-            max_bulk_items=args.max_bulk_items,
-            max_bulk_bytes=args.max_bulk_bytes,
-        ),
-    )
+    embedder = EmbedderDeployment.bind(EmbedderSettings.part_of(args))
+    return Ingress.bind(embedder, IngressSettings.part_of(args), preset_of(args.model))

@@ -27,6 +27,14 @@ class BulkItem:
     pixels: np.ndarray | None = None
     vector: np.ndarray | None = None
 
+    def settle(self, result: np.ndarray | Img2VecError) -> None:
+        """The model's answer for this item: its vector or its own error."""
+        self.pixels = None
+        if isinstance(result, Img2VecError):
+            self.error = result
+        else:
+            self.vector = result
+
 
 def parse_bulk(body: bytes, max_items: int, max_id_length: int) -> list[BulkItem]:
     """The body's items, each valid or carrying its own error. What makes the whole request

@@ -1,9 +1,20 @@
-"""The model deployment: one backbone per replica. `@serve.batch` gathers concurrent calls;
-the library's `Batcher` (img2vec/batching.py) decides which of them run in each forward pass.
+"""The model deployment: one backbone per replica.
 
-Inputs arrive already decoded and resized (uint8 H x W x 3, from the ingress), so
-everything that can fail because of one client's bytes has failed before a pass forms;
-each call is checked again here before it may join one.
+Every call arrives with a group of images already decoded and resized (uint8 N x H x W x 3):
+from an ingress replica (deployments/link.py), a bulk request's chunk, or a single image from
+another Serve app composing the Embedder (`embed()`). Everything that can fail because of one
+client's bytes has failed before here; each call's array is checked once more before any of
+it may join a pass.
+
+Two stages, each with one job:
+- `@serve.batch` (`_gather`) gathers the calls that reach this replica at the same moment,
+  from every ingress replica, and admits their images into the batcher in one step: one
+  backlog estimate per gathering, not per call. It never waits (`batch_wait_timeout_s` 0)
+  and returns as soon as the images are queued, so the next gathering forms while the model
+  runs.
+- The batcher (img2vec/batching.py) decides what runs in each forward pass. Not
+  `@serve.batch`: in Ray 2.60 it forms the next batch before it waits for the running one,
+  so under load its passes were small and ran back to back (measured, docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -12,18 +23,19 @@ import asyncio
 import logging
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import ray
 import torch
-from pydantic import BaseModel, ConfigDict
 from ray import serve
 
+from deployments.handoff import GroupAnswer
 from deployments.metrics import EmbedderMetrics, keep_fresh
+from deployments.settings import EmbedderSettings
 from img2vec.batching import Batcher, BatchSettings
 from img2vec.cpus import available_cpus
-from img2vec.errors import Img2VecError, Overloaded
+from img2vec.errors import INTERNAL_ERROR, Img2VecError
 from img2vec.model import Embedder, build_embedder, is_out_of_memory
 
 log = logging.getLogger("ray.serve")
@@ -31,18 +43,15 @@ log = logging.getLogger("ray.serve")
 DEFAULTS = BatchSettings()
 
 
-class EmbedderOptions(BaseModel):
-    """Structure, fixed for the replica's life (from the builder's args)."""
+class _Call(NamedTuple):
+    """One call's images and their deadlines (epoch seconds), as `@serve.batch` gathers it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    images: np.ndarray
+    deadlines: list[float | None]
 
-    model: str
-    weights: str
-    device: str
-    dtype: str = "float32"
-    graph: str = "torchscript"
-    torch_threads: int | None = None
-    download_timeout_s: float = 30.0
+
+# One image's place in the batcher, or why it was refused before it got one.
+Admitted = asyncio.Future[np.ndarray] | Img2VecError
 
 
 def default_torch_threads(device: str) -> int:
@@ -69,17 +78,10 @@ def default_torch_threads(device: str) -> int:
     user_config=DEFAULTS.as_dict(),
 )
 class EmbedderDeployment:
-    def __init__(self, options: EmbedderOptions) -> None:
-        threads = options.torch_threads or default_torch_threads(options.device)
-        self._embedder: Embedder = build_embedder(
-            model=options.model,
-            weights=options.weights,
-            device=options.device,
-            dtype=options.dtype,
-            graph=options.graph,
-            torch_threads=threads,
-            download_timeout_s=options.download_timeout_s,
-        )
+    def __init__(self, settings: EmbedderSettings) -> None:
+        options = settings.model_dump()
+        threads = options.pop("torch_threads") or default_torch_threads(settings.device)
+        self._embedder: Embedder = build_embedder(**options, torch_threads=threads)
         self._metrics = EmbedderMetrics(asdict(self._embedder.info()))
         self._batcher: Batcher[np.ndarray, np.ndarray] = Batcher(
             self._embedder.embed,
@@ -87,9 +89,9 @@ class EmbedderDeployment:
             is_out_of_memory=is_out_of_memory,
             observer=self._metrics,
         )
-        # Images admitted by embed() that @serve.batch has not yet handed to the batcher:
-        # work already promised, which the batcher's own queue does not show yet.
-        self._admitted = 0
+        # Calls received, and the gatherings `@serve.batch` made of them: /meta reports both.
+        self._calls = 0
+        self._gatherings = 0
         self._replica = serve.get_replica_context().replica_id.unique_id
         self._fresh = asyncio.get_running_loop().create_task(keep_fresh(self._metrics.refresh))
 
@@ -99,7 +101,7 @@ class EmbedderDeployment:
         settings = BatchSettings.from_user_config(user_config)
         started = time.perf_counter()
         warmed = await self._batcher.call(lambda: self._embedder.warm_up(settings.max_batch_size))
-        # @serve.batch only gathers; its group size follows the one setting.
+        # @serve.batch only gathers calls; its group size follows the one setting.
         self._gather.set_max_batch_size(settings.max_batch_size)
         self._batcher.reconfigure(settings)
         log.info(
@@ -109,114 +111,71 @@ class EmbedderDeployment:
             time.perf_counter() - started,
         )
 
-    async def embed(self, image: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        """One uint8 image (H, W, 3) -> its float32 vector (dim,), by `deadline` (epoch
-        seconds, `time.time()`: the caller's clock, so that the time a call waited in Serve's
-        queues counts) or an `Overloaded` error: at once when the model is already further
-        behind than that, else when the deadline passes before its forward pass starts."""
-        self._check(image)
-        local_deadline = self._admit(deadline, 1)
-        self._admitted += 1
+    async def embed_group(self, images: np.ndarray, deadlines: list[float | None]) -> GroupAnswer:
+        """Several images in one call (N, H, W, 3), each with its deadline (epoch seconds,
+        `time.time()`: the caller's clock, so that the time a call waited in Serve's queues
+        counts; None: no deadline). Each image is answered with its vector or its own error:
+        `Overloaded` at once when the model is already further behind than its time left,
+        or when its deadline passes before its forward pass starts."""
+        self._check(images, (len(deadlines),))
+        self._calls += 1
+        admitted = await self._gather(_Call(images, deadlines))
+        queued = [entry for entry in admitted if isinstance(entry, asyncio.Future)]
         try:
-            future: asyncio.Future[np.ndarray] = await self._gather(image, local_deadline)
-        finally:
-            self._admitted -= 1
-        # If this call is cancelled (the client went away), awaiting cancels the future and
-        # the batcher drops the image before its pass.
-        return await future
-
-    async def embed_group(
-        self, images: np.ndarray, deadlines: list[float | None]
-    ) -> tuple[list[np.ndarray | Img2VecError], float, float, int]:
-        """Several images in one call (N, H, W, 3): the requests an ingress replica gathered
-        (deployments/link.py), or one bulk request's chunk. One call per group, not per
-        image, is what keeps this replica's event loop, which every call of the node reaches,
-        from being the node's serial limit. Straight into the batcher, into the same passes
-        as single calls.
-
-        Returns each image's vector or its own error (refusals are values: an exception
-        crossing Ray costs a traceback and its pickling, per request, in both processes),
-        then how far behind the model is now and its recent seconds per image, from which the
-        ingress refuses early what cannot make its deadline, and the largest pass it runs (a
-        group larger than that would wait for two passes before it is answered)."""
-        self._check_group(images, len(deadlines))
-        now, local_now = time.time(), time.monotonic()
-        base = self._batcher.expected_wait_s() + self._admitted * self._batcher.seconds_per_image()
-        per_image = self._batcher.seconds_per_image()
-        results: list[np.ndarray | Img2VecError | None] = [None] * len(deadlines)
-        futures: dict[int, asyncio.Future[np.ndarray]] = {}
-        for i, deadline in enumerate(deadlines):
-            local_deadline = None
-            if deadline is not None:
-                left = deadline - now
-                behind = base + len(futures) * per_image
-                if behind > left:
-                    results[i] = Overloaded(
-                        f"the model is {behind:.1f} s behind and this request has "
-                        f"{max(left, 0):.1f} s left; retry later"
-                    )
-                    continue
-                local_deadline = local_now + left
-            futures[i] = self._batcher.enqueue(images[i], local_deadline)
-        try:
-            answers = await asyncio.gather(*futures.values(), return_exceptions=True)
-        except asyncio.CancelledError:
-            for future in futures.values():
+            answers = iter(await asyncio.gather(*queued, return_exceptions=True))
+        except asyncio.CancelledError:  # the caller went away: its images leave the queue
+            for future in queued:
                 future.cancel()
             raise
-        for i, answer in zip(futures, answers, strict=True):
-            results[i] = (
-                answer if isinstance(answer, np.ndarray | Img2VecError) else _as_error(answer)
-            )
-        behind_now = max(self._batcher.expected_wait_s() - per_image, 0.0)
-        max_pass = self._batcher.settings.max_batch_size
-        return results, behind_now, per_image, max_pass  # type: ignore[return-value]
+        results = [
+            _as_result(next(answers)) if isinstance(entry, asyncio.Future) else entry
+            for entry in admitted
+        ]
+        return GroupAnswer(results, self._batcher.backlog())
+
+    async def embed(self, image: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        """One uint8 image (H, W, 3) -> its float32 vector (dim,), or its error raised: for
+        other Serve apps that compose the Embedder through its handle."""
+        self._check(image, ())
+        result = (await self.embed_group(image[np.newaxis], [deadline])).results[0]
+        if isinstance(result, Img2VecError):
+            raise result
+        return result
 
     @serve.batch(max_batch_size=DEFAULTS.max_batch_size, batch_wait_timeout_s=0.0)
-    async def _gather(
-        self, images: list[np.ndarray], deadlines: list[float | None]
-    ) -> list[asyncio.Future[np.ndarray]]:
-        # Hands each call to the batcher and returns at once: a gathered group never waits
-        # for a pass to finish, so the next one can form while the model runs.
-        return [
-            self._batcher.enqueue(image, deadline)
-            for image, deadline in zip(images, deadlines, strict=True)
-        ]
+    async def _gather(self, calls: list[_Call]) -> list[list[Admitted]]:
+        """Admit the images of every call gathered now, oldest first: each one the model
+        can still answer in time goes into the batcher's queue, the others are refused."""
+        self._gatherings += 1
+        backlog = self._batcher.backlog()
+        now, local_now = time.time(), time.monotonic()
+        queued = 0
+        admitted: list[list[Admitted]] = []
+        for call in calls:
+            entries: list[Admitted] = []
+            for image, deadline in zip(call.images, call.deadlines, strict=True):
+                local_deadline = None
+                if deadline is not None:
+                    refused = backlog.refusal(deadline - now, ahead=queued)
+                    if refused is not None:
+                        entries.append(refused)
+                        continue
+                    local_deadline = local_now + (deadline - now)
+                entries.append(self._batcher.enqueue(image, local_deadline))
+                queued += 1
+            admitted.append(entries)
+        return admitted
 
-    def _check_group(self, images: object, count: int) -> None:
-        expected = (count, *self._embedder.input_size, 3)
+    def _check(self, images: object, leading: tuple[int, ...]) -> None:
+        """A malformed call is refused whole, before any of it can join (and break) a pass."""
+        expected = (*leading, *self._embedder.input_size, 3)
         if (
             not isinstance(images, np.ndarray)
             or images.dtype != np.uint8
             or images.shape != expected
         ):
             got = (images.dtype, images.shape) if isinstance(images, np.ndarray) else type(images)
-            raise ValueError(f"embed_group() expects a uint8 array of shape {expected}, got {got}")
-
-    def _check(self, image: object) -> None:
-        """Refused alone, before it can join (and break) a pass."""
-        expected = (*self._embedder.input_size, 3)
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.shape != expected:
-            got = (image.dtype, image.shape) if isinstance(image, np.ndarray) else type(image)
-            raise ValueError(f"embed() expects a uint8 array of shape {expected}, got {got}")
-
-    def _admit(self, deadline: float | None, count: int) -> float | None:
-        """The local (monotonic) deadline, or Overloaded at once when the model is already
-        further behind than the time left. Behind counts what the batcher holds and what was
-        admitted but is still on its way to it: a burst arrives within one tick of the event
-        loop, before @serve.batch has handed any of it over, and counting only the batcher's
-        queue admitted all of it (every refusal then came at the deadline)."""
-        if deadline is None:
-            return None
-        left = deadline - time.time()
-        ahead = self._admitted + count - 1
-        behind = self._batcher.expected_wait_s() + ahead * self._batcher.seconds_per_image()
-        if behind > left:
-            raise Overloaded(
-                f"the model is {behind:.1f} s behind and this request has {max(left, 0):.1f}"
-                " s left; retry later"
-            )
-        return time.monotonic() + left
+            raise ValueError(f"expected a uint8 array of shape {expected}, got {got}")
 
     def describe(self) -> dict[str, Any]:
         """Model identity and this replica's batching, from one replica, in one answer;
@@ -226,6 +185,7 @@ class EmbedderDeployment:
             "node_id": ray.get_runtime_context().get_node_id(),
             **asdict(self._embedder.info()),
             "batching": self._batcher.snapshot(),
+            "gathering": {"calls": self._calls, "gatherings": self._gatherings},
         }
 
     def info(self) -> dict[str, Any]:
@@ -238,8 +198,10 @@ class EmbedderDeployment:
             batcher.close()
 
 
-def _as_error(exc: BaseException) -> Img2VecError:
-    """A pass that failed for one of ours (e.g. out of memory on one image): the item's own
-    error, logged; the other items keep their vectors."""
-    log.error("an image of a group failed: %r", exc)
-    return Img2VecError("internal error; the service logged the details")
+def _as_result(answer: object) -> np.ndarray | Img2VecError:
+    """A vector, one of our errors, or a pass that failed for a reason of ours (e.g. out of
+    memory on one image): then the item's own generic error, logged; the others keep theirs."""
+    if isinstance(answer, np.ndarray | Img2VecError):
+        return answer
+    log.error("an image of a group failed: %r", answer)
+    return Img2VecError(INTERNAL_ERROR)

@@ -17,7 +17,9 @@ from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import img2vec
+from deployments.proxy import RETRY_AFTER_S
 from img2vec.errors import (
+    INTERNAL_ERROR,
     ImageTooLarge,
     Img2VecError,
     InvalidImage,
@@ -36,9 +38,6 @@ STATUS: dict[type[Img2VecError], int] = {
     Overloaded: 503,
     NotReady: 503,
 }
-INTERNAL_ERROR = "internal error; the service logged the details"
-# Seconds a client should wait before retrying a 503.
-RETRY_AFTER_S = 1
 
 
 class VectorRequest(BaseModel):
@@ -64,12 +63,6 @@ class BulkRequest(BaseModel):
     items: list[VectorRequest]
 
 
-class BulkVector(BaseModel):
-    id: str
-    vector: list[float]
-    dim: int
-
-
 class BulkError(BaseModel):
     id: StrictStr | None
     error: str
@@ -77,7 +70,7 @@ class BulkError(BaseModel):
 
 
 class BulkResponse(BaseModel):
-    items: list[BulkVector | BulkError]
+    items: list[VectorResponse | BulkError]
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {

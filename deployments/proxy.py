@@ -25,7 +25,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-RETRY_AFTER_S = b"1"
+# Seconds a client should wait before retrying a 503: ours and the proxy's alike.
+RETRY_AFTER_S = 1
 
 
 class JSONErrors:
@@ -85,7 +86,7 @@ def _json_start(start: Message, text: bytes) -> Message:
     headers.append((b"content-type", b"application/json"))
     headers.append((b"content-length", str(len(_json_body(text))).encode()))
     if start["status"] == 503 and not any(k.lower() == b"retry-after" for k, _ in headers):
-        headers.append((b"retry-after", RETRY_AFTER_S))
+        headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))
     return {**start, "headers": headers}
 
 

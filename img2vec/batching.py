@@ -1,8 +1,10 @@
 """The one batcher: single requests in, one forward pass at a time, what waited runs next.
 
 Ray-free and torch-free. The Serve deployment gathers concurrent calls (`@serve.batch`) and
-hands each request to `Batcher.enqueue`; this module alone decides what runs when, owns the
-batch settings, and keeps the one record of the batches that actually ran.
+hands each of their images to `Batcher.enqueue`; this module alone decides what runs when,
+owns the batch settings, keeps the one record of the batches that actually ran, and says how
+far behind it is (`Backlog`), which both the model replica and the ingress ask before they
+take on an image.
 
 Why a queue of its own: Serve's batcher closes a batch `batch_wait_timeout_s` after its
 first request whether or not the device is free, and forms the next one while the previous
@@ -22,7 +24,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Generic, Protocol, TypeVar
 
 from img2vec.cpus import FORWARD_THREAD, name_this_thread
@@ -70,6 +72,35 @@ class BatchSettings:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """How far behind the model is, and whether a request can still make its deadline: the
+    one answer to "overloaded?", asked by the model replica before it enqueues an image and
+    by the ingress (from the model's last answer) before it reads a request."""
+
+    # Until an image enqueued now would have its result.
+    behind_s: float = 0.0
+    # The recent cost of one image in a pass (0 until a pass has run: no estimate yet).
+    per_image_s: float = 0.0
+    # The largest pass the model runs.
+    max_pass: int = 1
+
+    def refusal(self, left_s: float, ahead: int = 0) -> Overloaded | None:
+        """Overloaded when a request with `left_s` seconds to go, behind `ahead` more images
+        not counted yet, would not have its result in time; else None."""
+        behind = self.behind_s + ahead * self.per_image_s
+        if behind <= left_s:
+            return None
+        return Overloaded(
+            f"the model is {behind:.1f} s behind and this request has {max(left_s, 0):.1f} s"
+            " left; retry later"
+        )
+
+    def aged(self, elapsed_s: float) -> Backlog:
+        """The same backlog `elapsed_s` later, with nothing added meanwhile."""
+        return replace(self, behind_s=max(0.0, self.behind_s - elapsed_s))
 
 
 class PassObserver(Protocol):
@@ -163,6 +194,11 @@ class Batcher(Generic[T, R]):
             if not job.future.done() and (job.deadline is None or job.deadline > now)
         )
         return (waiting + self._in_pass + 1) * self._s_per_image
+
+    def backlog(self) -> Backlog:
+        return Backlog(
+            self.expected_wait_s(), self.seconds_per_image(), self._settings.max_batch_size
+        )
 
     def enqueue(self, item: T, deadline: float | None = None) -> asyncio.Future[R]:
         """Queue one item; its future gets its result. Cancel the future to withdraw it.

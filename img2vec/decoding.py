@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from img2vec.errors import ImageTooLarge, InvalidImage
+from img2vec.errors import ImageTooLarge, InvalidImage, brief
 
 # Pillow's own bomb guard (Image.MAX_IMAGE_PIXELS) is process-wide and only warns below 2x
 # its value; we check our configurable limit from the header ourselves and keep Pillow's as
@@ -126,7 +126,7 @@ def open_image(
             f"{', '.join(f for f in formats if f != 'DIB')})"
         ) from None
     except Exception as exc:
-        raise InvalidImage(f"image header is corrupt: {_short(exc)}") from None
+        raise InvalidImage(f"image header is corrupt: {brief(exc, 200)}") from None
     width, height = img.size
     if width < 1 or height < 1:
         raise InvalidImage(f"image has an empty size ({width}x{height})")
@@ -143,7 +143,7 @@ def open_image(
     except Image.DecompressionBombError:
         raise _too_many_pixels(img.size, max_pixels) from None
     except Exception as exc:
-        raise InvalidImage(f"image data is truncated or corrupt: {_short(exc)}") from None
+        raise InvalidImage(f"image data is truncated or corrupt: {brief(exc, 200)}") from None
 
 
 def decode_image(
@@ -178,8 +178,3 @@ def available_formats() -> tuple[str, ...]:
 def _too_many_pixels(size: tuple[int, int] | None, max_pixels: int) -> ImageTooLarge:
     what = f"is {size[0]}x{size[1]} = {size[0] * size[1]} pixels" if size else "has too many pixels"
     return ImageTooLarge(f"image {what}; the limit is {max_pixels} pixels (max_image_pixels)")
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."

@@ -1,10 +1,13 @@
 """One exception family for everything the library can refuse.
 
 The library never speaks HTTP: each class names *what* went wrong, and the edge
-(`deployments/ingress.py`) owns the one table that maps a class to a status code.
+(`STATUS` in `deployments/http.py`) owns the one table that maps a class to a status code.
 """
 
 from __future__ import annotations
+
+# What a client is told when the fault is ours; the details go to the service's log.
+INTERNAL_ERROR = "internal error; the service logged the details"
 
 
 class Img2VecError(Exception):
@@ -45,3 +48,9 @@ class WeightsError(Img2VecError):
 
 class ConfigError(Img2VecError):
     """A setting (argument or IMG2VEC_* variable) has a value we cannot use."""
+
+
+def brief(exc: BaseException, limit: int = 300) -> str:
+    """Another library's exception as a clause of one of our messages: one line, cut short."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

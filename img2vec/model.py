@@ -19,7 +19,7 @@ import torch
 import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from img2vec.errors import ConfigError, WeightsError
+from img2vec.errors import ConfigError, WeightsError, brief
 from img2vec.preprocessing import Preprocess, get_preset
 from img2vec.weights import (
     DEFAULT_DOWNLOAD_TIMEOUT_S,
@@ -48,6 +48,13 @@ PRECISIONS: dict[str, tuple[torch.dtype, bool]] = {
     "float16": (torch.float16, False),
     "bfloat16": (torch.bfloat16, False),
 }
+
+
+def precision(dtype: str) -> tuple[torch.dtype, bool]:
+    """The storage dtype and TF32 flag of a `dtype` setting, or a ConfigError naming them."""
+    if dtype not in PRECISIONS:
+        raise ConfigError(f"dtype must be one of {', '.join(PRECISIONS)}, got {dtype!r}")
+    return PRECISIONS[dtype]
 
 
 @dataclass(frozen=True)
@@ -84,13 +91,11 @@ class Embedder:
     ) -> None:
         if graph not in GRAPHS:
             raise ConfigError(f"graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
-        if dtype not in PRECISIONS:
-            raise ConfigError(f"dtype must be one of {', '.join(PRECISIONS)}, got {dtype!r}")
         self.spec = spec
         self.name = name or spec.name  # as asked for: `convnext_tiny:native` names its preset
         self.device = device
         self.dtype_name = dtype
-        self.dtype = PRECISIONS[dtype][0]
+        self.dtype = precision(dtype)[0]
         self.preprocess = preprocess
         self._weights = weights
         # With cudnn.benchmark every new input shape is autotuned on first sight: batches are
@@ -218,7 +223,7 @@ def load_module(spec: ModelSpec, weights: ResolvedWeights) -> torch.nn.Module:
         except RuntimeError as exc:
             raise WeightsError(
                 f"The state dict in {weights.path} does not fit torchvision's {spec.builder} "
-                f"({_short(exc)}). IMG2VEC_MODEL={spec.name} needs {spec.weights_file} "
+                f"({brief(exc)}). IMG2VEC_MODEL={spec.name} needs {spec.weights_file} "
                 f"({spec.url}) or a fine-tuned state dict of exactly that architecture."
             ) from None
     module.eval()
@@ -232,7 +237,7 @@ def _read_state(weights: ResolvedWeights) -> dict[str, torch.Tensor]:
         state = torch.load(weights.path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsError(
-            f"Could not read {weights.path} as a PyTorch state dict ({_short(exc)}). "
+            f"Could not read {weights.path} as a PyTorch state dict ({brief(exc)}). "
             f"IMG2VEC_WEIGHTS must name a file saved with torch.save(model.state_dict())."
         ) from None
     if not isinstance(state, dict):
@@ -308,9 +313,7 @@ def configure_precision(dtype: str) -> dict[str, str]:
     """Set torch's float32 math for `dtype` (IEEE unless 'tf32'), process-wide, through
     torch's fp32_precision API (mixing it with the legacy allow_tf32 flags is an error in
     torch >= 2.9). Returns the flags as set."""
-    if dtype not in PRECISIONS:
-        raise ConfigError(f"dtype must be one of {', '.join(PRECISIONS)}, got {dtype!r}")
-    mode = "tf32" if PRECISIONS[dtype][1] else "ieee"
+    mode = "tf32" if precision(dtype)[1] else "ieee"
     for backend in _fp32_backends():
         backend.fp32_precision = mode
     return precision_flags()
@@ -346,8 +349,7 @@ def build_embedder(
     download_timeout_s: float = DEFAULT_DOWNLOAD_TIMEOUT_S,
 ) -> Embedder:
     """Resolve and verify the weights, load them, and place the model on its device."""
-    if dtype not in PRECISIONS:
-        raise ConfigError(f"dtype must be one of {', '.join(PRECISIONS)}, got {dtype!r}")
+    precision(dtype)  # refused before the weights are read
     spec = get_spec(model)
     resolved = resolve_weights(spec, weights, timeout_s=download_timeout_s)
     module = load_module(spec, resolved)
@@ -363,8 +365,3 @@ def build_embedder(
     embedder = Embedder(spec, module, resolved, dev, preset, dtype, graph, name=model)
     log.info("embedder ready: %s (pid %d)", embedder.info(), os.getpid())
     return embedder
-
-
-def _short(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from img2vec.errors import WeightsError
+from img2vec.errors import WeightsError, brief
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +321,7 @@ def _download(spec: ModelSpec, target: Path, timeout_s: float) -> None:
         except Exception as exc:
             raise WeightsError(
                 f"Could not download the {spec.name} weights from {spec.url} after "
-                f"{time.monotonic() - started:.0f} s ({_short(exc)}; {done} bytes received). "
+                f"{time.monotonic() - started:.0f} s ({brief(exc)}; {done} bytes received). "
                 f"This machine may be offline. Either download {spec.weights_file} elsewhere "
                 f"(sha256 {spec.pinned}) and set IMG2VEC_WEIGHTS to its path, or put it in "
                 f"{target.parent}, where it will be found and verified, or run "
@@ -354,8 +354,3 @@ def _mismatch(spec: ModelSpec, where: Path, digest: str) -> str:
         f"published one. Delete it and let IMG2VEC_WEIGHTS=download fetch it again from "
         f"{spec.url}, or point IMG2VEC_WEIGHTS at a verified copy."
     )
-
-
-def _short(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -10,9 +10,18 @@ channel swap and a missing normalization each fail it by a wide margin.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
+import httpx
 import numpy as np
+from PIL import Image
+
+from tests.conftest import b64, encode, one_pixel_png
+
+if TYPE_CHECKING:
+    from tests.reference import ReferenceImg2Vec
 
 # Measured on this suite's models (CPU, float32): a frozen TorchScript graph differs from the
 # eager reference by at most 1.1e-5 of a vector's norm. The smallest mistake we must catch,
@@ -47,3 +56,36 @@ def assert_same_vector(ours: np.ndarray, ref: np.ndarray, separation: float, wha
         f"{what}: relative error {error:.2e} to the reference vector exceeds {limit:.2e} "
         f"({PARITY_FRACTION:.0%} of the distance {separation:.3f} between different photos)"
     )
+
+
+# The service against the reference, over HTTP, on photos of several formats and sizes.
+
+
+def parity_images(photos: dict[str, Image.Image]) -> dict[str, bytes]:
+    """Real photos as PNG and JPEG, plus an upscaled 1920x1080, a tiny one and a 1x1 PNG."""
+    images = {}
+    for name, img in photos.items():
+        images[f"{name}-{img.width}x{img.height}.png"] = encode(img, "PNG")
+        images[f"{name}.jpg"] = encode(img, "JPEG", quality=90)
+    images["astronaut-1920x1080.jpg"] = encode(photos["astronaut"].resize((1920, 1080)), "JPEG")
+    images["coffee-37x21.png"] = encode(photos["coffee"].resize((37, 21)), "PNG")
+    images["weaviate-1x1.png"] = one_pixel_png()
+    return images
+
+
+def service_vector(url: str, image: bytes) -> np.ndarray:
+    r = httpx.post(
+        url + "/vectors", content=json.dumps({"id": "p", "image": b64(image)}), timeout=60
+    )
+    assert r.status_code == 200, r.text
+    return np.array(r.json()["vector"], dtype=np.float64)
+
+
+def check_parity(url: str, reference: ReferenceImg2Vec, photos, dim: int) -> None:
+    images = parity_images(photos)
+    refs = {name: reference.vector(image) for name, image in images.items()}
+    separation = min_separation({n: refs[f"{n}.jpg"] for n in photos})
+    for name, image in images.items():
+        ours = service_vector(url, image)
+        assert ours.shape == (dim,)
+        assert_same_vector(ours, refs[name], separation, name)

@@ -37,6 +37,7 @@ __all__ = [
     "free_port",
     "ray_serve",
     "rss_mb",
+    "small_app_config",
     "wait_ready",
 ]
 
@@ -76,6 +77,27 @@ class ServeInstance:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{app}/{deployment}: replicas {pids}, expected one")
             time.sleep(0.5)
+
+
+def small_app_config(name: str, route_prefix: str, deployments: list[dict]) -> object:
+    """What `serve deploy serve_config.yaml` sends, for one application of random-weight
+    MobileNetV2 on one torch thread (cheap to start), with `deployments` overriding."""
+    from ray.serve.schema import ServeDeploySchema
+
+    args = {"model": "mobilenet_v2", "weights": "random", "torch_threads": 1}
+    return ServeDeploySchema.model_validate(
+        {
+            "applications": [
+                {
+                    "name": name,
+                    "route_prefix": route_prefix,
+                    "import_path": "deployments.app:build_app",
+                    "args": args,
+                    "deployments": deployments,
+                }
+            ]
+        }
+    )
 
 
 def rss_mb(pid: int) -> float:

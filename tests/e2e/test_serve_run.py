@@ -32,6 +32,7 @@ from bench.processes import (
     wait_ready,
 )
 from tests.conftest import b64, encode, one_pixel_png, photo
+from tests.helpers import in_flight
 from tests.service import LOOPBACK, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -204,23 +205,6 @@ def test_overload_is_answered_in_json_with_serve_env_too(launched):
     assert max(took for _, _, took in results) < 20 + 5  # request_timeout_s + slack
 
 
-def _inflight(url: str, n: int) -> tuple[list[threading.Thread], list[object]]:
-    body = json.dumps({"id": "in-flight", "image": b64(encode(photo("rocket"), "JPEG"))})
-    results: list[object] = []
-
-    def one() -> None:
-        try:
-            r = httpx.post(url + "/vectors", content=body, timeout=90)
-            results.append((r.status_code, r.headers.get("content-type", "")))
-        except httpx.HTTPError as exc:
-            results.append(type(exc).__name__)
-
-    threads = [threading.Thread(target=one) for _ in range(n)]
-    for t in threads:
-        t.start()
-    return threads, results
-
-
 _ray_tmp: dict[str, str] = {}  # marker -> the Ray temp dir its start was given
 
 
@@ -272,7 +256,7 @@ def test_sigterm_drains_in_flight_requests_and_leaves_nothing_behind(tmp_path):
     url = f"http://{LOOPBACK}:{port}"
     try:
         wait_ready(url, timeout_s=240, proc=proc)
-        threads, results = _inflight(url, 48)  # ~3 s of work for ResNet50 on 2 cores
+        threads, results = in_flight(url, 48)  # ~3 s of work for ResNet50 on 2 cores
         time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
         stopping = time.monotonic()

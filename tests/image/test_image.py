@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import threading
 import time
 import uuid
 from collections import Counter
@@ -24,8 +23,9 @@ import httpx
 import pytest
 
 from bench.processes import LOOPBACK, free_port, wait_ready
-from tests.conftest import b64, encode, one_pixel_png, photo
-from tests.integration.test_parity import check_parity
+from tests.conftest import b64, one_pixel_png
+from tests.helpers import in_flight
+from tests.parity import check_parity
 from tests.reference import ReferenceImg2Vec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,19 +165,7 @@ def test_stop_with_the_default_grace_drains_and_exits_0(container):
     """Last in this module: `docker stop` (SIGTERM, SIGKILL after 10 s) under load ends with
     exit 0, and every request in flight gets an answer (200, or a JSON 503 once draining)."""
     name, url = container
-    body = json.dumps({"id": "in-flight", "image": b64(encode(photo("rocket"), "JPEG"))})
-    results: list[object] = []
-
-    def one() -> None:
-        try:
-            r = httpx.post(url + "/vectors", content=body, timeout=60)
-            results.append((r.status_code, r.headers.get("content-type", "")))
-        except httpx.HTTPError as exc:
-            results.append(type(exc).__name__)
-
-    threads = [threading.Thread(target=one) for _ in range(24)]
-    for t in threads:
-        t.start()
+    threads, results = in_flight(url, 24, timeout_s=60)
     time.sleep(1.0)
     started = time.monotonic()
     engine("stop", "-t", str(GRACE_S), name, timeout=GRACE_S + 60)

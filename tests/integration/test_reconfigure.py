@@ -8,26 +8,13 @@ import time
 import httpx
 from ray import serve
 from ray.serve._private.api import serve_start
-from ray.serve.schema import ServeDeploySchema
 
-from tests.service import wait_ready
+from tests.service import small_app_config, wait_ready
 
 
-def config(user_config: dict) -> ServeDeploySchema:
-    """What `serve deploy serve_config.yaml` sends: the same structure as our YAML."""
-    return ServeDeploySchema.model_validate(
-        {
-            "applications": [
-                {
-                    "name": "tuned",
-                    "route_prefix": "/tuned",
-                    "import_path": "deployments.app:build_app",
-                    "args": {"model": "mobilenet_v2", "weights": "random", "torch_threads": 1},
-                    "deployments": [{"name": "Embedder", "user_config": user_config}],
-                }
-            ]
-        }
-    )
+def config(user_config: dict) -> object:
+    """What `serve deploy` sends for a config whose Embedder has this `user_config`."""
+    return small_app_config("tuned", "/tuned", [{"name": "Embedder", "user_config": user_config}])
 
 
 def batching(url: str) -> dict:

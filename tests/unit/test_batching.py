@@ -340,3 +340,34 @@ def test_the_expected_wait_leaves_out_requests_past_their_deadline():
 
     busy, after = run(main())
     assert after < busy / 2, (busy, after)
+
+
+def test_the_backlog_counts_what_waits_and_refuses_what_cannot_make_its_deadline():
+    async def main():
+        model = FakeModel(gated=True)
+        batcher = Batcher(model, BatchSettings(max_batch_size=2))
+        assert batcher.backlog().per_image_s == 0  # no estimate before a pass has run
+        first = batcher.enqueue(1)
+        await until(model.started.is_set)
+        await asyncio.sleep(0.2)
+        model.release()
+        assert await first == 10
+        per_image = batcher.seconds_per_image()
+        assert per_image >= 0.2
+        idle = batcher.backlog()
+        waiting = [batcher.enqueue(i) for i in range(2, 6)]
+        busy = batcher.backlog()
+        model.release(3)
+        await asyncio.gather(*waiting)
+        return per_image, idle, busy
+
+    per_image, idle, busy = run(main())
+    assert (idle.behind_s, idle.max_pass) == (per_image, 2)
+    # Four images queued in front of a new one: five images' worth until its result.
+    assert busy.behind_s == pytest.approx(5 * per_image)
+    assert busy.refusal(left_s=10 * per_image) is None
+    refused = busy.refusal(left_s=10 * per_image, ahead=6)  # six more not yet enqueued
+    assert isinstance(refused, Overloaded) and "behind" in refused.message
+    # Seen later, with nothing added meanwhile, the same backlog is smaller.
+    assert busy.aged(3 * per_image).behind_s == pytest.approx(2 * per_image)
+    assert busy.aged(60).behind_s == 0

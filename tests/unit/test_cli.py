@@ -3,13 +3,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import http.server
 import json
-import subprocess
-import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -20,38 +15,24 @@ import pytest
 from img2vec.model import build_embedder
 from img2vec.weights import SPECS, sha256_of
 from tests.conftest import encode
-from tests.unit.test_weights import serving
-
-IMG2VEC = str(Path(sys.executable).with_name("img2vec"))
-
-
-def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
-    import os
-
-    return subprocess.run(
-        [IMG2VEC, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-        cwd=cwd,
-    )
+from tests.helpers import QuietHandler, loopback_server, run_cli, serving
 
 
 def test_help_explains_every_command():
-    out = run("--help")
+    out = run_cli("--help")
     assert out.returncode == 0
     for command in ("embed", "check", "models", "weights", "serve", "bench"):
         assert command in out.stdout
-        sub = run(*command.split(), "--help")
+        sub = run_cli(*command.split(), "--help")
         assert sub.returncode == 0 and "Usage: img2vec" in sub.stdout, command
     assert (
-        "fetch" in run("weights", "--help").stdout and "verify" in run("weights", "--help").stdout
+        "fetch" in run_cli("weights", "--help").stdout
+        and "verify" in run_cli("weights", "--help").stdout
     )
 
 
 def test_models_lists_the_registry():
-    out = run("models").stdout
+    out = run_cli("models").stdout
     for name, spec in SPECS.items():
         assert name in out and f"dim {spec.dim}" in out and spec.native_preprocess in out
 
@@ -85,7 +66,7 @@ def expected_vectors(folder: Path, weights: Path) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl", "npy"])
 def test_embed_a_folder_in_process(folder, tmp_path, mobilenet_v2_file, fmt):
     out = tmp_path / f"vectors.{fmt}"
-    result = run(
+    result = run_cli(
         "embed", str(folder), "--out", str(out), "--model", "mobilenet_v2",
         "--weights", str(mobilenet_v2_file), "--device", "cpu", "--batch-size", "2",
     )  # fmt: skip
@@ -112,11 +93,13 @@ def test_embed_a_folder_in_process(folder, tmp_path, mobilenet_v2_file, fmt):
 
 def test_embed_with_nothing_readable_fails(tmp_path):
     (tmp_path / "a.txt").write_text("no")
-    result = run("embed", str(tmp_path), "--out", str(tmp_path / "v.jsonl"), "--weights", "random")
+    result = run_cli(
+        "embed", str(tmp_path), "--out", str(tmp_path / "v.jsonl"), "--weights", "random"
+    )
     assert result.returncode == 1 and "no image could be vectorized" in result.stderr
 
 
-class _FlakyService(http.server.BaseHTTPRequestHandler):
+class _FlakyService(QuietHandler):
     """Answers /vectors 503 (Retry-After: 0) twice per image, then a vector."""
 
     seen: ClassVar[dict[str, int]] = {}
@@ -141,60 +124,46 @@ class _FlakyService(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def server(handler: type) -> Iterator[str]:
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}"
-    finally:
-        srv.shutdown()
-        srv.server_close()
-
 
 def test_embed_against_a_service_retries_503s_after_their_retry_after(folder, tmp_path):
     out = tmp_path / "v.jsonl"
-    with server(type("Flaky", (_FlakyService,), {"seen": {}})) as url:
-        result = run("embed", str(folder), "--out", str(out), "--url", url, "--retries", "3")
+    with loopback_server(type("Flaky", (_FlakyService,), {"seen": {}})) as url:
+        result = run_cli("embed", str(folder), "--out", str(out), "--url", url, "--retries", "3")
         assert result.returncode == 0, result.stderr
         rows = [json.loads(line) for line in out.read_text().splitlines()]
         # Every file was sent three times (twice refused); the non-image too, whose 503s
         # this stub cannot tell apart.
         assert len(rows) == 4 and all(r["vector"] == [3.0, 1.0] for r in rows)
-    with server(type("Flaky", (_FlakyService,), {"seen": {}})) as url:
-        result = run("embed", str(folder), "--out", str(out), "--url", url, "--retries", "1")
+    with loopback_server(type("Flaky", (_FlakyService,), {"seen": {}})) as url:
+        result = run_cli("embed", str(folder), "--out", str(out), "--url", url, "--retries", "1")
         assert result.returncode == 1 and "gave up after 2 attempts: 503: busy" in result.stderr
 
 
 def test_weights_fetch_from_a_mirror_and_verify(tmp_path, mobilenet_v2_file):
     env = {"TORCH_HOME": str(tmp_path / "torch")}
     with serving(mobilenet_v2_file.read_bytes()) as (url, _):
-        fetched = run("weights", "fetch", "mobilenet_v2", "--from", url, env=env)
+        fetched = run_cli("weights", "fetch", "mobilenet_v2", "--from", url, env=env)
     assert fetched.returncode == 0, fetched.stderr
     cached = tmp_path / "torch/hub/checkpoints/mobilenet_v2-b0353104.pth"
     assert sha256_of(cached) == SPECS["mobilenet_v2"].sha256 and "(verified)" in fetched.stdout
-    verified = run("weights", "verify", "mobilenet_v2", env=env)
+    verified = run_cli("weights", "verify", "mobilenet_v2", env=env)
     assert verified.returncode == 0 and verified.stdout.startswith("OK")
     # A local file works as the source too; a wrong file is refused and nothing is cached.
-    local = run("weights", "fetch", "mobilenet_v2", "--from", str(mobilenet_v2_file),
+    local = run_cli("weights", "fetch", "mobilenet_v2", "--from", str(mobilenet_v2_file),
                 env={"TORCH_HOME": str(tmp_path / "other")})  # fmt: skip
     assert local.returncode == 0, local.stderr
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not the weights")
-    refused = run("weights", "fetch", "mobilenet_v2", "--from", str(bad),
+    refused = run_cli("weights", "fetch", "mobilenet_v2", "--from", str(bad),
                   env={"TORCH_HOME": str(tmp_path / "third")})  # fmt: skip
     assert refused.returncode == 1 and "must have sha256" in refused.stderr
-    missing = run("weights", "verify", "resnet50", env=env)
+    missing = run_cli("weights", "verify", "resnet50", env=env)
     assert missing.returncode == 1 and "missing" in missing.stdout
-    wrong = run("weights", "verify", "resnet50", "--file", str(mobilenet_v2_file))
+    wrong = run_cli("weights", "verify", "resnet50", "--file", str(mobilenet_v2_file))
     assert wrong.returncode == 1 and "is not the published" in wrong.stdout
 
 
-class _BrokenService(http.server.BaseHTTPRequestHandler):
+class _BrokenService(QuietHandler):
     """Everything Weaviate trips on: readiness 200, a redirect on /vectors/, plain-text
     errors, a vector of the wrong length."""
 
@@ -228,13 +197,10 @@ class _BrokenService(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data.encode())
 
-    def log_message(self, *args: object) -> None:
-        pass
-
 
 def test_check_reports_what_weaviate_would_trip_on(tmp_path):
-    with server(_BrokenService) as url:
-        result = run("check", url, "--timeout", "2")
+    with loopback_server(_BrokenService) as url:
+        result = run_cli("check", url, "--timeout", "2")
     assert result.returncode == 1
     lines = result.stdout.splitlines()
     failed = {line.split(":")[0].split(None, 1)[1] for line in lines if line.startswith("FAIL")}

@@ -6,8 +6,6 @@ import base64
 import binascii
 import io
 import os
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -19,18 +17,7 @@ from img2vec import decoding
 from img2vec.decoding import ImageLimits, decode_base64, decode_image, open_image
 from img2vec.errors import ImageTooLarge, InvalidImage
 from tests.conftest import b64, encode, one_pixel_png
-
-
-def png_header_claiming(width: int, height: int) -> bytes:
-    """A tiny, valid-looking PNG whose header claims a huge size (a decompression bomb)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+from tests.helpers import png_header_claiming
 
 
 def test_png_and_jpeg_photos_decode_to_rgb_of_the_same_size(photos):

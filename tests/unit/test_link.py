@@ -12,7 +12,9 @@ import time
 import numpy as np
 import pytest
 
+from deployments.handoff import GroupAnswer
 from deployments.link import GROUPS_IN_FLIGHT, ModelLink
+from img2vec.batching import Backlog
 from img2vec.errors import Overloaded
 
 
@@ -32,7 +34,12 @@ class FakeEmbedder:
     def answer(self, i: int, behind_s: float = 0.0, per_image_s: float = 0.01) -> None:
         images, future = self.calls[i]
         vectors = [images[k, 0, 0].astype(np.float32) for k in range(len(images))]
-        future.set_result((vectors, behind_s, per_image_s, 8))
+        future.set_result(GroupAnswer(vectors, Backlog(behind_s, per_image_s, max_pass=8)))
+
+
+def linked() -> tuple[FakeEmbedder, ModelLink]:
+    fake = FakeEmbedder()
+    return fake, ModelLink(fake, on_answer=lambda: None)  # type: ignore[arg-type]
 
 
 def pixels(value: int) -> np.ndarray:
@@ -46,8 +53,7 @@ async def settle() -> None:
 
 def test_requests_that_wait_for_a_slot_leave_as_one_call():
     async def scenario() -> None:
-        fake = FakeEmbedder()
-        link = ModelLink(fake, on_answer=lambda: None)  # type: ignore[arg-type]
+        fake, link = linked()
         deadline = time.time() + 20
         tasks = [asyncio.create_task(link.embed(pixels(i), deadline)) for i in range(7)]
         await settle()
@@ -68,8 +74,7 @@ def test_requests_that_wait_for_a_slot_leave_as_one_call():
 
 def test_waiting_requests_that_cannot_make_their_deadline_are_refused_at_once():
     async def scenario() -> None:
-        fake = FakeEmbedder()
-        link = ModelLink(fake, on_answer=lambda: None)  # type: ignore[arg-type]
+        fake, link = linked()
         tasks = [asyncio.create_task(link.embed(pixels(i), time.time() + 4)) for i in range(6)]
         await settle()
         # The model says it is 10 s behind: nothing waiting here can be answered within 4 s.
@@ -91,8 +96,7 @@ def test_waiting_requests_that_cannot_make_their_deadline_are_refused_at_once():
 
 def test_a_cancelled_request_is_left_out_of_its_group():
     async def scenario() -> None:
-        fake = FakeEmbedder()
-        link = ModelLink(fake, on_answer=lambda: None)  # type: ignore[arg-type]
+        fake, link = linked()
         deadline = time.time() + 20
         tasks = [asyncio.create_task(link.embed(pixels(i), deadline)) for i in range(4)]
         await settle()

@@ -3,15 +3,12 @@ Downloads are tested against a real HTTP server on loopback."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import http.server
 import logging
 import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +25,7 @@ from img2vec.weights import (
     resolve_weights,
     sha256_of,
 )
+from tests.helpers import serving
 
 ROOT = Path(__file__).resolve().parents[2]
 # The published SHA-256 of resnet50-0676ba61.pth (ResNet50_Weights.IMAGENET1K_V1), in full:
@@ -125,41 +123,6 @@ def test_download_refuses_a_corrupt_cached_file(hub):
     (hub / spec.weights_file).write_bytes(b"truncated download")
     with pytest.raises(WeightsError, match="corrupt, truncated or not the published one"):
         resolve_weights(spec, "download")
-
-
-class _Files(http.server.BaseHTTPRequestHandler):
-    """Serves `payload` slowly enough to show progress; counts GETs."""
-
-    payload = b""
-    gets = 0
-    chunk_delay_s = 0.0
-
-    def do_GET(self) -> None:
-        type(self).gets += 1
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(self.payload)))
-        self.end_headers()
-        for i in range(0, len(self.payload), 1 << 20):
-            self.wfile.write(self.payload[i : i + (1 << 20)])
-            time.sleep(self.chunk_delay_s)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def serving(payload: bytes, chunk_delay_s: float = 0.0) -> Iterator[tuple[str, type[_Files]]]:
-    """A real HTTP server on loopback serving `payload`; yields its URL and handler class."""
-    handler = type("Handler", (_Files,), {"payload": payload, "chunk_delay_s": chunk_delay_s})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    port = server.server_address[1]
-    try:
-        yield f"http://127.0.0.1:{port}/{SPECS['mobilenet_v2'].weights_file}", handler
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def local_spec(url: str) -> ModelSpec:

@@ -1,0 +1,104 @@
+"""The application's settings, each defined once: what the model replica takes
+(`EmbedderSettings`, exactly the library's `build_embedder` arguments) and what an ingress
+replica takes (`IngressSettings`). `AppArgs` (deployments/app.py) is both, read from the
+YAML's `args:` and `IMG2VEC_*`; the builder hands each deployment its own part of it as is.
+No torch here: the ingress imports this module."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from img2vec.decoding import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from img2vec.weights import DEFAULT_DOWNLOAD_TIMEOUT_S, DEFAULT_MODEL, DOWNLOAD
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    @classmethod
+    def part_of(cls, settings: BaseModel) -> Self:
+        """This class's fields of a larger settings object (AppArgs), as they are."""
+        return cls.model_validate(settings.model_dump(include=set(cls.model_fields)))
+
+
+class EmbedderSettings(_Settings):
+    """The model replica's structure, fixed for its life."""
+
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="a name in img2vec.weights.SPECS; <name>:native for the model's own crop",
+    )
+    weights: str = Field(DOWNLOAD, description="'download', a state-dict path, or 'random'")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # float32 is IEEE float32 on every device (TF32 off on GPUs). With real MobileNetV2
+    # weights (`make bench-drift`), float16 kept cosine >= 0.99995 to float32; bfloat16 fell
+    # to 0.969, below the 0.999 we require, so the service does not offer it.
+    dtype: Literal["float32", "tf32", "float16"] = Field(
+        "float32", description="float32 matches img2vec-pytorch; tf32 and float16 are GPU options"
+    )
+    graph: Literal["torchscript", "eager"] = Field(
+        "torchscript", description="frozen TorchScript graph, or plain eager torchvision"
+    )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch threads per embedder; default: all usable CPUs on CPU, else Ray's grant",
+    )
+    download_timeout_s: float = Field(
+        DEFAULT_DOWNLOAD_TIMEOUT_S, gt=0, description="give up a weights download stalled this long"
+    )
+
+
+class IngressSettings(_Settings):
+    """An ingress replica's limits and behaviour, fixed for its life. Every `max_*` field and
+    `request_timeout_s` is a limit a client can run into: /meta reports them (`limits()`)."""
+
+    max_body_bytes: int = Field(32 * 1024 * 1024, gt=0, description="largest request body")
+    max_image_bytes: int = Field(
+        DEFAULT_MAX_IMAGE_BYTES, gt=0, description="largest image file, after base64 decoding"
+    )
+    max_inflight_bytes: int = Field(
+        512 * 1024 * 1024, gt=0, description="request bytes one ingress replica holds at once"
+    )
+    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, gt=0, description="width x height")
+    max_id_length: int = Field(1024, gt=0, description="longest accepted id, in characters")
+    decode_workers: int = Field(4, gt=0, description="decode threads per ingress replica")
+    exif_transpose: bool = Field(
+        False, description="apply EXIF orientation (changes vectors vs. img2vec-pytorch)"
+    )
+    jpeg_draft: bool = Field(
+        False, description="decode large JPEGs at reduced scale: faster, vectors drift slightly"
+    )
+    unready_after_s: float = Field(
+        10.0, gt=0, description="readiness turns 503 when the model answered nothing this long"
+    )
+    request_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        le=45,
+        description="every request is answered within this, 503 if need be (Weaviate waits 50 s)",
+    )
+    access_log: bool = Field(True, description="one log line per request: id, status, timings")
+    max_bulk_items: int = Field(256, gt=0, description="most items in one POST /vectors/batch")
+    max_bulk_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="largest POST /vectors/batch body"
+    )
+
+    @model_validator(mode="after")
+    def _one_body_fits_in_flight(self) -> IngressSettings:
+        for name in ("max_body_bytes", "max_bulk_bytes"):
+            if self.max_inflight_bytes < getattr(self, name):
+                raise ValueError(
+                    f"max_inflight_bytes ({self.max_inflight_bytes}) must be at least "
+                    f"{name} ({getattr(self, name)}), or no such request could be served"
+                )
+        return self
+
+    def limits(self) -> dict[str, Any]:
+        return {
+            name: value
+            for name, value in self.model_dump().items()
+            if name.startswith("max_") or name == "request_timeout_s"
+        }

@@ -1,0 +1,115 @@
+"""What several test modules share, so that no test module imports another: loopback HTTP
+servers, the `img2vec` command, load kept in flight while a service stops, crafted inputs."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from img2vec.weights import SPECS
+from tests.conftest import b64, encode, photo
+
+IMG2VEC = str(Path(sys.executable).with_name("img2vec"))
+
+
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """A request handler that writes no line per request to the test's output."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def loopback_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A real threaded HTTP server on a free loopback port; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The installed `img2vec` console script, as a user runs it."""
+    return subprocess.run(
+        [IMG2VEC, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
+
+
+def in_flight(
+    url: str, n: int, timeout_s: float = 90
+) -> tuple[list[threading.Thread], list[object]]:
+    """`n` threads each posting one photo to `url`/vectors, started and not joined; each
+    appends (status, content type) or the name of the exception that ended it."""
+    body = json.dumps({"id": "in-flight", "image": b64(encode(photo("rocket"), "JPEG"))})
+    results: list[object] = []
+
+    def one() -> None:
+        try:
+            r = httpx.post(url + "/vectors", content=body, timeout=timeout_s)
+            results.append((r.status_code, r.headers.get("content-type", "")))
+        except httpx.HTTPError as exc:
+            results.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    return threads, results
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A tiny, valid-looking PNG whose header claims a huge size (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+class _Files(QuietHandler):
+    """Serves `payload` slowly enough to show progress; counts GETs."""
+
+    payload = b""
+    gets = 0
+    chunk_delay_s = 0.0
+
+    def do_GET(self) -> None:
+        type(self).gets += 1
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.payload)))
+        self.end_headers()
+        for i in range(0, len(self.payload), 1 << 20):
+            self.wfile.write(self.payload[i : i + (1 << 20)])
+            time.sleep(self.chunk_delay_s)
+
+
+@contextlib.contextmanager
+def serving(payload: bytes, chunk_delay_s: float = 0.0) -> Iterator[tuple[str, type[_Files]]]:
+    """A real HTTP server on loopback serving `payload`; yields its URL and handler class."""
+    handler = type("Handler", (_Files,), {"payload": payload, "chunk_delay_s": chunk_delay_s})
+    with loopback_server(handler) as base:
+        yield f"{base}/{SPECS['mobilenet_v2'].weights_file}", handler
