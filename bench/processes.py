@@ -35,7 +35,7 @@ def free_port() -> int:
 
 def serve_env(root: Path) -> dict[str, str]:
     """Ray Serve's process settings from serve.env, as the launcher applies them."""
-    from deployments.launch import read_env_file
+    from deployments.node import read_env_file
 
     return read_env_file(root / "serve.env")
 
@@ -59,10 +59,13 @@ def fixed_ingress(config: dict, replicas: int | None) -> dict:
 
 def own_ports() -> dict[str, str]:
     """Free ports for the listeners HAProxy mode (serve.env) adds beside the service's own,
-    whose defaults (9101 metrics, 8404 stats) two services on one machine would share."""
+    whose defaults (9101 metrics, 8404 stats, 8500/9500 Serve's fallback proxy) two services
+    on one machine would share."""
     return {
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
     }
 
 

@@ -129,6 +129,9 @@ def drive(name: str, url: str, pid: int, sets: dict, args: argparse.Namespace) -
                     warmup_s=args.warmup,
                     max_requests=args.max_requests,
                     images_per_request=BULK if bulk else 1,
+                    # Single images as Weaviate sends them (the baseline with its header).
+                    weaviate=not bulk,
+                    content_type=None if name == "service" else True,
                 )
                 cpu1, t1 = monitor.cpu_seconds(), time.perf_counter()
                 after = batching(url)

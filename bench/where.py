@@ -122,7 +122,7 @@ def main() -> None:
         tempfile.TemporaryDirectory() as tmp,
         launched(config, Path(tmp), ROOT, extra_env=extra) as (url, proc),
     ):
-        load = {"concurrency": args.concurrency, "max_requests": 10**7}
+        load = {"concurrency": args.concurrency, "max_requests": 10**7, "weaviate": True}
         run_load(url + "/vectors", bodies, duration_s=3, warmup_s=1, **load)
         meta_before = httpx.get(url + "/meta", timeout=30).json()
         before, t0 = cpu_by_process(proc.pid), time.perf_counter()

@@ -13,7 +13,14 @@ What it adds to `serve run serve_config.yaml` (which it otherwise mirrors):
   with it) and the launcher waits until no process it started is left: 6-8 s on 2 cores,
   within Docker's 10 s grace;
 - an application that fails to deploy ends the process with its error (exit 1) instead of
-  waiting forever;
+  waiting forever; Ray's processes dying under it (killed, OOM, a stop that reached them
+  first) are noticed within a second and end it with a line that says what was lost;
+- however a service manager stops it (SIGTERM to this process, to its process group, or to
+  every process of its cgroup) it leaves nothing running: Ray runs in a session of its own
+  under a small supervisor process (deployments/supervisor.py), so that a signal to the
+  group reaches only the supervisor, which passes it on;
+- on its own local Ray, Ray's processes listen on loopback only, and the metrics port is
+  served by the supervisor where the HTTP port is (`--metrics-host` to choose);
 - it starts its own local Ray unless an address is given (`--address` / RAY_ADDRESS): a bare
   `ray.init()` (what `serve run` does) joins the cluster recorded in Ray's temp dir, and the
   record of one that died without cleaning up (SIGKILL, OOM, a crash) makes it hang. Such a
@@ -23,154 +30,47 @@ What it adds to `serve run serve_config.yaml` (which it otherwise mirrors):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
 import psutil
 import yaml
 
+from deployments.node import (
+    clear_stale_record,
+    load_config,
+    object_store_bytes,
+    ray_address,
+    read_env_file,
+    shm_free_bytes,
+    single_node_settings,
+)
+from deployments.supervisor import (
+    as_server,
+    end_processes,
+    is_server,
+    supervise,
+    wait_for_descendants,
+)
+
 log = logging.getLogger("img2vec.launch")
 
 DEFAULT_METRICS_PORT = 8081
 DEFAULT_ACCEPT_S = 3.0
 DEFAULT_GRACE_S = 25.0
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines; blank lines and # comments skipped."""
-    env = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            key, sep, value = line.partition("=")
-            if not sep:
-                raise ValueError(f"{path}: not KEY=VALUE: {line!r}")
-            env[key.strip()] = value.strip()
-    return env
-
-
-def ray_address(flag: str | None) -> str:
-    """Where the launcher's Ray runs: the flag, else RAY_ADDRESS, else a new local instance
-    ("local"), never whatever cluster Ray's temp dir last recorded."""
-    return flag or os.environ.get("RAY_ADDRESS") or "local"
-
-
-def _record_path(temp_dir: str | None = None) -> Path:
-    from ray._common.utils import get_ray_address_file
-
-    return Path(get_ray_address_file(temp_dir))
-
-
-def _live_gcs_addresses() -> set[str]:
-    """GCS addresses that a raylet on this machine is connected to (Ray's own scan of the
-    process table, as `ray.init(address="auto")` does): no network probe."""
-    from ray._private.services import find_gcs_addresses
-
-    find_gcs_addresses.cache_clear()  # type: ignore[attr-defined]
-    return set(find_gcs_addresses())
-
-
-def clear_stale_record(temp_dir: str | None = None) -> str | None:
-    """Ray writes the address of the last cluster started on this machine to
-    `<temp dir>/ray_current_cluster` and removes it on a clean stop. A cluster that died
-    (SIGKILL, OOM, a crash) leaves it behind, and every later `ray.init()` or `serve run`
-    without an address tries to join that dead cluster and hangs, retrying for minutes.
-    Removes such a record (no raylet on this machine belongs to that cluster) and returns the
-    address it named."""
-    path = _record_path(temp_dir)
-    try:
-        address = path.read_text().strip()
-    except OSError:
-        return None
-    if address and address in _live_gcs_addresses():
-        log.info(
-            "img2vec: a Ray cluster is running at %s; starting a separate local one "
-            "(set RAY_ADDRESS=%s or --address to join it instead)",
-            address,
-            address,
-        )
-        return None
-    with contextlib.suppress(OSError):
-        path.unlink()
-    log.warning(
-        "img2vec: removed %s, the record of a Ray cluster at %s that is no longer running "
-        "(it was stopped without cleaning up); starting a new local one",
-        path,
-        address or "(empty)",
-    )
-    return address
-
-
-def single_node_settings(files: str) -> dict[str, str]:
-    """Ray Serve settings that hold for the one node the launcher runs (variables already set
-    win):
-    - Ray keeps a draining direct-ingress replica alive for at least 30 s
-      (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S), so that HAProxy on other nodes stops
-      routing to it first. The launcher has drained every replica itself before it shuts
-      Serve down, and there are no other nodes: 0, or a stop takes 30 s more than the drain
-      (Docker's default grace is 10 s).
-    - HAProxy's files (config, admin socket, server state) go to `files`, a directory of this
-      run's own, not Ray's default /tmp/haproxy-serve, which two services on one machine
-      would share."""
-    return {
-        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
-        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{files}/haproxy.cfg",
-        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{files}/admin.sock",
-        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": files,
-        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{files}/server-state",
-    }
-
-
-# Of /dev/shm's free space, what the object store may take (the rest for anything else there).
-SHM_SHARE = 0.8
-
-
-def object_store_bytes(shm_free: int | None, memory: int) -> int | None:
-    """A size for Ray's object store that fits in /dev/shm, or None for Ray's own default.
-
-    Ray sizes the store at 30 % of the memory it sees and, when /dev/shm is smaller (Docker's
-    default is 64 MB; `--shm-size=1g` is still smaller than 30 % of most hosts), puts it in /tmp
-    instead, with a warning that it "will harm performance". What img2vec keeps there is small
-    (a group of pixels in flight is ~2.4 MB), so the store is sized to what /dev/shm has."""
-    default = int(memory * ray_default_proportion())
-    if shm_free is None or shm_free >= default:
-        return None
-    size = int(shm_free * SHM_SHARE)
-    return size if size >= OBJECT_STORE_MINIMUM_BYTES else None
-
-
-OBJECT_STORE_MINIMUM_BYTES = 75 * 1024 * 1024  # Ray's own minimum
-
-
-def ray_default_proportion() -> float:
-    return float(os.environ.get("RAY_DEFAULT_OBJECT_STORE_MEMORY_PROPORTION") or 0.3)
-
-
-def shm_free_bytes(path: str = "/dev/shm") -> int | None:
-    try:
-        stats = os.statvfs(path)
-    except OSError:
-        return None
-    return stats.f_bavail * stats.f_frsize
-
-
-def load_config(path: Path, port: int | None, host: str | None) -> dict:
-    config = yaml.safe_load(path.read_text())
-    http = dict(config.get("http_options") or {})
-    if port is not None:
-        http["port"] = port
-    if host is not None:
-        http["host"] = host
-    config["http_options"] = http
-    return config
+# How often the launcher looks at Ray's processes and the requests in flight.
+WATCH_INTERVAL_S = 0.5
+# The longest a call into Ray may take before the launcher counts Ray as gone.
+CALL_TIMEOUT_S = 2.0
 
 
 class _Stop:
@@ -178,9 +78,75 @@ class _Stop:
         self.signal: int | None = None
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
-        if self.signal is None:
+        first, self.signal = self.signal is None, signum
+        if first:  # (a second signal may arrive while this line is written)
             log.info("%s received: draining", signal.Signals(signum).name)
-        self.signal = signum
+
+
+@dataclass
+class _Watch:
+    """What the launcher knows of the service while it runs."""
+
+    inflight: int = 0  # requests in flight at the last count
+    counted_at: float = field(default_factory=time.monotonic)
+    ray_down: str | None = None  # why Ray is gone, once it is
+    failure: str | None = None  # an application that failed to deploy
+
+
+# The processes of the launcher's local Ray without which nothing is served. (The dashboard
+# and the log monitor may die alone; the service goes on without them.)
+ESSENTIAL = ("gcs_server", "raylet")
+
+
+def _ray_down(local: bool) -> str | None:
+    """Why Ray is no longer running under the launcher, or None: on its own local Ray, an
+    essential process that `ray.init` started and that has exited (checked without a network
+    call, so it answers at once when the GCS is gone)."""
+    if not local:
+        return None
+    import ray
+
+    node = ray._private.worker._global_node
+    if node is None:
+        return "Ray is not running"
+    dead = [(kind, proc) for kind, proc in node.dead_processes() if kind in ESSENTIAL]
+    if not dead:
+        return None
+    return ", ".join(
+        f"{kind} (pid {proc.pid}) exited with {proc.returncode}" for kind, proc in dead
+    )
+
+
+def _count(lifecycle: object, watch: _Watch, local: bool) -> None:
+    """Refresh the watch: Ray's processes first, then the in-flight count (bounded: a call into
+    a Ray that is going away must not hang the launcher)."""
+    import ray
+
+    watch.ray_down = watch.ray_down or _ray_down(local)
+    if watch.ray_down:
+        return
+    try:
+        watch.inflight = ray.get(lifecycle.inflight.remote(), timeout=CALL_TIMEOUT_S)  # type: ignore[attr-defined]
+        watch.counted_at = time.monotonic()
+    except Exception as exc:  # the actor or Ray itself is gone: say so, once
+        watch.ray_down = _ray_down(local) or f"the launcher's actor did not answer ({exc!r})"
+
+
+def _serve(names: list[str], lifecycle: object, stop: _Stop, local: bool) -> _Watch:
+    """Until a stop signal, a failed deploy, or Ray gone (noticed within WATCH_INTERVAL_S)."""
+    watch = _Watch()
+    checked = 0.0
+    while stop.signal is None:
+        _count(lifecycle, watch, local)
+        if watch.ray_down:
+            return watch
+        if time.monotonic() - checked >= 1.0:
+            checked = time.monotonic()
+            watch.failure = _deploy_failure(names)
+            if watch.failure:
+                return watch
+        time.sleep(WATCH_INTERVAL_S)
+    return watch
 
 
 def _deploy_failure(app_names: list[str]) -> str | None:
@@ -194,141 +160,216 @@ def _deploy_failure(app_names: list[str]) -> str | None:
     return None
 
 
-def _drain(lifecycle: object, accept_s: float, grace_s: float) -> bool:
+def _drain(lifecycle: object, watch: _Watch, accept_s: float, grace_s: float, local: bool) -> bool:
+    """Readiness 503, arrivals accepted for `accept_s`, then refused while those in flight
+    finish (up to `grace_s`). True when nothing was left in flight."""
     import ray
 
-    ray.get(lifecycle.drain.remote(accept_s))  # type: ignore[attr-defined]
+    try:
+        ray.get(lifecycle.drain.remote(accept_s), timeout=CALL_TIMEOUT_S)  # type: ignore[attr-defined]
+    except Exception:
+        watch.ray_down = watch.ray_down or _ray_down(local) or "the launcher's actor is gone"
+        return False
     deadline = time.monotonic() + accept_s + grace_s
     while time.monotonic() < deadline:
-        if ray.get(lifecycle.drained.remote()):  # type: ignore[attr-defined]
-            return True
+        _count(lifecycle, watch, local)
+        if watch.ray_down:
+            return False
+        try:
+            if ray.get(lifecycle.drained.remote(), timeout=CALL_TIMEOUT_S):  # type: ignore[attr-defined]
+                return True
+        except Exception:
+            continue
         time.sleep(0.2)
-    left = ray.get(lifecycle.inflight.remote())  # type: ignore[attr-defined]
-    log.warning("%d requests still in flight after %.0f s; stopping anyway", left, grace_s)
+    log.warning(
+        "%d requests still in flight after %.0f s; stopping anyway", watch.inflight, grace_s
+    )
     return False
 
 
-def _wait_for_descendants(before: set[int], timeout_s: float = 20) -> None:
-    """Ray's shutdown signals its processes and returns; wait until they are gone (and end
-    the stragglers), so that nothing outlives the launcher."""
-    me = psutil.Process()
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        alive = _descendants(me, before)
-        if not alive:
-            return
-        time.sleep(0.2)
-    for proc in _descendants(me, before):
-        with contextlib.suppress(psutil.Error):
-            log.warning("killing %s (pid %d), still running", proc.name(), proc.pid)
-            proc.kill()
-
-
-def _descendants(me: psutil.Process, known: set[int]) -> list[psutil.Process]:
-    found = {p.pid: p for p in me.children(recursive=True)}
-    for pid in known - found.keys():
-        with contextlib.suppress(psutil.Error):
-            found[pid] = psutil.Process(pid)
-    return [p for p in found.values() if _alive(p)]
-
-
-def _alive(proc: psutil.Process) -> bool:
-    """Running and not a zombie; a process that exits while we look is not alive."""
-    try:
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def run(args: argparse.Namespace) -> int:
+def _environment(args: argparse.Namespace, local: bool) -> str:
+    """serve.env, then (on its own local Ray) the single-node settings, into this process's
+    environment, which Ray's processes inherit; returns HAProxy's directory."""
     config_path = Path(args.config)
     env_file = Path(args.env_file) if args.env_file else config_path.parent / "serve.env"
     if env_file.is_file():
         for key, value in read_env_file(env_file).items():
             os.environ.setdefault(key, value)
     haproxy_files = tempfile.mkdtemp(prefix="img2vec-haproxy-")
-    for key, value in single_node_settings(haproxy_files).items():
+    for key, value in single_node_settings(haproxy_files, local).items():
         os.environ.setdefault(key, value)
-    config = load_config(config_path, args.port, args.host)
+    return haproxy_files
 
+
+def _start_ray(address: str, metrics_port: int) -> None:
     import ray
-    from ray import serve
+
+    if address != "local":
+        log.info("img2vec: joining the Ray cluster at %s", address)
+        ray.init(address=address, namespace="serve")
+        return
+    clear_stale_record()
+    from ray._common.utils import get_system_memory
+
+    store = object_store_bytes(shm_free_bytes(), get_system_memory())
+    if store is not None:
+        log.info("img2vec: object store %d MB, to fit in /dev/shm", store // 2**20)
+    ray.init(
+        address="local",
+        namespace="serve",
+        object_store_memory=store,
+        _metrics_export_port=metrics_port,
+    )
+
+
+def _deploy(config: dict) -> list[str]:
+    """Serve started with the config's HTTP and gRPC options, its applications deployed
+    (without waiting: `_serve` watches them); returns their names."""
     from ray.serve._private.api import serve_start
     from ray.serve.config import gRPCOptions
     from ray.serve.schema import ServeDeploySchema
 
-    from deployments import lifecycle
-
     schema = ServeDeploySchema.model_validate(config)
-    address = ray_address(args.address)
-    if address == "local":
-        clear_stale_record()
-        from ray._common.utils import get_system_memory
-
-        store = object_store_bytes(shm_free_bytes(), get_system_memory())
-        if store is not None:
-            log.info("img2vec: object store %d MB, to fit in /dev/shm", store // 2**20)
-        ray.init(
-            address="local",
-            namespace="serve",
-            object_store_memory=store,
-            _metrics_export_port=args.metrics_port,
-        )
-    else:
-        log.info("img2vec: joining the Ray cluster at %s", address)
-        ray.init(address=address, namespace="serve")
-    stop = _Stop()
-    # After ray.init, which installs its own handler (exit at once, dropping requests).
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    handle = lifecycle.create()
     client = serve_start(
         http_options=schema.http_options.model_dump(),
         proxy_location=schema.proxy_location,
         grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
     )
     client.deploy_apps(schema, _blocking=False)
-    names = [app.name for app in schema.applications]
-    http = schema.http_options
-    log.info(
-        "img2vec: serving %s on http://%s:%d, metrics on :%d",
-        ", ".join(names),
-        http.host,
-        http.port,
-        args.metrics_port,
-    )
-    code = 0
-    while stop.signal is None:
-        failure = _deploy_failure(names)
-        if failure:
-            log.error("img2vec: %s", failure)
-            code = 1
-            break
-        time.sleep(1.0)
-    stopping = time.monotonic()
-    if stop.signal is not None:
-        drained = _drain(handle, args.accept, args.grace)
-        log.info(
-            "img2vec: %s in %.1f s; shutting down",
-            "drained" if drained else "grace period over",
-            time.monotonic() - stopping,
-        )
-    ours = {p.pid for p in psutil.Process().children(recursive=True)}
+    return [app.name for app in schema.applications]
+
+
+def _shut_down(address: str, ray_down: str | None, ours: set[int]) -> None:
+    import ray
+
+    if ray_down is not None:
+        # What is left of Ray cannot stop itself (its GCS is gone): end it from here.
+        end_processes(ours)
+        return
     if address != "local":
         # Serve lives on a cluster we only joined: stop what we deployed there.
+        from ray import serve
+
         serve.shutdown()
     # On our own local Ray, Serve's graceful shutdown adds nothing after our drain but time
     # (measured: 2.5-4 s of its replicas' and controller's shutdown loops, which pushed a
     # container's stop past Docker's 10 s grace): stopping Ray ends every replica, and
     # nothing is in flight any more.
     ray.shutdown()
-    _wait_for_descendants(ours)
+    wait_for_descendants(ours)
+
+
+def run(args: argparse.Namespace) -> int:
+    as_server()
+    address = ray_address(args.address)
+    local = address == "local"
+    haproxy_files = _environment(args, local)
+    config = load_config(Path(args.config), args.port, args.host)
+
+    from deployments import lifecycle
+
+    _start_ray(address, args.metrics_port)
+    stop = _Stop()
+    # After ray.init, which installs its own handler (exit at once, dropping requests).
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    handle = lifecycle.create()
+    names = _deploy(config)
+    http = config["http_options"]
+    log.info(
+        "img2vec: serving %s on http://%s:%d, metrics on :%d",
+        ", ".join(names),
+        http.get("host", "0.0.0.0"),
+        http.get("port", 8000),
+        args.public_metrics_port or args.metrics_port,
+    )
+    watch = _serve(names, handle, stop, local)
+    stopping = time.monotonic()
+    if stop.signal is not None and not watch.ray_down:
+        drained = _drain(handle, watch, args.accept, args.grace, local)
+        if not watch.ray_down:
+            log.info(
+                "img2vec: %s in %.1f s; shutting down",
+                "drained" if drained else "grace period over",
+                time.monotonic() - stopping,
+            )
+    code = _outcome(watch, stop)
+    ours = {p.pid for p in psutil.Process().children(recursive=True)}
+    _shut_down(address, watch.ray_down, ours)
     shutil.rmtree(haproxy_files, ignore_errors=True)
-    log.info("img2vec: stopped %.1f s after the signal", time.monotonic() - stopping)
+    after = "the signal" if stop.signal is not None else "it ended"
+    log.info("img2vec: stopped %.1f s after %s", time.monotonic() - stopping, after)
+    if watch.ray_down:
+        # Ray's exit hooks would wait for a GCS that is gone: leave without them.
+        logging.shutdown()
+        os._exit(code)
     return code
 
 
+def _outcome(watch: _Watch, stop: _Stop) -> int:
+    """The exit code, with the line that says why when it is not a clean stop."""
+    if watch.failure:
+        log.error("img2vec: %s", watch.failure)
+        return 1
+    if watch.ray_down is None:
+        return 0
+    ago = time.monotonic() - watch.counted_at
+    if stop.signal is None:
+        log.error(
+            "img2vec: Ray stopped under the launcher (%s): the service is down", watch.ray_down
+        )
+        return 1
+    if watch.inflight:
+        log.error(
+            "img2vec: Ray's processes were stopped with the launcher (%s): %d requests in flight "
+            "%.1f s before were lost. Stop the launcher alone (systemd: KillMode=mixed) so that "
+            "it drains first.",
+            watch.ray_down,
+            watch.inflight,
+            ago,
+        )
+        return 1
+    log.info(
+        "img2vec: Ray's processes were stopped with the launcher (%s); nothing was in flight "
+        "(%.1f s before)",
+        watch.ray_down,
+        ago,
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if is_server():
+        return run(args)
+    # The supervisor: on its own local Ray, the node's metrics port is Ray's agent on
+    # loopback, and the public one is served here; joined to a cluster, there is no node of
+    # ours and no metrics port.
+    metrics = None
+    if ray_address(args.address) == "local":
+        host = args.metrics_host or args.host or _config_host(Path(args.config))
+        internal = _free_loopback_port()
+        metrics = (host, args.metrics_port, internal)
+        argv += ["--metrics-port", str(internal), "--public-metrics-port", str(args.metrics_port)]
+    return supervise(argv, metrics)
+
+
+def _config_host(config: Path) -> str:
+    try:
+        return str((yaml.safe_load(config.read_text()).get("http_options") or {})["host"])
+    except (OSError, KeyError, AttributeError, TypeError):
+        return "0.0.0.0"
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="?", default="serve_config.yaml")
     parser.add_argument(
@@ -337,7 +378,11 @@ def main(argv: list[str] | None = None) -> int:
         default=int(os.environ["IMG2VEC_PORT"]) if os.environ.get("IMG2VEC_PORT") else None,
         help="HTTP port, overriding the config's (env IMG2VEC_PORT)",
     )
-    parser.add_argument("--host", default=os.environ.get("IMG2VEC_HOST") or None)
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("IMG2VEC_HOST") or None,
+        help="HTTP address, overriding the config's (env IMG2VEC_HOST)",
+    )
     parser.add_argument(
         "--address",
         default=None,
@@ -350,6 +395,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"Prometheus metrics port of this node (env IMG2VEC_METRICS_PORT, default "
         f"{DEFAULT_METRICS_PORT})",
     )
+    parser.add_argument(
+        "--metrics-host",
+        default=os.environ.get("IMG2VEC_METRICS_HOST") or None,
+        help="address of the metrics port (env IMG2VEC_METRICS_HOST; default: the HTTP one)",
+    )
+    parser.add_argument("--public-metrics-port", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--env-file", default=None, help="Ray process settings (default: serve.env beside it)"
     )
@@ -366,9 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds, after SIGTERM, during which requests still arriving are served "
         "(readiness already 503) before new ones are refused",
     )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    return run(args)
+    return parser
 
 
 if __name__ == "__main__":

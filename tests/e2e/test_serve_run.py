@@ -3,18 +3,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -23,20 +19,28 @@ import pytest
 import yaml
 
 from bench.processes import (
-    MARKER_VAR,
-    marked_pids,
-    own_ports,
     own_ray_tmpdir,
     serve_env,
     started,
     wait_ready,
 )
 from tests.conftest import b64, encode, one_pixel_png, photo
+from tests.e2e.launcher import (
+    CONFIG,
+    RAY_STOP_BOUND_S,
+    ROOT,
+    STOP_AFTER_DRAIN_S,
+    STOP_GRACE_S,
+    cleanup,
+    gone_within,
+    launch_cmd,
+    launcher_env,
+    stale_record,
+    start,
+)
 from tests.helpers import in_flight
 from tests.service import LOOPBACK, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "serve_config.yaml"
 SERVE_CLI = str(Path(sys.executable).with_name("serve"))
 
 
@@ -81,47 +85,6 @@ def test_config_args_are_valid_builder_args():
     AppArgs.model_validate(app["args"])
 
 
-def _launch_cmd(port: int, metrics_port: int, config: Path = CONFIG) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "deployments.launch",
-        str(config),
-        "--host",
-        LOOPBACK,
-        "--port",
-        str(port),
-        "--metrics-port",
-        str(metrics_port),
-    ]
-
-
-def _env(**extra: str) -> dict[str, str]:
-    base = {**os.environ, **own_ports()}
-    return {**base, "IMG2VEC_WEIGHTS": "random", "RAY_ADDRESS": "local", **extra}
-
-
-# Ray's own SIGTERM path (`serve run`): every process it started is gone within this after the
-# command exits (measured 2026-11-30 on the 2-core machine under the test suite: see the
-# README's "Stopping"); the launcher waits for them itself before it exits.
-RAY_STOP_BOUND_S = 15.0
-# Docker's default grace between SIGTERM and SIGKILL (`docker stop`); Kubernetes gives 30 s.
-STOP_GRACE_S = 10.0
-# What the launcher may add after its drain: stopping Ray and its processes (2.6-3.5 s measured
-# on the 2-core machine), with the exit of the launcher itself.
-STOP_AFTER_DRAIN_S = 6.0
-
-
-def stale_record(ray_tmp: str) -> str:
-    """What a Ray cluster ended by SIGKILL leaves: `ray_current_cluster` naming a GCS that is
-    no longer there (a free loopback port: nothing answers)."""
-    address = f"{LOOPBACK}:{free_port()}"
-    record = Path(ray_tmp) / "ray" / "ray_current_cluster"
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(address)
-    return address
-
-
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory) -> tuple[str, str, str, Path]:
     """The launcher as `make serve` runs it, on serve_config.yaml itself (serve.env beside
@@ -130,10 +93,10 @@ def launched(tmp_path_factory) -> tuple[str, str, str, Path]:
     holds the record of a dead cluster."""
     port, metrics_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("log") / "launch.log"
-    env = {k: v for k, v in _env().items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in launcher_env().items() if k != "RAY_ADDRESS"}
     with own_ray_tmpdir() as ray_tmp:
         dead = stale_record(ray_tmp)
-        cmd = _launch_cmd(port, metrics_port)
+        cmd = launch_cmd(port, metrics_port)
         with started(cmd, env, log, ROOT, ray_tmpdir=ray_tmp) as proc:
             url = f"http://{LOOPBACK}:{port}"
             wait_ready(url, timeout_s=240, proc=proc)
@@ -205,54 +168,11 @@ def test_overload_is_answered_in_json_with_serve_env_too(launched):
     assert max(took for _, _, took in results) < 20 + 5  # request_timeout_s + slack
 
 
-_ray_tmp: dict[str, str] = {}  # marker -> the Ray temp dir its start was given
-
-
-def _start(cmd: list[str], env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
-    """In its own Ray temp dir (removed by _cleanup): a cluster this test has to kill leaves
-    its record there, where no later start looks."""
-    marker = uuid.uuid4().hex
-    ray_tmp = env.get("RAY_TMPDIR") or tempfile.mkdtemp(prefix="i2v-ray-", dir="/tmp")
-    out = log.open("wb")
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env={**env, MARKER_VAR: marker, "RAY_TMPDIR": ray_tmp},
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    _ray_tmp[marker] = ray_tmp
-    return proc, marker
-
-
-def _gone_within(marker: str, bound_s: float) -> tuple[list[int], float]:
-    """Waits up to `bound_s` for every process carrying `marker` to exit; returns those still
-    there and how long it waited."""
-    started_at = time.monotonic()
-    while (left := marked_pids(marker)) and time.monotonic() - started_at < bound_s:
-        time.sleep(0.2)
-    return left, time.monotonic() - started_at
-
-
-def _cleanup(proc: subprocess.Popen, marker: str) -> list[int]:
-    """Whatever the test left: killed, and returned so that the test can fail on it."""
-    left = marked_pids(marker)
-    for pid in left:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    shutil.rmtree(_ray_tmp.pop(marker), ignore_errors=True)
-    return left
-
-
 def test_sigterm_drains_in_flight_requests_and_leaves_nothing_behind(tmp_path):
     """Docker and Kubernetes stop a container with SIGTERM: the requests in flight finish,
     the launcher exits 0, and no process it started remains."""
     port = free_port()
-    proc, marker = _start(_launch_cmd(port, free_port()), _env(), tmp_path / "launch.log")
+    proc, marker = start(launch_cmd(port, free_port()), launcher_env(), tmp_path / "launch.log")
     url = f"http://{LOOPBACK}:{port}"
     try:
         wait_ready(url, timeout_s=240, proc=proc)
@@ -265,7 +185,7 @@ def test_sigterm_drains_in_flight_requests_and_leaves_nothing_behind(tmp_path):
         for t in threads:
             t.join(120)
     finally:
-        left = _cleanup(proc, marker)
+        left = cleanup(proc, marker)
     statuses = Counter(r if isinstance(r, str) else r[0] for r in results)
     print(f"in flight at SIGTERM: {dict(statuses)}; the launcher exited {took:.1f} s later")
     text = (tmp_path / "launch.log").read_text()
@@ -293,32 +213,32 @@ def test_plain_serve_run_recovers_with_the_readme_command_and_leaves_nothing_on_
     config["http_options"] = {"host": LOOPBACK, "port": port}
     path = tmp_path / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in _env().items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in launcher_env().items() if k != "RAY_ADDRESS"}
     env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="i2v-ray-", dir="/tmp")
     stale_record(env["RAY_TMPDIR"])
     cmd = [SERVE_CLI, "run", "--address", "local", str(path)]
-    proc, marker = _start(cmd, env, tmp_path / "serve.log")
+    proc, marker = start(cmd, env, tmp_path / "serve.log")
     left: list[int] = []
     try:
         wait_ready(f"http://{LOOPBACK}:{port}", timeout_s=240, proc=proc)
         proc.send_signal(signal.SIGTERM)
         proc.wait(90)
-        left, waited = _gone_within(marker, RAY_STOP_BOUND_S)
+        left, waited = gone_within(marker, RAY_STOP_BOUND_S)
         print(f"`serve run` exited; its processes were gone {waited:.1f} s later")
     finally:
-        _cleanup(proc, marker)
+        cleanup(proc, marker)
     assert left == [], f"processes left {RAY_STOP_BOUND_S} s after `serve run` exited: {left}"
 
 
 def test_an_application_that_cannot_start_ends_the_launcher_with_its_reason(tmp_path):
     port = free_port()
-    env = _env(IMG2VEC_WEIGHTS=str(tmp_path / "missing.pth"))
+    env = launcher_env(IMG2VEC_WEIGHTS=str(tmp_path / "missing.pth"))
     log = tmp_path / "launch.log"
-    proc, marker = _start(_launch_cmd(port, free_port()), env, log)
+    proc, marker = start(launch_cmd(port, free_port()), env, log)
     try:
         code = proc.wait(180)
     finally:
-        left = _cleanup(proc, marker)
+        left = cleanup(proc, marker)
     text = log.read_text()
     assert code == 1, text[-3000:]
     assert "failed to deploy" in text and "missing.pth" in text and "which is not a file" in text
@@ -336,14 +256,14 @@ def test_the_image_entrypoint_serves_on_its_port_and_stops_cleanly(tmp_path):
     """The Docker image's command, run here: ENABLE_CUDA=0 as the replaced container knew it,
     the port from IMG2VEC_PORT (8080 in the image), its health check, SIGTERM."""
     port = free_port()
-    env = _env(
+    env = launcher_env(
         ENABLE_CUDA="0",
         IMG2VEC_PORT=str(port),
         IMG2VEC_HOST=LOOPBACK,
         IMG2VEC_METRICS_PORT=str(free_port()),
     )
     log = tmp_path / "entrypoint.log"
-    proc, marker = _start([sys.executable, "-m", "deployments.container"], env, log)
+    proc, marker = start([sys.executable, "-m", "deployments.container"], env, log)
     try:
         url = f"http://{LOOPBACK}:{port}"
         wait_ready(url, timeout_s=240, proc=proc)
@@ -357,7 +277,7 @@ def test_the_image_entrypoint_serves_on_its_port_and_stops_cleanly(tmp_path):
         code = proc.wait(90)
         took = time.monotonic() - stopping
     finally:
-        left = _cleanup(proc, marker)
+        left = cleanup(proc, marker)
     print(f"idle stop: {took:.1f} s")
     assert code == 0, log.read_text()[-3000:]
     assert took < STOP_GRACE_S, log.read_text()[-3000:]

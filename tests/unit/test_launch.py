@@ -5,22 +5,22 @@ from __future__ import annotations
 
 import logging
 
-from deployments import launch
+from deployments import node
 
 
 def test_the_launcher_starts_its_own_ray_unless_an_address_is_given(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert launch.ray_address(None) == "local"
+    assert node.ray_address(None) == "local"
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
-    assert launch.ray_address(None) == "10.0.0.5:6379"
-    assert launch.ray_address("127.0.0.1:6380") == "127.0.0.1:6380"  # the flag wins
+    assert node.ray_address(None) == "10.0.0.5:6379"
+    assert node.ray_address("127.0.0.1:6380") == "127.0.0.1:6380"  # the flag wins
 
 
 def test_a_dead_clusters_record_is_removed_with_a_log_line(tmp_path, caplog):
     record = tmp_path / "ray_current_cluster"
     record.write_text("127.0.0.1:1")  # no raylet on this machine belongs to it
     with caplog.at_level(logging.INFO, logger="img2vec.launch"):
-        assert launch.clear_stale_record(str(tmp_path)) == "127.0.0.1:1"
+        assert node.clear_stale_record(str(tmp_path)) == "127.0.0.1:1"
     assert not record.exists()
     assert "record of a Ray cluster at 127.0.0.1:1 that is no longer running" in caplog.text
 
@@ -29,15 +29,15 @@ def test_a_live_clusters_record_is_kept(tmp_path, monkeypatch, caplog):
     record = tmp_path / "ray_current_cluster"
     record.write_text("127.0.0.1:6379")
     # Ray's process-table scan, as it would answer with that cluster's raylet running here.
-    monkeypatch.setattr(launch, "_live_gcs_addresses", lambda: {"127.0.0.1:6379"})
+    monkeypatch.setattr(node, "_live_gcs_addresses", lambda: {"127.0.0.1:6379"})
     with caplog.at_level(logging.INFO, logger="img2vec.launch"):
-        assert launch.clear_stale_record(str(tmp_path)) is None
+        assert node.clear_stale_record(str(tmp_path)) is None
     assert record.read_text() == "127.0.0.1:6379"
     assert "RAY_ADDRESS=127.0.0.1:6379" in caplog.text
 
 
 def test_no_record_is_nothing_to_do(tmp_path):
-    assert launch.clear_stale_record(str(tmp_path)) is None
+    assert node.clear_stale_record(str(tmp_path)) is None
 
 
 GB = 2**30
@@ -46,17 +46,17 @@ GB = 2**30
 def test_the_object_store_is_sized_to_fit_a_small_dev_shm():
     """`--shm-size=1g` on a 16 GB host: Ray's default (30 %, 4.8 GB) would not fit, and Ray
     would move the store to /tmp with a performance warning. The launcher asks for what fits."""
-    size = launch.object_store_bytes(shm_free=1 * GB, memory=16 * GB)
+    size = node.object_store_bytes(shm_free=1 * GB, memory=16 * GB)
     assert size is not None and size <= 1 * GB
     assert size >= 0.5 * GB  # most of it: the store is not starved
 
 
 def test_the_object_store_is_left_to_ray_where_dev_shm_is_large_enough():
-    assert launch.object_store_bytes(shm_free=8 * GB, memory=16 * GB) is None
-    assert launch.object_store_bytes(shm_free=None, memory=16 * GB) is None  # no /dev/shm
+    assert node.object_store_bytes(shm_free=8 * GB, memory=16 * GB) is None
+    assert node.object_store_bytes(shm_free=None, memory=16 * GB) is None  # no /dev/shm
 
 
 def test_a_dev_shm_below_rays_minimum_is_left_to_ray():
     """Docker's default 64 MB: below Ray's 75 MB minimum, nothing fits; Ray's fallback (and its
     warning, which names --shm-size) is the honest answer."""
-    assert launch.object_store_bytes(shm_free=64 * 2**20, memory=16 * GB) is None
+    assert node.object_store_bytes(shm_free=64 * 2**20, memory=16 * GB) is None

@@ -1,0 +1,156 @@
+"""The one machine the launcher runs the service on: which Ray it starts or joins, the record
+of a dead cluster it clears, the environment Ray's processes get (serve.env and the
+single-node settings), the object store's size, and the config's port and host overrides."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+import yaml
+
+log = logging.getLogger("img2vec.launch")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines; blank lines and # comments skipped."""
+    env = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, sep, value = line.partition("=")
+            if not sep:
+                raise ValueError(f"{path}: not KEY=VALUE: {line!r}")
+            env[key.strip()] = value.strip()
+    return env
+
+
+def ray_address(flag: str | None) -> str:
+    """Where the launcher's Ray runs: the flag, else RAY_ADDRESS, else a new local instance
+    ("local"), never whatever cluster Ray's temp dir last recorded."""
+    return flag or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def _record_path(temp_dir: str | None = None) -> Path:
+    from ray._common.utils import get_ray_address_file
+
+    return Path(get_ray_address_file(temp_dir))
+
+
+def _live_gcs_addresses() -> set[str]:
+    """GCS addresses that a raylet on this machine is connected to (Ray's own scan of the
+    process table, as `ray.init(address="auto")` does): no network probe."""
+    from ray._private.services import find_gcs_addresses
+
+    find_gcs_addresses.cache_clear()  # type: ignore[attr-defined]
+    return set(find_gcs_addresses())
+
+
+def clear_stale_record(temp_dir: str | None = None) -> str | None:
+    """Ray writes the address of the last cluster started on this machine to
+    `<temp dir>/ray_current_cluster` and removes it on a clean stop. A cluster that died
+    (SIGKILL, OOM, a crash) leaves it behind, and every later `ray.init()` or `serve run`
+    without an address tries to join that dead cluster and hangs, retrying for minutes.
+    Removes such a record (no raylet on this machine belongs to that cluster) and returns the
+    address it named."""
+    path = _record_path(temp_dir)
+    try:
+        address = path.read_text().strip()
+    except OSError:
+        return None
+    if address and address in _live_gcs_addresses():
+        log.info(
+            "img2vec: a Ray cluster is running at %s; starting a separate local one "
+            "(set RAY_ADDRESS=%s or --address to join it instead)",
+            address,
+            address,
+        )
+        return None
+    with contextlib.suppress(OSError):
+        path.unlink()
+    log.warning(
+        "img2vec: removed %s, the record of a Ray cluster at %s that is no longer running "
+        "(it was stopped without cleaning up); starting a new local one",
+        path,
+        address or "(empty)",
+    )
+    return address
+
+
+# How long a direct-ingress replica being removed (a scale-down, a redeploy) keeps serving
+# after Serve stops routing to it, so that HAProxy has reloaded without it first. One node's
+# HAProxy reloads within a second of a change (Serve coalesces changes for 0.1 s); Ray's default
+# of 30 s is for HAProxies on other nodes. At 0 (what the launcher once set, for its own stop),
+# a scale-down under load dropped 1 request in 6,524: HAProxy still sent it to the replica.
+MIN_DRAINING_S = 5
+
+
+def single_node_settings(files: str, local: bool = True) -> dict[str, str]:
+    """Ray Serve settings that hold for the one node the launcher runs (variables already set
+    win):
+    - a replica being removed keeps serving for MIN_DRAINING_S. The launcher's own stop does
+      not wait for it: it drains every replica itself and then stops Ray directly.
+    - HAProxy's files (config, admin socket, server state) go to `files`, a directory of this
+      run's own, not Ray's default /tmp/haproxy-serve, which two services on one machine
+      would share.
+    - on its own local Ray (`local`), Ray's processes listen on loopback only: with
+      RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 Ray takes 127.0.0.1 as the node's address, as it
+      does on a laptop, instead of the machine's network address, and binds its GCS, raylet,
+      agents, dashboard and workers there. What Serve binds to all interfaces regardless is in
+      docs/security.md."""
+    settings = {
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(MIN_DRAINING_S),
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{files}/haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{files}/admin.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": files,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{files}/server-state",
+    }
+    if local:
+        settings["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    return settings
+
+
+# Of /dev/shm's free space, what the object store may take (the rest for anything else there).
+SHM_SHARE = 0.8
+
+
+def object_store_bytes(shm_free: int | None, memory: int) -> int | None:
+    """A size for Ray's object store that fits in /dev/shm, or None for Ray's own default.
+
+    Ray sizes the store at 30 % of the memory it sees and, when /dev/shm is smaller (Docker's
+    default is 64 MB; `--shm-size=1g` is still smaller than 30 % of most hosts), puts it in /tmp
+    instead, with a warning that it "will harm performance". What img2vec keeps there is small
+    (a group of pixels in flight is ~2.4 MB), so the store is sized to what /dev/shm has."""
+    default = int(memory * ray_default_proportion())
+    if shm_free is None or shm_free >= default:
+        return None
+    size = int(shm_free * SHM_SHARE)
+    return size if size >= OBJECT_STORE_MINIMUM_BYTES else None
+
+
+OBJECT_STORE_MINIMUM_BYTES = 75 * 1024 * 1024  # Ray's own minimum
+
+
+def ray_default_proportion() -> float:
+    return float(os.environ.get("RAY_DEFAULT_OBJECT_STORE_MEMORY_PROPORTION") or 0.3)
+
+
+def shm_free_bytes(path: str = "/dev/shm") -> int | None:
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
+def load_config(path: Path, port: int | None, host: str | None) -> dict:
+    config = yaml.safe_load(path.read_text())
+    http = dict(config.get("http_options") or {})
+    if port is not None:
+        http["port"] = port
+    if host is not None:
+        http["host"] = host
+    config["http_options"] = http
+    return config

@@ -1,0 +1,240 @@
+"""The launcher stopped as service managers stop it, and what it leaves open while it runs:
+SIGTERM to its process group (systemd's default, supervisord's stopasgroup, `tini -g`), to
+every process at once (a cgroup), the systemd unit's own stop (KillMode=mixed), Ray dying
+under it, and the listeners of all its processes."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import shlex
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import psutil
+
+from bench.processes import marked_pids, wait_ready
+from tests.e2e.launcher import (
+    ROOT,
+    STOP_AFTER_DRAIN_S,
+    cleanup,
+    launch_cmd,
+    launcher_env,
+    start,
+)
+from tests.helpers import in_flight
+from tests.service import LOOPBACK, free_port
+
+UNIT = ROOT / "cluster" / "systemd" / "img2vec.service"
+UNIT_ENV = ROOT / "cluster" / "systemd" / "img2vec.env"
+# A stop however it is sent: the launcher's exit, with nothing left (the issue's bound).
+STOP_BOUND_S = 15.0
+
+
+def _statuses(results: list[object]) -> Counter:
+    return Counter(r if isinstance(r, str) else r[0] for r in results)
+
+
+def _record(marker_env: dict[str, str]) -> Path:
+    return Path(marker_env["RAY_TMPDIR"]) / "ray" / "ray_current_cluster"
+
+
+def test_sigterm_to_the_whole_process_group_drains_and_leaves_nothing(tmp_path):
+    """What systemd's default KillMode=control-group, supervisord's stopasgroup and `kill --
+    -PGID` do. Before, Ray's own processes got the signal too: the GCS died at once, the
+    launcher waited 60 s for it and exited 1, and HAProxy and replicas were left running."""
+    port = free_port()
+    log = tmp_path / "launch.log"
+    proc, marker = start(launch_cmd(port, free_port()), launcher_env(), log)
+    url = f"http://{LOOPBACK}:{port}"
+    try:
+        wait_ready(url, timeout_s=240, proc=proc)
+        threads, results = in_flight(url, 24)
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGTERM)  # the test started it as a group leader
+        stopping = time.monotonic()
+        code = proc.wait(90)
+        took = time.monotonic() - stopping
+        for t in threads:
+            t.join(120)
+    finally:
+        left = cleanup(proc, marker)
+    text = log.read_text()
+    statuses = _statuses(results)
+    print(f"group SIGTERM with 24 in flight: {dict(statuses)}, exit {code} after {took:.1f} s")
+    assert code == 0, text[-3000:]
+    drained = float(re.search(r"drained in ([0-9.]+) s", text).group(1))  # type: ignore[union-attr]
+    assert took - drained < STOP_AFTER_DRAIN_S, text[-3000:]
+    assert statuses[200] >= 20 and set(statuses) <= {200, 503}, statuses
+    assert left == [], f"processes left behind: {left}"
+
+
+def test_sigterm_to_every_process_at_once_says_what_was_lost_and_leaves_nothing(tmp_path):
+    """A cgroup stop (every process signalled together): Ray goes down with the launcher, so
+    the requests in flight cannot finish. The launcher notices within seconds (it waited 60 s
+    for the GCS before), says what was lost, exits non-zero and leaves nothing running."""
+    port = free_port()
+    log = tmp_path / "launch.log"
+    proc, marker = start(launch_cmd(port, free_port()), launcher_env(), log)
+    url = f"http://{LOOPBACK}:{port}"
+    try:
+        wait_ready(url, timeout_s=240, proc=proc)
+        # ~2.5 s of work for ResNet50 on 2 cores: after 1 s most are still in flight, and
+        # the launcher (which counts twice a second) has seen them.
+        threads, _ = in_flight(url, 64)
+        time.sleep(1.0)
+        everyone = marked_pids(marker)
+        for pid in everyone:
+            os.kill(pid, signal.SIGTERM)
+        stopping = time.monotonic()
+        code = proc.wait(60)
+        took = time.monotonic() - stopping
+        left_at_exit = marked_pids(marker)
+        for t in threads:
+            t.join(120)
+    finally:
+        left = cleanup(proc, marker)
+    text = log.read_text()
+    print(f"SIGTERM to {len(everyone)} processes: exit {code} after {took:.1f} s")
+    assert code != 0, text[-3000:]
+    assert re.search(r"\d+ requests in flight [0-9.]+ s before were lost", text), text[-3000:]
+    assert took < STOP_BOUND_S, text[-3000:]
+    assert left_at_exit == [] and left == [], f"left behind: {left_at_exit or left}"
+
+
+def _unit() -> configparser.ConfigParser:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(UNIT)
+    return unit
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines())
+    return {k: v for k, v in (p for p in pairs if len(p) == 2) if not k.startswith("#")}
+
+
+def test_the_systemd_unit_stops_the_launcher_alone_and_it_drains_within_the_timeout(tmp_path):
+    """The unit's ExecStart, run as systemd runs it (its working directory, its environment
+    file), and stopped as KillMode=mixed stops: SIGTERM to the main process only, SIGKILL to
+    every process left once TimeoutStopSec has passed. Nothing may be left for that SIGKILL."""
+    service = _unit()["Service"]
+    assert service["KillMode"] == "mixed" and service["KillSignal"] == "SIGTERM"
+    assert service["Restart"] == "on-failure"
+    assert service["EnvironmentFile"].lstrip("-") == "/etc/img2vec/img2vec.env"
+    env_file = _env_file(UNIT_ENV)
+    grace = float(env_file["IMG2VEC_GRACE_S"])
+    timeout_stop = float(service["TimeoutStopSec"])
+    # accept (3 s) + grace + what the launcher adds after its drain, with margin.
+    assert timeout_stop >= 3 + grace + STOP_AFTER_DRAIN_S
+    command = shlex.split(service["ExecStart"])
+    workdir = Path(service["WorkingDirectory"])
+    assert Path(command[0]).parts[-3:] == (".venv", "bin", "python")
+    assert command[1:4] == ["-m", "deployments.launch", "serve_config.yaml"]
+    assert (ROOT / command[3]).is_file() and workdir.name == "img2vec"
+
+    port, metrics_port = free_port(), free_port()
+    # The unit's environment file, with what this machine needs instead: free loopback
+    # ports, and random weights (no download here).
+    overrides = {
+        "IMG2VEC_PORT": str(port),
+        "IMG2VEC_METRICS_PORT": str(metrics_port),
+        "IMG2VEC_HOST": LOOPBACK,
+    }
+    env = launcher_env(**{**env_file, **overrides})
+    env["IMG2VEC_WEIGHTS"] = "random"
+    env.pop("RAY_ADDRESS", None)
+    log = tmp_path / "unit.log"
+    proc, marker = start([sys.executable, *command[1:]], env, log)
+    url = f"http://{LOOPBACK}:{port}"
+    try:
+        wait_ready(url, timeout_s=240, proc=proc)
+        threads, results = in_flight(url, 8)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)  # KillMode=mixed: the main process alone
+        stopping = time.monotonic()
+        code = proc.wait(timeout_stop)
+        took = time.monotonic() - stopping
+        for_sigkill = marked_pids(marker)  # what systemd's final SIGKILL would find
+        for t in threads:
+            t.join(120)
+    finally:
+        left = cleanup(proc, marker)
+    print(f"unit stop: exit {code} after {took:.1f} s; {dict(_statuses(results))}")
+    assert code == 0, log.read_text()[-3000:]
+    assert for_sigkill == [] and left == []
+    assert set(_statuses(results)) <= {200, 503}
+
+
+def _listeners(pids: list[int]) -> list[tuple[str, int, int, str]]:
+    """(address, port, pid, process title) of every listening TCP socket of these processes."""
+    found = []
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
+            try:
+                title = " ".join(psutil.Process(conn.pid).cmdline())
+            except psutil.Error:
+                continue
+            found.append((conn.laddr.ip, conn.laddr.port, conn.pid, title))
+    return found
+
+
+def _loopback(address: str) -> bool:
+    return address in ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+
+
+def test_only_the_service_and_metrics_ports_and_what_serve_forces_listen_beyond_loopback(
+    tmp_path,
+):
+    """On all interfaces (the config's 0.0.0.0; the test itself talks to loopback only), every
+    listener of the launcher's processes is on loopback except: the service port, the metrics
+    port, and what Ray Serve binds to all interfaces whatever it is told (docs/security.md):
+    HAProxy's stats and metrics ports, Serve's fallback proxy, the ingress replicas' own HTTP
+    ports, and the replicas' gRPC servers between deployments. Before, Ray's GCS, raylet,
+    agents, dashboard metrics and every worker listened on all interfaces too.
+    Then Ray's GCS is killed: the launcher notices within seconds and says so."""
+    port, metrics_port = free_port(), free_port()
+    env = launcher_env()
+    log = tmp_path / "launch.log"
+    cmd = launch_cmd(port, metrics_port)
+    cmd[cmd.index("--host") + 1] = "0.0.0.0"
+    proc, marker = start(cmd, env, log)
+    try:
+        wait_ready(f"http://{LOOPBACK}:{port}", timeout_s=240, proc=proc)
+        listeners = _listeners(marked_pids(marker))
+        allowed = {
+            port,
+            metrics_port,
+            int(env["RAY_SERVE_HAPROXY_STATS_PORT"]),
+            int(env["RAY_SERVE_HAPROXY_METRICS_PORT"]),
+            int(env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"]),
+        }
+        unexpected = [
+            entry
+            for entry in listeners
+            if not _loopback(entry[0])
+            and entry[1] not in allowed
+            and not (30000 <= entry[1] < 31000 and "ServeReplica" in entry[3])
+            # The gRPC server every replica opens on [::] for calls between deployments.
+            and not (entry[0] == "::" and "ServeReplica" in entry[3])
+        ]
+        assert listeners and not unexpected, unexpected
+        public_ports = {p for a, p, _, _ in listeners if not _loopback(a)}
+        assert {port, metrics_port} <= public_ports
+
+        (gcs,) = [p for p in marked_pids(marker) if psutil.Process(p).name() == "gcs_server"]
+        os.kill(gcs, signal.SIGKILL)
+        killed = time.monotonic()
+        code = proc.wait(30)
+        noticed = time.monotonic() - killed
+    finally:
+        left = cleanup(proc, marker)
+    text = log.read_text()
+    print(f"GCS killed: the launcher exited {code} after {noticed:.1f} s")
+    assert code == 1 and "Ray stopped under the launcher (gcs_server" in text, text[-3000:]
+    assert noticed < 10
+    assert left == []
