@@ -61,12 +61,18 @@ def _deploy(config: dict, workdir: Path) -> float:
     path = workdir / "deploy.yaml"
     path.write_text(yaml.safe_dump(config))
     started = time.monotonic()
-    subprocess.run(
+    # Ray 2.60 turns token authentication on for the clusters it starts; the CLI sends the
+    # token it finds (~/.ray/auth_token) only in token mode.
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    out = subprocess.run(
         [SERVE_CLI, "deploy", "--address", DASHBOARD, str(path)],
-        check=True,
         capture_output=True,
+        text=True,
         timeout=120,
+        env=env,
     )
+    if out.returncode != 0:
+        raise RuntimeError(f"serve deploy failed: {out.stderr[-2000:]}")
     return time.monotonic() - started
 
 
@@ -83,6 +89,7 @@ def main() -> None:
     bodies = request_bodies(next(iter(image_sets("640x480").values())))
     done = threading.Event()
     log: list[dict] = []
+    failed: list[str] = []
     with tempfile.TemporaryDirectory() as tmp, launched(base, Path(tmp), ROOT) as (url, proc):
         # `serve deploy` sends the whole config, http_options included: the running ones.
         port = int(url.rsplit(":", 1)[1])
@@ -91,12 +98,16 @@ def main() -> None:
 
         def change() -> None:
             scale_downs, i = 0, 0
-            while not done.is_set():
+            while not done.is_set() and not failed:
                 time.sleep(args.step_s)
                 if done.is_set():
                     break
                 name, config = steps[i % len(steps)]
-                took = _deploy(config, Path(tmp))
+                try:
+                    took = _deploy(config, Path(tmp))
+                except Exception as exc:  # reported, and the load stops early
+                    failed.append(repr(exc))
+                    return
                 scale_downs += "2 -> 1" in name
                 log.append({"t": round(time.monotonic() - t0, 1), "step": name, "deploy_s": took})
                 i += 1
@@ -105,8 +116,10 @@ def main() -> None:
         t0 = time.monotonic()
         changer = threading.Thread(target=change, daemon=True)
         changer.start()
-        # Long enough for the changes asked for; bounded in count and time.
-        duration = args.step_s * len(steps) * -(-args.min_scale_downs // 2) + args.step_s
+        # Long enough for the changes asked for (each `serve deploy` takes 1-3 s besides the
+        # step); bounded in count and time.
+        cycles = -(-args.min_scale_downs // 2)
+        duration = (args.step_s + 2.5) * len(steps) * cycles + args.step_s
         result = run_load(
             url + "/vectors",
             bodies,
@@ -126,6 +139,7 @@ def main() -> None:
         "load": result.as_dict(),
         "changes": log,
         "stop": {"exit": code, "seconds": round(stop_s, 1)},
+        "failed": failed,
         "cpu": _cpu(),
     }
     print(json.dumps(summary, indent=2))

@@ -126,7 +126,8 @@ def _count(lifecycle: object, watch: _Watch, local: bool) -> None:
     if watch.ray_down:
         return
     try:
-        watch.inflight = ray.get(lifecycle.inflight.remote(), timeout=CALL_TIMEOUT_S)  # type: ignore[attr-defined]
+        count = lifecycle.inflight.remote()  # type: ignore[attr-defined]
+        watch.inflight = int(ray.get(count, timeout=CALL_TIMEOUT_S))
         watch.counted_at = time.monotonic()
     except Exception as exc:  # the actor or Ray itself is gone: say so, once
         watch.ray_down = _ray_down(local) or f"the launcher's actor did not answer ({exc!r})"
