@@ -39,10 +39,13 @@ want tests && {
     tests/unit/test_cuda.py tests/unit/test_model.py 2>&1 | tail -40
 } > "$out/tests.log" 2>&1
 
-want model && step model && for graph in torchscript eager; do
+want model && step model && for graph in torchscript eager compiled; do
   dtypes=float32,tf32,float16,bfloat16
   [[ $graph == eager ]] && dtypes=float32,float16
-  limit=100; [[ $graph == eager ]] && limit=45
+  # graph compiled (torch.compile, CUDA graphs at the padded sizes): float32 and float16, with
+  # its compile time in model.err; its drift in the drift step.
+  [[ $graph == compiled ]] && dtypes=float16,float32
+  limit=100; [[ $graph == eager ]] && limit=45; [[ $graph == compiled ]] && limit=150
   timeout $limit "$py" -m bench.model --device cuda --graph "$graph" --dtypes "$dtypes" \
     --batches 1,8,32,64,128,256 --min-time 0.8
 done > "$out/model.jsonl" 2> "$out/model.err"
@@ -55,7 +58,7 @@ step service
 nvidia-smi dmon -s u -d 1 > "$out/dmon.txt" 2>&1 &
 dmon=$!
 timeout 190 "$py" -m bench.run --config serve_config.gpu.yaml --ingress-replicas 6 \
-  --systems service \
+  --systems service --service-engines "" \
   --concurrency 1,32,256,1024 --images 640x480 --duration 6 --warmup 2 \
   --max-requests 100000 --out /tmp/gpu-run --no-docs > "$out/service.log" 2>&1
 kill "$dmon" 2>/dev/null
@@ -71,7 +74,7 @@ want where && step where && for env in "" RAY_SERVE_ENABLE_HA_PROXY=1; do
 done > "$out/where.log" 2>&1
 
 want drift && step drift && timeout 75 "$py" -m bench.drift --device cuda --dtypes float32,tf32,float16,bfloat16 \
-  --graphs torchscript --no-draft > "$out/drift.jsonl" 2>&1
+  --graphs torchscript,compiled --no-draft > "$out/drift.jsonl" 2>&1
 
 want probe && step probe && timeout 80 "$py" -m bench.cuda_probe > "$out/probe.jsonl" 2>&1
 step done

@@ -60,7 +60,7 @@ def bench_model(
     min_time_s: float = 4.0,
     torch_threads: int | None = None,
     dtype: str = "float32",
-    graph: str = "torchscript",
+    graph: str = "auto",
 ) -> dict:
     embedder = build_embedder(
         model="resnet50",
@@ -88,7 +88,11 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float32")
     parser.add_argument("--batches", default="1,2,4,8,16")
     parser.add_argument("--min-time", type=float, default=4.0)
-    parser.add_argument("--graph", default="torchscript", choices=["torchscript", "eager"])
+    parser.add_argument(
+        "--graph",
+        default="auto",
+        choices=["auto", "openvino", "torchscript", "eager", "compiled"],
+    )
     args = parser.parse_args()
     batches = tuple(int(b) for b in args.batches.split(","))
     for dtype in args.dtypes.split(","):

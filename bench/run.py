@@ -37,6 +37,7 @@ from bench.processes import (
     wait_ready,
 )
 from bench.report import PRIMARY, write_report
+from img2vec.errors import Img2VecError
 
 ROOT = Path(__file__).resolve().parents[1]
 # Ray runs its workers at nice 15; everything the benchmark starts runs at that level too, so
@@ -167,6 +168,29 @@ def run_service(
         return drive("service", url, proc.pid, sets, args)
 
 
+def _engines(spec: str) -> list[tuple[str, str]]:
+    """`graph:dtype,...` -> [(graph, dtype), ...]."""
+    return [tuple(item.split(":", 1)) for item in spec.split(",") if item]  # type: ignore[misc]
+
+
+def run_engine_service(
+    images: dict, graph: str, dtype: str, args: argparse.Namespace, workdir: Path
+) -> list[dict]:
+    """The service on another engine or dtype than the default, at concurrency 1 and 32 on
+    the primary image set: enough for its latency and its ratio to the bare models."""
+    config = fixed_ingress(yaml.safe_load((ROOT / args.config).read_text()), args.ingress_replicas)
+    config["applications"][0]["args"].update(graph=graph, dtype=dtype)
+    sets = {PRIMARY: request_bodies(images[PRIMARY])} if PRIMARY in images else {}
+    sub = argparse.Namespace(**{**vars(args), "concurrency": [1, 32]})
+    try:
+        with launched(config, workdir, ROOT, extra_env=args.serve_env) as (url, proc):
+            rows = drive(f"service {graph} {dtype}", url, proc.pid, sets, sub)
+    except RuntimeError as exc:  # refused at start-up (the dtype on this CPU): say so
+        print(f"service {graph} {dtype}: not run ({str(exc)[-300:]})", flush=True)
+        return []
+    return rows
+
+
 def run_baseline(sets: dict, args: argparse.Namespace, workdir: Path) -> list[dict]:
     port = free_port()
     cmd = [sys.executable, "-m", "bench.baseline", "--port", str(port)]
@@ -218,6 +242,16 @@ def main() -> None:
         "--ray-defaults", action="store_true", help="ignore serve.env (Ray Serve's defaults)"
     )
     parser.add_argument("--no-bulk", action="store_true", help="skip the bulk-route rows")
+    parser.add_argument(
+        "--engines",
+        default="torchscript:float32,openvino:float32,openvino:bfloat16",
+        help="bare-model rows: graph:dtype,...",
+    )
+    parser.add_argument(
+        "--service-engines",
+        default="torchscript:float32,openvino:bfloat16",
+        help="service rows besides the default engine (c1 and c32): graph:dtype,...",
+    )
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite benchmarks.md")
     args = parser.parse_args()
@@ -235,16 +269,28 @@ def main() -> None:
         sets[PRIMARY + BULK_SUFFIX] = bulk_bodies(images[PRIMARY])
     if "model" in systems:
         batches = tuple(int(b) for b in args.model_batches.split(","))
-        # What the service runs (a frozen TorchScript graph), and plain eager torchvision.
-        results["model"] = bench_model(device=args.model_device, batches=batches)
+        # The service's default engine on this device, and plain eager torchvision.
+        results["model"] = bench_model(device=args.model_device, batches=batches, graph="auto")
         results["model_eager"] = bench_model(
             device=args.model_device, batches=batches, graph="eager"
         )
         print(json.dumps(results["model"]), json.dumps(results["model_eager"]), flush=True)
+        results["engines"] = []
+        for graph, dtype in _engines(args.engines):
+            try:
+                row = bench_model(
+                    device=args.model_device, batches=batches, graph=graph, dtype=dtype
+                )
+            except Img2VecError as exc:  # e.g. bfloat16 on a CPU without AMX / AVX512-BF16
+                row = {"graph": graph, "dtype": dtype, "refused": exc.message}
+            results["engines"].append(row)
+            print(json.dumps(row), flush=True)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="img2vec-bench-") as tmp:
         if "service" in systems:
             rows += run_service(sets, args, Path(tmp))
+            for graph, dtype in _engines(args.service_engines):
+                rows += run_engine_service(images, graph, dtype, args, Path(tmp))
         if "baseline" in systems:
             rows += run_baseline(sets, args, Path(tmp))
     results["load"] = rows

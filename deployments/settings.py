@@ -32,14 +32,19 @@ class EmbedderSettings(_Settings):
     )
     weights: str = Field(DOWNLOAD, description="'download', a state-dict path, or 'random'")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # float32 is IEEE float32 on every device (TF32 off on GPUs). With real MobileNetV2
-    # weights (`make bench-drift`), float16 kept cosine >= 0.99995 to float32; bfloat16 fell
-    # to 0.969, below the 0.999 we require, so the service does not offer it.
-    dtype: Literal["float32", "tf32", "float16"] = Field(
-        "float32", description="float32 matches img2vec-pytorch; tf32 and float16 are GPU options"
+    # float32 is IEEE float32 on every device (TF32 off on GPUs): the vectors of the container
+    # img2vec replaces. The others change vectors (`make bench-drift`, docs/benchmarks.md):
+    # float16 (GPU) kept cosine >= 0.99995 with real MobileNetV2 weights; bfloat16 (CPU fast
+    # mode, OpenVINO on AMX / AVX512-BF16) is for new indexes only, never the default.
+    dtype: Literal["float32", "tf32", "float16", "bfloat16"] = Field(
+        "float32",
+        description="float32 matches img2vec-pytorch; tf32, float16 (GPU) and bfloat16 (CPU "
+        "fast mode) change vectors",
     )
-    graph: Literal["torchscript", "eager"] = Field(
-        "torchscript", description="frozen TorchScript graph, or plain eager torchvision"
+    graph: Literal["auto", "openvino", "torchscript", "eager", "compiled"] = Field(
+        "auto",
+        description="auto: OpenVINO on CPU, frozen TorchScript on GPU; or one of them, eager, "
+        "or compiled (torch.compile with CUDA graphs, GPU only, not yet measured)",
     )
     torch_threads: int | None = Field(
         None,

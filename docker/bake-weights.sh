@@ -1,5 +1,7 @@
 #!/bin/sh
-# The image's weights step: fetch each model's weights into $TORCH_HOME and verify them.
+# The image's weights step: fetch each model's weights into $TORCH_HOME, verify them, and
+# convert them for the CPU engine (OpenVINO, cached under $TORCH_HOME/img2vec-engines) so that
+# the container's first start does not.
 #   docker/bake-weights.sh resnet50[,convnext_tiny...]
 # IMG2VEC_WEIGHTS_FROM (a mirror URL or a local file, one model) replaces the download.
 # tests/unit/test_container.py runs this very script against a local file.
@@ -12,4 +14,5 @@ for model in $models; do
         img2vec weights fetch "$model"
     fi
     img2vec weights verify "$model"
+    python -m img2vec.engines "$model"
 done

@@ -19,6 +19,13 @@ import torch
 import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from img2vec.engines import (
+    OPENVINO,
+    OPENVINO_PRECISIONS,
+    Normalized,
+    OpenVINOEngine,
+    openvino_available,
+)
 from img2vec.errors import ConfigError, WeightsError, brief
 from img2vec.preprocessing import Preprocess, get_preset
 from img2vec.weights import (
@@ -36,7 +43,11 @@ from img2vec.weights import (
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
-GRAPHS = ("torchscript", "eager")
+# `auto`: OpenVINO on CPU where it is installed (1.3-1.6x the frozen graph, the same vectors:
+# docs/benchmarks.md#engines), the frozen TorchScript graph elsewhere.
+# `compiled` (CUDA only): torch.compile with CUDA graphs at the padded batch sizes, prepared
+# for a GPU lease (bench/gpu.sh measures it; nothing is claimed for it before that run).
+GRAPHS = ("auto", "torchscript", "eager", "openvino", "compiled")
 RANDOM_SEED = 0
 # Storage dtype, and whether float32 math may use TF32 tensor cores. `float32` is what
 # img2vec-pytorch computes, and it means IEEE float32 on every device: cuDNN would otherwise
@@ -48,6 +59,13 @@ PRECISIONS: dict[str, tuple[torch.dtype, bool]] = {
     "float16": (torch.float16, False),
     "bfloat16": (torch.bfloat16, False),
 }
+
+
+VECTORS_OF = {"float32": "float32: the vectors of img2vec-pytorch; existing indexes stay valid"}
+VECTORS_OTHER = (
+    "changed by the faster precision (docs/benchmarks.md#engines): for new indexes only, "
+    "never mixed with float32 vectors"
+)
 
 
 def precision(dtype: str) -> tuple[torch.dtype, bool]:
@@ -71,6 +89,8 @@ class ModelInfo:
     dtype: str
     graph: str
     torch_threads: int
+    # Whether an index built with img2vec-pytorch (float32) can take these vectors.
+    vectors: str
 
 
 class Embedder:
@@ -89,8 +109,6 @@ class Embedder:
         pad_to_buckets: bool | None = None,
         name: str | None = None,
     ) -> None:
-        if graph not in GRAPHS:
-            raise ConfigError(f"graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
         self.spec = spec
         self.name = name or spec.name  # as asked for: `convnext_tiny:native` names its preset
         self.device = device
@@ -103,11 +121,50 @@ class Embedder:
         self.pad_to_buckets = device.type == "cuda" if pad_to_buckets is None else pad_to_buckets
         self._mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
-        module = module.to(device, self.dtype).to(memory_format=torch.channels_last)
-        self._module = _freeze(module, self._example(1)) if graph == "torchscript" else module
-        self.graph = "torchscript" if isinstance(self._module, torch.jit.ScriptModule) else "eager"
         self.warmed: set[int] = set()
         self.buckets: list[int] = []  # the padded batch sizes, set by warm_up()
+        asked, graph = graph, resolve_graph(graph, device, dtype)
+        self._engine: OpenVINOEngine | None = None
+        if graph == OPENVINO:
+            try:
+                self._engine = self._openvino(module, dtype)
+            except Exception as exc:
+                if asked == OPENVINO or isinstance(exc, ConfigError):
+                    raise
+                # `auto`: a backbone OpenVINO cannot take runs on PyTorch, and says so.
+                log.warning("OpenVINO could not take %s (%s): graph torchscript", spec.name, exc)
+                graph = "torchscript"
+        if self._engine is not None:
+            self._module = module
+            self.graph = OPENVINO
+            self.pad_to_buckets = False
+            return
+        module = module.to(device, self.dtype).to(memory_format=torch.channels_last)
+        if graph == "compiled":
+            # Each padded batch size is compiled and its CUDA graph captured in warm_up(), on
+            # the batcher's forward thread, before the replica reports ready.
+            self._module = torch.compile(module, mode="reduce-overhead", dynamic=False)
+            self.graph = "compiled"
+            return
+        self._module = _freeze(module, self._example(1)) if graph == "torchscript" else module
+        self.graph = "torchscript" if isinstance(self._module, torch.jit.ScriptModule) else "eager"
+
+    def _openvino(self, module: torch.nn.Module, dtype: str) -> OpenVINOEngine:
+        identity = {
+            "model": self.spec.name,
+            "feature_node": self.spec.feature_node,
+            "weights_sha256": self._weights.sha256 or f"random-seed{RANDOM_SEED}",
+            "input_size": list(self.input_size),
+            "preprocess": [self.preprocess.name, *self.preprocess.mean, *self.preprocess.std],
+        }
+        normalized = Normalized(module.float(), self.preprocess.mean, self.preprocess.std)
+        return OpenVINOEngine(
+            normalized,
+            input_size=self.input_size,
+            identity=identity,
+            dtype=dtype,
+            threads=torch.get_num_threads(),
+        )
 
     def _example(self, n: int) -> torch.Tensor:
         x = torch.zeros((n, 3, *self.input_size), device=self.device, dtype=self.dtype)
@@ -133,11 +190,14 @@ class Embedder:
             dtype=self.dtype_name,
             graph=self.graph,
             torch_threads=torch.get_num_threads(),
+            vectors=VECTORS_OF.get(self.dtype_name, VECTORS_OTHER),
         )
 
     def embed(self, images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """uint8 arrays (H, W, 3), all of the preset's size -> float32 (N, dim)."""
         batch = _stack(images, self.input_size)
+        if self._engine is not None:
+            return self._engine(batch)
         n = batch.shape[0]
         with torch.inference_mode():
             x = torch.from_numpy(batch)
@@ -174,6 +234,26 @@ def normalize(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> tor
         raise ValueError(f"expected uint8 (N, H, W, 3), got {batch.dtype} {tuple(batch.shape)}")
     x = batch.permute(0, 3, 1, 2).to(torch.float32).div(255)
     return x.sub_(mean).div_(std)
+
+
+def resolve_graph(graph: str, device: torch.device, dtype: str) -> str:
+    """The graph `graph` names on this device: `auto` is OpenVINO on CPU where it is installed
+    and runs this dtype, else the frozen TorchScript graph. OpenVINO is CPU only."""
+    if graph not in GRAPHS:
+        raise ConfigError(f"graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
+    if graph == "auto":
+        usable = device.type == "cpu" and dtype in OPENVINO_PRECISIONS and openvino_available()
+        return OPENVINO if usable else "torchscript"
+    if graph == "compiled" and device.type != "cuda":
+        raise ConfigError(
+            "graph compiled (torch.compile with CUDA graphs) is for CUDA GPUs; on CPU use auto"
+        )
+    if graph == OPENVINO:
+        if device.type != "cpu":
+            raise ConfigError("graph openvino runs on CPU; on a GPU use torchscript or eager")
+        if not openvino_available():
+            raise ConfigError("graph openvino needs the openvino package: pip install openvino")
+    return graph
 
 
 def bucket_sizes(max_batch_size: int) -> list[int]:
@@ -344,7 +424,7 @@ def build_embedder(
     device: str = "auto",
     torch_threads: int | None = None,
     dtype: str = "float32",
-    graph: str = "torchscript",
+    graph: str = "auto",
     preprocess: str | None = None,
     download_timeout_s: float = DEFAULT_DOWNLOAD_TIMEOUT_S,
 ) -> Embedder:

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
 
 from img2vec.weights import SPECS
 from tests.conftest import b64, encode, photo
@@ -113,3 +115,23 @@ def serving(payload: bytes, chunk_delay_s: float = 0.0) -> Iterator[tuple[str, t
     handler = type("Handler", (_Files,), {"payload": payload, "chunk_delay_s": chunk_delay_s})
     with loopback_server(handler) as base:
         yield f"{base}/{SPECS['mobilenet_v2'].weights_file}", handler
+
+
+def augmented(img: Image.Image, rng: np.random.Generator) -> list[Image.Image]:
+    """Four altered copies of a photo (cropped, mirrored, colour-jittered, shrunk): queries
+    that should still find their original (tests/integration/test_retrieval.py,
+    bench/drift.py's recall@1)."""
+    w, h = img.size
+
+    def crop(frac: float) -> Image.Image:
+        cw, ch = int(w * frac), int(h * frac)
+        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        return img.crop((x, y, x + cw, y + ch))
+
+    jitter = ImageEnhance.Color(ImageEnhance.Brightness(img).enhance(rng.uniform(0.7, 1.3)))
+    return [
+        crop(0.8),
+        ImageOps.mirror(img),
+        jitter.enhance(rng.uniform(0.6, 1.4)),
+        ImageOps.mirror(crop(0.85)).resize((w // 2, h // 2)),
+    ]

@@ -126,6 +126,7 @@ def ray_serve(num_cpus: int = 16) -> Iterator[ServeInstance]:
     proxy_env = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "deployments.proxy:middlewares"}
     with (
         tempfile.TemporaryDirectory(prefix="img2vec-workers-tmp-") as tmpdir,
+        tempfile.TemporaryDirectory(prefix="img2vec-engines-") as engines,
         mock.patch.dict(os.environ, proxy_env),
     ):
         metrics_port = free_port()
@@ -135,7 +136,14 @@ def ray_serve(num_cpus: int = 16) -> Iterator[ServeInstance]:
             include_dashboard=False,
             object_store_memory=512 * 1024 * 1024,
             log_to_driver=os.environ.get("IMG2VEC_TEST_RAY_LOGS") == "1",
-            runtime_env={"env_vars": {"TMPDIR": tmpdir, "IMG2VEC_TEST_RUN": marker}},
+            runtime_env={
+                "env_vars": {
+                    "TMPDIR": tmpdir,
+                    "IMG2VEC_TEST_RUN": marker,
+                    # Converted models of this run's own (img2vec/engines.py), not the user's.
+                    "IMG2VEC_ENGINE_CACHE": engines,
+                }
+            },
             _metrics_export_port=metrics_port,
             # Metrics reach the endpoint within a second or two instead of ten.
             _system_config={"metrics_report_interval_ms": 1000},

@@ -12,9 +12,12 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.processes import MARKER_VAR, marked_pids, own_ports
+from tests.helpers import in_flight
 from tests.service import LOOPBACK, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,3 +106,34 @@ def cleanup(proc: subprocess.Popen, marker: str) -> list[int]:
         proc.wait(30)
     shutil.rmtree(RAY_TMP.pop(marker), ignore_errors=True)
     return left
+
+
+@dataclass
+class Stopped:
+    code: int  # the launcher's exit code
+    took_s: float  # from the stop to its exit
+    results: list[object]  # each in-flight request's (status, content type) or exception name
+    left_at_exit: list[int]  # marked processes still there when it exited
+
+
+def stop_under_load(
+    proc: subprocess.Popen,
+    marker: str,
+    url: str,
+    n: int,
+    stop: Callable[[], None],
+    settle_s: float = 0.5,
+    timeout_s: float = 90,
+) -> Stopped:
+    """`n` requests in flight (tests/helpers.in_flight), then `stop()` after `settle_s`; waits
+    for the launcher's exit and for every request's answer."""
+    threads, results = in_flight(url, n)
+    time.sleep(settle_s)
+    stop()
+    stopping = time.monotonic()
+    code = proc.wait(timeout_s)
+    took = time.monotonic() - stopping
+    left = marked_pids(marker)
+    for t in threads:
+        t.join(120)
+    return Stopped(code, took, results, left)

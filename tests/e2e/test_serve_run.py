@@ -37,8 +37,8 @@ from tests.e2e.launcher import (
     launcher_env,
     stale_record,
     start,
+    stop_under_load,
 )
-from tests.helpers import in_flight
 from tests.service import LOOPBACK, free_port
 
 SERVE_CLI = str(Path(sys.executable).with_name("serve"))
@@ -176,16 +176,11 @@ def test_sigterm_drains_in_flight_requests_and_leaves_nothing_behind(tmp_path):
     url = f"http://{LOOPBACK}:{port}"
     try:
         wait_ready(url, timeout_s=240, proc=proc)
-        threads, results = in_flight(url, 48)  # ~3 s of work for ResNet50 on 2 cores
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
-        stopping = time.monotonic()
-        code = proc.wait(90)
-        took = time.monotonic() - stopping
-        for t in threads:
-            t.join(120)
+        # ~3 s of work for ResNet50 on 2 cores
+        stopped = stop_under_load(proc, marker, url, 48, lambda: proc.send_signal(signal.SIGTERM))
     finally:
         left = cleanup(proc, marker)
+    code, took, results = stopped.code, stopped.took_s, stopped.results
     statuses = Counter(r if isinstance(r, str) else r[0] for r in results)
     print(f"in flight at SIGTERM: {dict(statuses)}; the launcher exited {took:.1f} s later")
     text = (tmp_path / "launch.log").read_text()

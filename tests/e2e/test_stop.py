@@ -9,11 +9,11 @@ import configparser
 import os
 import re
 import shlex
-import signal
 import sys
 import time
 from collections import Counter
 from pathlib import Path
+from signal import SIGKILL, SIGTERM
 
 import psutil
 
@@ -25,8 +25,8 @@ from tests.e2e.launcher import (
     launch_cmd,
     launcher_env,
     start,
+    stop_under_load,
 )
-from tests.helpers import in_flight
 from tests.service import LOOPBACK, free_port
 
 UNIT = ROOT / "cluster" / "systemd" / "img2vec.service"
@@ -53,18 +53,12 @@ def test_sigterm_to_the_whole_process_group_drains_and_leaves_nothing(tmp_path):
     url = f"http://{LOOPBACK}:{port}"
     try:
         wait_ready(url, timeout_s=240, proc=proc)
-        threads, results = in_flight(url, 24)
-        time.sleep(0.5)
-        os.killpg(proc.pid, signal.SIGTERM)  # the test started it as a group leader
-        stopping = time.monotonic()
-        code = proc.wait(90)
-        took = time.monotonic() - stopping
-        for t in threads:
-            t.join(120)
+        # The test started it as a group leader: the group is its pid.
+        stopped = stop_under_load(proc, marker, url, 24, lambda: os.killpg(proc.pid, SIGTERM))
     finally:
         left = cleanup(proc, marker)
-    text = log.read_text()
-    statuses = _statuses(results)
+    text, code, took = log.read_text(), stopped.code, stopped.took_s
+    statuses = _statuses(stopped.results)
     print(f"group SIGTERM with 24 in flight: {dict(statuses)}, exit {code} after {took:.1f} s")
     assert code == 0, text[-3000:]
     drained = float(re.search(r"drained in ([0-9.]+) s", text).group(1))  # type: ignore[union-attr]
@@ -81,24 +75,26 @@ def test_sigterm_to_every_process_at_once_says_what_was_lost_and_leaves_nothing(
     log = tmp_path / "launch.log"
     proc, marker = start(launch_cmd(port, free_port()), launcher_env(), log)
     url = f"http://{LOOPBACK}:{port}"
+    everyone: list[int] = []
+
+    def signal_everyone() -> None:
+        everyone.extend(marked_pids(marker))
+        for pid in everyone:
+            os.kill(pid, SIGTERM)
+
     try:
         wait_ready(url, timeout_s=240, proc=proc)
         # ~2.5 s of work for ResNet50 on 2 cores: after 1 s most are still in flight, and
         # the launcher (which counts twice a second) has seen them.
-        threads, _ = in_flight(url, 64)
-        time.sleep(1.0)
-        everyone = marked_pids(marker)
-        for pid in everyone:
-            os.kill(pid, signal.SIGTERM)
-        stopping = time.monotonic()
-        code = proc.wait(60)
-        took = time.monotonic() - stopping
-        left_at_exit = marked_pids(marker)
-        for t in threads:
-            t.join(120)
+        stopped = stop_under_load(proc, marker, url, 64, signal_everyone, settle_s=1.0)
     finally:
         left = cleanup(proc, marker)
-    text = log.read_text()
+    text, code, took, left_at_exit = (
+        log.read_text(),
+        stopped.code,
+        stopped.took_s,
+        stopped.left_at_exit,
+    )
     print(f"SIGTERM to {len(everyone)} processes: exit {code} after {took:.1f} s")
     assert code != 0, text[-3000:]
     assert re.search(r"\d+ requests in flight [0-9.]+ s before were lost", text), text[-3000:]
@@ -153,21 +149,16 @@ def test_the_systemd_unit_stops_the_launcher_alone_and_it_drains_within_the_time
     url = f"http://{LOOPBACK}:{port}"
     try:
         wait_ready(url, timeout_s=240, proc=proc)
-        threads, results = in_flight(url, 8)
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)  # KillMode=mixed: the main process alone
-        stopping = time.monotonic()
-        code = proc.wait(timeout_stop)
-        took = time.monotonic() - stopping
-        for_sigkill = marked_pids(marker)  # what systemd's final SIGKILL would find
-        for t in threads:
-            t.join(120)
+        # KillMode=mixed: the main process alone, SIGKILL for the rest after TimeoutStopSec.
+        stop = lambda: proc.send_signal(SIGTERM)  # noqa: E731
+        stopped = stop_under_load(proc, marker, url, 8, stop, timeout_s=timeout_stop)
     finally:
         left = cleanup(proc, marker)
-    print(f"unit stop: exit {code} after {took:.1f} s; {dict(_statuses(results))}")
-    assert code == 0, log.read_text()[-3000:]
-    assert for_sigkill == [] and left == []
-    assert set(_statuses(results)) <= {200, 503}
+    statuses = _statuses(stopped.results)
+    print(f"unit stop: exit {stopped.code} after {stopped.took_s:.1f} s; {dict(statuses)}")
+    assert stopped.code == 0, log.read_text()[-3000:]
+    assert stopped.left_at_exit == [] and left == []  # nothing for systemd's final SIGKILL
+    assert set(statuses) <= {200, 503}
 
 
 def _listeners(pids: list[int]) -> list[tuple[str, int, int, str]]:
@@ -227,7 +218,7 @@ def test_only_the_service_and_metrics_ports_and_what_serve_forces_listen_beyond_
         assert {port, metrics_port} <= public_ports
 
         (gcs,) = [p for p in marked_pids(marker) if psutil.Process(p).name() == "gcs_server"]
-        os.kill(gcs, signal.SIGKILL)
+        os.kill(gcs, SIGKILL)
         killed = time.monotonic()
         code = proc.wait(30)
         noticed = time.monotonic() - killed

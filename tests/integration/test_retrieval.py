@@ -8,26 +8,9 @@ import json
 
 import httpx
 import numpy as np
-from PIL import Image, ImageEnhance, ImageOps
 
 from tests.conftest import b64, encode
-
-
-def augmented(img: Image.Image, rng: np.random.Generator) -> list[Image.Image]:
-    w, h = img.size
-
-    def crop(frac: float) -> Image.Image:
-        cw, ch = int(w * frac), int(h * frac)
-        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        return img.crop((x, y, x + cw, y + ch))
-
-    jitter = ImageEnhance.Color(ImageEnhance.Brightness(img).enhance(rng.uniform(0.7, 1.3)))
-    return [
-        crop(0.8),
-        ImageOps.mirror(img),
-        jitter.enhance(rng.uniform(0.6, 1.4)),
-        ImageOps.mirror(crop(0.85)).resize((w // 2, h // 2)),
-    ]
+from tests.helpers import augmented
 
 
 def vectors(url: str, images: list[bytes]) -> np.ndarray:

@@ -63,8 +63,12 @@ def test_unknown_model_and_missing_weights_fail_at_build(tmp_path):
 def test_precision_and_graph_are_named_options():
     args = resolve_args(None, {"IMG2VEC_DTYPE": "tf32", "IMG2VEC_GRAPH": "eager"})
     assert (args.dtype, args.graph) == ("tf32", "eager")
+    # The defaults: the vectors of the container replaced, on the device's default engine.
+    assert (resolve_args(None, {}).dtype, resolve_args(None, {}).graph) == ("float32", "auto")
+    fast = resolve_args(None, {"IMG2VEC_DTYPE": "bfloat16", "IMG2VEC_GRAPH": "openvino"})
+    assert (fast.dtype, fast.graph) == ("bfloat16", "openvino")  # the CPU fast mode
     with pytest.raises(ConfigError, match="dtype"):
-        resolve_args(None, {"IMG2VEC_DTYPE": "bfloat16"})  # drift 0.969: not offered
+        resolve_args(None, {"IMG2VEC_DTYPE": "int8"})
 
 
 def test_download_happens_once_at_build_and_fails_fast_offline(monkeypatch, tmp_path):

@@ -85,6 +85,9 @@ def test_the_weights_baking_step_verifies_what_it_bakes(tmp_path, mobilenet_v2_f
     assert out.returncode == 0, out.stderr
     baked = tmp_path / "torch/hub/checkpoints/mobilenet_v2-b0353104.pth"
     assert sha256_of(baked) == SPECS["mobilenet_v2"].sha256 and "OK" in out.stdout
+    # ...and converts them for the CPU engine, cached beside them: the first start finds it.
+    (entry,) = (tmp_path / "torch" / "img2vec-engines").iterdir()
+    assert {"model.xml", "model.bin", "key.json"} <= {f.name for f in entry.iterdir()}
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"corrupt")
     env.update(TORCH_HOME=str(tmp_path / "t2"), IMG2VEC_WEIGHTS_FROM=str(bad))

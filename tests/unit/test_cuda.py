@@ -33,6 +33,19 @@ def case(request, photos, resnet50_file, mobilenet_v2_file):
     return request.param, path, expected, arrays
 
 
+def test_the_compiled_graph_gives_the_reference_vectors_in_float32(case):
+    """graph compiled (torch.compile, CUDA graphs at the padded sizes): prepared for a GPU
+    lease; the same parity as the frozen graph before it is offered as anything more."""
+    model, path, expected, arrays = case
+    emb = build_embedder(model=model, weights=str(path), device="cuda", graph="compiled")
+    emb.warm_up(8)
+    assert emb.info().graph == "compiled"
+    out = emb.embed(arrays)
+    separation = min_separation(expected)
+    for (name, ref), vec in zip(expected.items(), out, strict=True):
+        assert_same_vector(vec, ref, separation, f"{model} {name} compiled")
+
+
 def test_float32_on_cuda_gives_the_reference_vectors(case):
     model, path, expected, arrays = case
     emb = build_embedder(model=model, weights=str(path), device="cuda")

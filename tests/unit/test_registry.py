@@ -95,8 +95,26 @@ def test_native_names_select_the_models_own_preprocessing():
 def test_the_frozen_graph_gives_the_eager_vectors(name):
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
-    frozen = build_embedder(model=name, weights="random", device="cpu")
+    frozen = build_embedder(model=name, weights="random", device="cpu", graph="torchscript")
     eager = build_embedder(model=name, weights="random", device="cpu", graph="eager")
     assert frozen.info().graph == "torchscript"
     for a, b in zip(frozen.embed(images), eager.embed(images), strict=True):
+        assert relative_error(a, b) < 1e-4, name
+
+
+@pytest.mark.parametrize(
+    "name", ["mobilenet_v3_large", "efficientnet_b0", "convnext_tiny", "vit_b_16"]
+)
+def test_every_architecture_runs_on_the_cpu_engine_with_the_eager_vectors(
+    name, tmp_path, monkeypatch
+):
+    """The default CPU engine takes each kind of backbone in the registry (the ResNets and
+    MobileNetV2: tests/unit/test_engines.py) and gives PyTorch's vectors."""
+    monkeypatch.setenv("IMG2VEC_ENGINE_CACHE", str(tmp_path))
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    engine = build_embedder(model=name, weights="random", device="cpu", torch_threads=2)
+    eager = build_embedder(model=name, weights="random", device="cpu", graph="eager")
+    assert engine.info().graph == "openvino"
+    for a, b in zip(engine.embed(images), eager.embed(images), strict=True):
         assert relative_error(a, b) < 1e-4, name
