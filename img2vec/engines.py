@@ -69,12 +69,15 @@ class Normalized(torch.nn.Module):
     ) -> None:
         super().__init__()
         self.features = features
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 3, 1, 2).to(torch.float32).div(255)
-        return self.features(x.sub(self.mean).div(self.std))
+        out: torch.Tensor = self.features(x.sub(self.mean).div(self.std))
+        return out
 
 
 def cache_key(identity: Mapping[str, Any]) -> dict[str, Any]:

@@ -143,7 +143,8 @@ class Embedder:
         if graph == "compiled":
             # Each padded batch size is compiled and its CUDA graph captured in warm_up(), on
             # the batcher's forward thread, before the replica reports ready.
-            self._module = torch.compile(module, mode="reduce-overhead", dynamic=False)
+            compiled: Any = torch.compile(module, mode="reduce-overhead", dynamic=False)
+            self._module = compiled
             self.graph = "compiled"
             return
         self._module = _freeze(module, self._example(1)) if graph == "torchscript" else module
