@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,8 +27,23 @@ MARKER_VAR = "IMG2VEC_RUN_MARKER"
 LOOPBACK = "127.0.0.1"
 
 
+# Ports handed out here come from below the kernel's ephemeral range (32768-60999), where Ray's
+# own processes take theirs (port 0, chosen by the kernel), and below Serve's direct-ingress
+# range (30000-31000): a port free now is then not taken by Ray before the service binds it
+# (seen once in CI: HAProxy's metrics port "Address already in use").
+PORT_RANGE = (20000, 30000)
+
+
 def free_port() -> int:
-    """A TCP port free on the loopback interface right now."""
+    """A TCP port free on the loopback interface right now, outside the ranges Ray uses."""
+    for _ in range(200):
+        port = random.randrange(*PORT_RANGE)
+        with socket.socket() as s:
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         return s.getsockname()[1]

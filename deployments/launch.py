@@ -365,6 +365,7 @@ def _config_host(config: Path) -> str:
 
 
 def _free_loopback_port() -> int:
+    """For the Ray agent's metrics, reached only by the supervisor."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
