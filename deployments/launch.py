@@ -43,7 +43,6 @@ from pathlib import Path
 from types import FrameType
 
 import psutil
-import yaml
 
 from deployments.node import (
     clear_stale_record,
@@ -350,18 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     # ours and no metrics port.
     metrics = None
     if ray_address(args.address) == "local":
-        host = args.metrics_host or args.host or _config_host(Path(args.config))
+        http = load_config(Path(args.config), args.port, args.host)["http_options"]
+        host = args.metrics_host or http.get("host") or "0.0.0.0"
         internal = _free_loopback_port()
         metrics = (host, args.metrics_port, internal)
         argv += ["--metrics-port", str(internal), "--public-metrics-port", str(args.metrics_port)]
     return supervise(argv, metrics)
-
-
-def _config_host(config: Path) -> str:
-    try:
-        return str((yaml.safe_load(config.read_text()).get("http_options") or {})["host"])
-    except (OSError, KeyError, AttributeError, TypeError):
-        return "0.0.0.0"
 
 
 def _free_loopback_port() -> int:
