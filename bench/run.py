@@ -152,20 +152,27 @@ def drive(name: str, url: str, pid: int, sets: dict, args: argparse.Namespace) -
     return rows
 
 
+def _service_config(args: argparse.Namespace) -> dict:
+    config = yaml.safe_load((ROOT / args.config).read_text())
+    return fixed_ingress(config, args.ingress_replicas)
+
+
 def run_service(
-    sets: dict, args: argparse.Namespace, workdir: Path, config: dict | None = None
+    sets: dict,
+    args: argparse.Namespace,
+    workdir: Path,
+    config: dict | None = None,
+    name: str = "service",
 ) -> list[dict]:
     """The service as `make serve` runs it (`python -m deployments.launch`, serve.env
     applied), on a copy of the config bound to a free loopback port."""
-    if config is None:
-        config = yaml.safe_load((ROOT / args.config).read_text())
-        config = fixed_ingress(config, args.ingress_replicas)
+    config = _service_config(args) if config is None else config
     env_text = "" if args.ray_defaults else None
     with launched(config, workdir, ROOT, serve_env_text=env_text, extra_env=args.serve_env) as (
         url,
         proc,
     ):
-        return drive("service", url, proc.pid, sets, args)
+        return drive(name, url, proc.pid, sets, args)
 
 
 def _engines(spec: str) -> list[tuple[str, str]]:
@@ -178,17 +185,16 @@ def run_engine_service(
 ) -> list[dict]:
     """The service on another engine or dtype than the default, at concurrency 1 and 32 on
     the primary image set: enough for its latency and its ratio to the bare models."""
-    config = fixed_ingress(yaml.safe_load((ROOT / args.config).read_text()), args.ingress_replicas)
+    config = _service_config(args)
     config["applications"][0]["args"].update(graph=graph, dtype=dtype)
     sets = {PRIMARY: request_bodies(images[PRIMARY])} if PRIMARY in images else {}
     sub = argparse.Namespace(**{**vars(args), "concurrency": [1, 32]})
+    name = f"service {graph} {dtype}"
     try:
-        with launched(config, workdir, ROOT, extra_env=args.serve_env) as (url, proc):
-            rows = drive(f"service {graph} {dtype}", url, proc.pid, sets, sub)
+        return run_service(sets, sub, workdir, config, name)
     except RuntimeError as exc:  # refused at start-up (the dtype on this CPU): say so
-        print(f"service {graph} {dtype}: not run ({str(exc)[-300:]})", flush=True)
+        print(f"{name}: not run ({str(exc)[-300:]})", flush=True)
         return []
-    return rows
 
 
 def run_baseline(sets: dict, args: argparse.Namespace, workdir: Path) -> list[dict]:
