@@ -22,10 +22,17 @@ MARGIN_S = 3.0
 
 @pytest.fixture(scope="module")
 def slow(serve_instance, resnet50_file):
-    """ResNet50 on one thread (a few images a second here), answering within 4 s."""
+    """ResNet50 on one thread, eager (a few images a second here), answering within 4 s.
+
+    Eager, not the faster default engine: the burst is 10x the model's capacity, and every
+    request of it also costs the HTTP path (here Serve's Python proxy, ~7 ms of one core
+    each) a fixed amount. On the default engine the burst doubled to ~750 requests, which
+    the proxy alone took longer than the timeout to pass in on a slower CI machine (slowest
+    answer 15.4 s): that measured the proxy on 2 cores, not the model's admission."""
     env = {
         "IMG2VEC_MODEL": "resnet50",
         "IMG2VEC_WEIGHTS": str(resnet50_file),
+        "IMG2VEC_GRAPH": "eager",
         "IMG2VEC_TORCH_THREADS": "1",
         "IMG2VEC_REQUEST_TIMEOUT_S": str(TIMEOUT_S),
     }
@@ -74,7 +81,8 @@ def capacity(url: str) -> float:
 
 def test_ten_times_capacity_is_answered_in_json_within_the_timeout(slow, serve_instance):
     fits = capacity(slow)
-    n = max(200, int(10 * fits) + 1)
+    # Ten times what fits, at most 500: past that the proxy, not the model, is measured.
+    n = max(200, min(int(10 * fits) + 1, 500))
     ingress = serve_instance.replica_pid("overload", "Ingress")
     before = rss_mb(ingress)
     results = asyncio.run(burst(slow, n))
