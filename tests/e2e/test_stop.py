@@ -46,7 +46,11 @@ def _record(marker_env: dict[str, str]) -> Path:
 def test_sigterm_to_the_whole_process_group_drains_and_leaves_nothing(tmp_path):
     """What systemd's default KillMode=control-group, supervisord's stopasgroup and `kill --
     -PGID` do. Before, Ray's own processes got the signal too: the GCS died at once, the
-    launcher waited 60 s for it and exited 1, and HAProxy and replicas were left running."""
+    launcher waited 60 s for it and exited 1, and HAProxy and replicas were left running.
+
+    More work in flight than the drain's 3 s accept window (320 photos: 6-10 s for ResNet50
+    on 2 cores): the launcher waits for the ingress replicas' in-flight count to reach 0, so
+    every request is answered 200; stopping at the end of the window would drop the rest."""
     port = free_port()
     log = tmp_path / "launch.log"
     proc, marker = start(launch_cmd(port, free_port()), launcher_env(), log)
@@ -54,16 +58,19 @@ def test_sigterm_to_the_whole_process_group_drains_and_leaves_nothing(tmp_path):
     try:
         wait_ready(url, timeout_s=240, proc=proc)
         # The test started it as a group leader: the group is its pid.
-        stopped = stop_under_load(proc, marker, url, 24, lambda: os.killpg(proc.pid, SIGTERM))
+        stopped = stop_under_load(proc, marker, url, 320, lambda: os.killpg(proc.pid, SIGTERM))
     finally:
         left = cleanup(proc, marker)
     text, code, took = log.read_text(), stopped.code, stopped.took_s
     statuses = _statuses(stopped.results)
-    print(f"group SIGTERM with 24 in flight: {dict(statuses)}, exit {code} after {took:.1f} s")
-    assert code == 0, text[-3000:]
     drained = float(re.search(r"drained in ([0-9.]+) s", text).group(1))  # type: ignore[union-attr]
+    print(
+        f"group SIGTERM with 320 in flight: {dict(statuses)}, drained in {drained:.1f} s, "
+        f"exit {code} after {took:.1f} s"
+    )
+    assert code == 0, text[-3000:]
     assert took - drained < STOP_AFTER_DRAIN_S, text[-3000:]
-    assert statuses[200] >= 20 and set(statuses) <= {200, 503}, statuses
+    assert statuses == {200: 320}, statuses
     assert left == [], f"processes left behind: {left}"
 
 
@@ -97,12 +104,9 @@ def test_sigterm_to_every_process_at_once_says_what_was_lost_and_leaves_nothing(
         stopped.left_at_exit,
     )
     print(f"SIGTERM to {len(everyone)} processes: exit {code} after {took:.1f} s")
-    # It says what happened, with what it last counted in flight: "N requests ... were lost"
-    # and exit 1, or "nothing was in flight" and 0. (Known, open: the count the ingress
-    # replicas report read 0 under load in CI, so only the line and the bound are asserted.)
-    lost = re.search(r"\d+ requests in flight [0-9.]+ s before were lost", text)
-    clean = "Ray's processes were stopped with the launcher" in text and "nothing was in" in text
-    assert (lost and code == 1) or (clean and code == 0), text[-3000:]
+    # It says what happened, with what it last counted in flight (most of the 160).
+    lost = re.search(r"(\d+) requests in flight [0-9.]+ s before were lost", text)
+    assert lost and int(lost.group(1)) > 0 and code == 1, text[-3000:]
     assert took < STOP_BOUND_S, text[-3000:]
     assert left_at_exit == [] and left == [], f"left behind: {left_at_exit or left}"
 
