@@ -18,7 +18,6 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
