@@ -128,7 +128,7 @@ class EmbedderDeployment:
                 future.cancel()
             raise
         results = [
-            _as_result(next(answers)) if isinstance(entry, asyncio.Future) else entry
+            as_result(next(answers)) if isinstance(entry, asyncio.Future) else entry
             for entry in admitted
         ]
         return GroupAnswer(results, self._batcher.backlog())
@@ -198,7 +198,7 @@ class EmbedderDeployment:
             batcher.close()
 
 
-def _as_result(answer: object) -> np.ndarray | Img2VecError:
+def as_result(answer: object) -> np.ndarray | Img2VecError:
     """A vector, one of our errors, or a pass that failed for a reason of ours (e.g. out of
     memory on one image): then the item's own generic error, logged; the others keep theirs."""
     if isinstance(answer, np.ndarray | Img2VecError):

@@ -171,7 +171,11 @@ class Held:
 
 
 async def read_body(
-    request: Request, limit: int, held: Held, setting: str = "max_body_bytes"
+    request: Request,
+    limit: int,
+    held: Held,
+    setting: str = "max_body_bytes",
+    expected: str = '{"id": ..., "image": ...}',
 ) -> bytes:
     """Read the body, refusing it as soon as it is known to exceed `limit`.
 
@@ -199,7 +203,7 @@ async def read_body(
             taken = size
         chunks.append(chunk)
     if not size:
-        raise InvalidRequest('request body is empty; expected JSON {"id": ..., "image": ...}')
+        raise InvalidRequest(f"request body is empty; expected JSON {expected}")
     return b"".join(chunks)
 
 
@@ -226,24 +230,27 @@ BULK_ROUTE: dict[str, Any] = {
     },
 }
 
-app = FastAPI(
-    title="img2vec",
-    version=img2vec.__version__,
-    description="Images to vectors; a drop-in for Weaviate's img2vec-neural inference API.",
+
+def new_app(title: str, description: str) -> FastAPI:
+    """A FastAPI app whose every error, its own included (404, 405, validation), is JSON."""
+    api = FastAPI(title=title, version=img2vec.__version__, description=description)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return json_error(str(exc.detail), exc.status_code)
+
+    @api.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return json_error(describe_validation(exc.errors()), 422)
+
+    @api.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error: %r", exc, exc_info=exc)
+        return json_error(INTERNAL_ERROR, 500)
+
+    return api
+
+
+app = new_app(
+    "img2vec", "Images to vectors; a drop-in for Weaviate's img2vec-neural inference API."
 )
-
-
-@app.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return json_error(str(exc.detail), exc.status_code)
-
-
-@app.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    return json_error(describe_validation(exc.errors()), 422)
-
-
-@app.exception_handler(Exception)
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-    log.error("unhandled error: %r", exc, exc_info=exc)
-    return json_error(INTERNAL_ERROR, 500)

@@ -1,11 +1,11 @@
 """The HTTP edge: Weaviate's img2vec-neural API on FastAPI, as a Serve ingress.
 
-Path of a request (`_answer`, then the route's handler, top to bottom): refuse at once if the
-model is too far behind -> take its declared size from the byte budget -> read the body
-(bounded) -> validate the JSON -> decode and resize the image in a thread pool (CPU) -> the
-model, through `ModelLink` (one call per group) -> JSON response, all within
-`request_timeout_s`. Errors become `{"error": "..."}` in `_answer` and only there, by the
-table in `deployments/http.py`.
+Path of a request (`Answering` in deployments/answering.py, then the route's handler, top to
+bottom): refuse at once if the model is too far behind -> take its declared size from the
+byte budget -> read the body (bounded) -> validate the JSON -> decode and resize the image in
+a thread pool (CPU) -> the model, through `ModelLink` (one call per group) -> JSON response,
+all within `request_timeout_s`. Errors become `{"error": "..."}` in `Answering` and only
+there, by the table in `deployments/http.py`.
 
 This module must not import torch: ingress replicas scale with request rate, and each would
 pay for it in start time and memory (docs/benchmarks.md#ingress). (No `from __future__ import
@@ -15,15 +15,9 @@ helper the class uses is defined above it.)
 """
 
 import asyncio
-import contextlib
 import logging
-import os
-import threading
 import time
 import warnings
-from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeAlias
 
 import numpy as np
 import orjson
@@ -34,12 +28,12 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 import img2vec
+from deployments.answering import Answering, ImagePool, Timing, readiness
 from deployments.bulk import BulkItem, bulk_body, parse_bulk
 from deployments.health import Drain, EmbedderHealth
 from deployments.http import (
     BULK_ROUTE,
     VECTORS_ROUTE,
-    ByteBudget,
     ErrorResponse,
     Held,
     VectorRequest,
@@ -53,51 +47,11 @@ from deployments.http import (
 from deployments.link import ModelLink
 from deployments.metrics import IngressMetrics, keep_fresh
 from deployments.settings import IngressSettings
-from img2vec.cpus import DECODE_THREAD, name_this_thread
 from img2vec.decoding import ImageLimits, decode_image
-from img2vec.errors import INTERNAL_ERROR, Img2VecError, InvalidRequest, NotReady, Overloaded
+from img2vec.errors import INTERNAL_ERROR, Img2VecError, InvalidRequest, Overloaded
 from img2vec.preprocessing import Preprocess, get_preset
 
 log = logging.getLogger("ray.serve")
-# A child of Serve's logger: its lines go where Serve writes the replica's log (file, stderr or
-# JSON, as its logging_config says).
-access = logging.getLogger("ray.serve.img2vec.access")
-
-
-def _lower_priority() -> None:
-    """Decode threads run at a lower CPU priority than the rest of the node: where the
-    model shares the CPU with them, its forward pass (whose threads wait on each other at
-    every op) should not be the one that gets preempted. Decoding still fills every idle
-    cycle. Linux applies nice values per thread; elsewhere this is a no-op. Named, so that
-    `bench.where` counts its CPU as decoding."""
-    name_this_thread(DECODE_THREAD)
-    with contextlib.suppress(OSError, AttributeError):
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 4))
-
-
-class _Timing:
-    """Where one request's time went, for its access-log line."""
-
-    __slots__ = ("decode_s", "id", "model_s", "nbytes", "started")
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.decode_s = self.model_s = 0.0
-        self.id: str | None = None
-        self.nbytes = 0
-
-
-# A route's work: the request, what it holds of the byte budget, its deadline (epoch seconds).
-Handler: TypeAlias = Callable[[Request, Held, float, _Timing], Awaitable[Response]]
-
-
-def _loggable(id_: str | None, limit: int = 100) -> str:
-    """The client's id in a log line: quoted, escaped, cut short (it is theirs, not ours)."""
-    if id_ is None:
-        return "-"
-    text = repr(id_)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=512)
@@ -115,25 +69,23 @@ class Ingress:
         self._limits = ImageLimits(
             max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
         )
-        self._pool = ThreadPoolExecutor(
-            settings.decode_workers, thread_name_prefix="decode", initializer=_lower_priority
-        )
-        self._budget = ByteBudget(settings.max_inflight_bytes)
         # Draft decoding keeps at least twice the model's input size, so the final resize
         # still averages over several source pixels.
         h, w = self._preset.output_size
         self._draft = (2 * w, 2 * h) if settings.jpeg_draft else None
         self._metrics = IngressMetrics()
-        self._inflight = 0
+        self._pool = ImagePool(settings.decode_workers, self._metrics)
         self._health = EmbedderHealth(settings.unready_after_s)
         self._link = ModelLink(embedder, on_answer=self._health.answered)
+        self._answer = Answering(settings, self._metrics)
         replica = serve.get_replica_context().replica_id.unique_id
-        self._drain = Drain(replica, lambda: self._inflight)
+        self._drain = self._answer.drain = Drain(replica, lambda: self._answer.inflight)
+        budget = self._answer.budget
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._health.watch(embedder)),
             loop.create_task(self._drain.watch()),
-            loop.create_task(keep_fresh(lambda: self._metrics.refresh(self._budget.held))),
+            loop.create_task(keep_fresh(lambda: self._metrics.refresh(budget.held))),
         ]
 
     # -- health ---------------------------------------------------------------------
@@ -149,15 +101,7 @@ class Ingress:
         responses={503: {"model": ErrorResponse, "description": "not loaded, stuck or draining"}},
     )
     async def ready(self) -> Response:
-        if self._drain.unready:
-            return error_response(NotReady("the service is shutting down"))
-        if self._health.info is None:
-            return error_response(NotReady("model is loading"))
-        if not self._health.ready:
-            return error_response(
-                NotReady(f"the model has not answered for over {self._health.unready_after_s} s")
-            )
-        return Response(status_code=204)
+        return readiness(self._drain, self._health)
 
     @app.get("/meta", responses={503: {"model": ErrorResponse}})
     async def meta(self) -> JSONResponse:
@@ -199,49 +143,8 @@ class Ingress:
         """Many images, each answered on its own (deployments/bulk.py)."""
         return await self._answer("/vectors/batch", self._vectorize_bulk, request)
 
-    async def _answer(self, route: str, handler: Handler, request: Request) -> Response:
-        """One request, from arrival to answer: refused while draining, bounded in time and
-        in bytes held, whatever goes wrong made its JSON answer, then counted and logged."""
-        timing = _Timing()
-        timeout = self._settings.request_timeout_s
-        self._inflight += 1
-        try:
-            if self._drain.refusing:
-                raise NotReady("the service is shutting down; retry elsewhere")
-            # The budget covers the request until it is answered, not only until decoded:
-            # Serve's receive path keeps its own copies of the body for the request's life
-            # (measured: ~3x the body per waiting request), so only this bounds memory.
-            async with asyncio.timeout(timeout):
-                with Held(self._budget) as held:
-                    self._metrics.inflight_bytes.set(self._budget.held)
-                    response = await handler(request, held, time.time() + timeout, timing)
-        except TimeoutError:
-            response = error_response(Overloaded(f"not answered within {timeout:g} s; retry"))
-        except Img2VecError as exc:
-            response = error_response(exc)
-        except Exception:
-            log.exception("%s failed", route)
-            response = json_error(INTERNAL_ERROR, 500)
-        finally:
-            self._inflight -= 1
-            self._metrics.inflight_bytes.set(self._budget.held)
-        took = time.perf_counter() - timing.started
-        self._metrics.answered(route, response.status_code, took)
-        if self._settings.access_log:
-            access.info(
-                "%s %d id=%s bytes=%d total_ms=%.1f decode_ms=%.1f model_ms=%.1f",
-                route,
-                response.status_code,
-                _loggable(timing.id),
-                timing.nbytes,
-                1e3 * took,
-                1e3 * timing.decode_s,
-                1e3 * timing.model_s,
-            )
-        return response
-
     async def _vectorize(
-        self, request: Request, held: Held, deadline: float, timing: _Timing
+        self, request: Request, held: Held, deadline: float, timing: Timing
     ) -> Response:
         refused = self._link.refusal(deadline - time.time())
         if refused is not None:
@@ -270,7 +173,7 @@ class Ingress:
         return Response(body, media_type="application/json")
 
     async def _vectorize_bulk(
-        self, request: Request, held: Held, deadline: float, timing: _Timing
+        self, request: Request, held: Held, deadline: float, timing: Timing
     ) -> Response:
         settings = self._settings
         body = await read_body(request, settings.max_bulk_bytes, held, "max_bulk_bytes")
@@ -288,7 +191,7 @@ class Ingress:
                 item.settle(result)
         return Response(bulk_body(items), media_type="application/json")
 
-    async def _decode_item(self, item: BulkItem, timing: _Timing) -> None:
+    async def _decode_item(self, item: BulkItem, timing: Timing) -> None:
         if item.image is None:
             return
         image, item.image = item.image, None
@@ -297,15 +200,9 @@ class Ingress:
         except Img2VecError as exc:
             item.error = exc
 
-    async def _decode(self, image: str, timing: _Timing) -> np.ndarray:
-        """base64 text -> the preset's uint8 pixels, in the decode pool; each image's time is
-        added to the request's and recorded in the decode metric."""
-        started = time.perf_counter()
-        pixels = await asyncio.get_running_loop().run_in_executor(self._pool, self._prepare, image)
-        took = time.perf_counter() - started
-        timing.decode_s += took
-        self._metrics.decode.observe(took)
-        return pixels
+    async def _decode(self, image: str, timing: Timing) -> np.ndarray:
+        """base64 text -> the preset's uint8 pixels, in the decode pool."""
+        return await self._pool.run(self._prepare, image, timing=timing)
 
     def _parse(self, body: bytes) -> VectorRequest:
         # Parsed from bytes ourselves: Weaviate sends no Content-Type header at all.
