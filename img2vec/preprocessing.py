@@ -37,12 +37,17 @@ class Preprocess:
     resample: Image.Resampling = Image.Resampling.BILINEAR
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    # The centre crop's offset when the margin is odd: torchvision rounds it (the image
+    # models' presets), transformers' image processors floor it (CLIP and SigLIP).
+    crop_offset: str = "round"
 
     def __post_init__(self) -> None:
         if isinstance(self.resize, int) and self.crop is None:
             raise ValueError(f"{self.name}: a shorter-side resize needs a crop size")
         if min(self.std) <= 0:
             raise ValueError(f"{self.name}: std must be positive")
+        if self.crop_offset not in ("round", "floor"):
+            raise ValueError(f"{self.name}: crop_offset is round or floor")
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -66,18 +71,19 @@ class Preprocess:
             height, width = self.resize
             img = img.resize((width, height), self.resample)
         if self.crop is not None:
-            img = _center_crop(img, self.crop)
+            img = _center_crop(img, self.crop, self.crop_offset == "floor")
         return np.asarray(img, dtype=np.uint8)
 
 
-def _center_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+def _center_crop(img: Image.Image, size: tuple[int, int], floor: bool = False) -> Image.Image:
     crop_h, crop_w = size
     w, h = img.size
     if w < crop_w or h < crop_h:
         raise ValueError(f"image {w}x{h} is smaller than the crop {crop_w}x{crop_h}")
-    # torchvision rounds the offset to nearest, not down.
-    top = round((h - crop_h) / 2.0)
-    left = round((w - crop_w) / 2.0)
+    if floor:  # transformers: int((h - crop_h) / 2.0)
+        top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    else:  # torchvision rounds the offset to nearest, not down
+        top, left = round((h - crop_h) / 2.0), round((w - crop_w) / 2.0)
     return img.crop((left, top, left + crop_w, top + crop_h))
 
 

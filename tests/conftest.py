@@ -131,6 +131,22 @@ def mobilenet_weights_path() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random CLIP with OpenAI's real tokenizer, as a save_pretrained directory."""
+    from tests.clip_models import write_clip
+
+    return write_clip(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture(scope="session")
+def siglip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random SigLIP with a small word-level tokenizer, as a save_pretrained directory."""
+    from tests.clip_models import write_siglip
+
+    return write_siglip(tmp_path_factory.mktemp("siglip"))
+
+
 # The device the library tests build their embedders on: `cpu` (CI), or `cuda` on a card
 # (`IMG2VEC_TEST_DEVICE=cuda pytest tests/unit`, as bench/gpu.sh runs it).
 TEST_DEVICE = os.environ.get("IMG2VEC_TEST_DEVICE", "cpu")

@@ -167,16 +167,23 @@ def ray_serve(num_cpus: int = 16) -> Iterator[ServeInstance]:
             ray.shutdown()
 
 
-def deploy(name: str, route_prefix: str, env: Mapping[str, str], base_url: str) -> str:
+def deploy(
+    name: str,
+    route_prefix: str,
+    env: Mapping[str, str],
+    base_url: str,
+    builder: str = "build_app",
+) -> str:
     """Build the app exactly as `serve run` would (IMG2VEC_* variables read by the
-    builder), run it under `route_prefix`, and wait until it reports ready."""
+    builder, `builder` of deployments/app.py: build_app or build_clip_app), run it under
+    `route_prefix`, and wait until it reports ready."""
     from ray import serve
 
-    from deployments.app import AppArgs, build_app
+    from deployments import app as apps
 
     with mock.patch.dict(os.environ, dict(env)):
-        app = build_app(AppArgs())
-    serve.run(app, name=name, route_prefix=route_prefix)
+        application = getattr(apps, builder)(None)
+    serve.run(application, name=name, route_prefix=route_prefix)
     url = base_url + route_prefix.rstrip("/")
     wait_ready(url)
     return url

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def heavy_modules_after(statement: str) -> list[str]:
     code = (
         f"{statement}\nimport sys\n"
-        "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'torchvision', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
@@ -28,6 +28,8 @@ def heavy_modules_after(statement: str) -> list[str]:
     [
         "import img2vec",
         "import deployments.ingress",
+        "import deployments.clip",
+        "import img2vec.multimodal",
         "from img2vec import decode_image, get_preset, get_spec, SPECS",
         "import img2vec.batching, img2vec.weights, img2vec.preprocessing, img2vec.cpus",
     ],

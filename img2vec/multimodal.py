@@ -1,0 +1,220 @@
+"""What a CLIP-style model directory says about its inputs, read without torch: the text
+tokenizer (the Rust `tokenizers` library), the context length, and how an image becomes
+pixels. The ingress uses this module (it must not load torch); the towers that turn these
+inputs into vectors are `img2vec/towers.py`.
+
+A model directory is Hugging Face's `save_pretrained` layout, what multi2vec-clip's
+`download.py` stores: `config.json` (`model_type` "clip" or "siglip"), the weights,
+`tokenizer.json`, `tokenizer_config.json` and `preprocessor_config.json`.
+
+Texts longer than the model's context (77 tokens for CLIP, 64 for SigLIP) are truncated, as
+sentence-transformers does, with the end token kept last; the container we replace answered
+them with a 500 ("The size of tensor a (...) must match the size of tensor b (77)").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from img2vec.errors import InvalidRequest
+from img2vec.preprocessing import Preprocess
+
+# What each model family does with its inputs (transformers' processors and models):
+# CLIP pools the end token, so texts are padded to the longest of a pass and masked; SigLIP
+# pools the last position and was trained on texts padded to the full context, unmasked.
+FAMILIES = ("clip", "siglip")
+FIXED_LENGTH = {"clip": False, "siglip": True}
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """One model directory's inputs."""
+
+    path: Path
+    family: str  # "clip" or "siglip"
+    context: int  # tokens per text, the special tokens included
+    pad_id: int
+    fixed_length: bool  # pad every text to `context` (SigLIP), else to the pass's longest
+    preprocess: Preprocess
+    # tokenizer.json's text: the ingress builds its tokenizer from the spec the model replica
+    # sends it, so an ingress on another node needs no copy of the model directory.
+    tokenizer: str = field(repr=False, compare=False, default="")
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> ClipSpec:
+        """A model directory, or a hub name (`resolve_model_dir`)."""
+        root = resolve_model_dir(str(path))
+        config = _read_json(root / "config.json")
+        family = config.get("model_type")
+        if family not in FAMILIES:
+            raise ValueError(
+                f"{root}: model_type {family!r} is not a CLIP-style model "
+                f"(supported: {', '.join(FAMILIES)})"
+            )
+        text = config.get("text_config") or {}
+        context = int(text.get("max_position_embeddings", 77 if family == "clip" else 64))
+        processor = _image_processor(root)
+        tokenizer = load_tokenizer(root)
+        return cls(
+            path=root,
+            family=family,
+            context=context,
+            pad_id=_pad_id(root, tokenizer, family),
+            fixed_length=FIXED_LENGTH[family],
+            preprocess=image_preprocess(processor, name=f"{family}-{root.name}"),
+            tokenizer=tokenizer.to_str(),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """What /meta says about the inputs (what every stored vector depends on)."""
+        size = self.preprocess.resize
+        return {
+            "family": self.family,
+            "text_context_tokens": self.context,
+            "long_texts": f"truncated to {self.context} tokens (the end token kept last)",
+            "image_resize": (
+                f"shorter side to {size}, centre crop {self.preprocess.crop}"
+                if isinstance(size, int)
+                else f"stretch to {size}"
+            ),
+            "image_resample": self.preprocess.resample.name.lower(),
+            "image_mean": list(self.preprocess.mean),
+            "image_std": list(self.preprocess.std),
+        }
+
+
+class TextTokenizer:
+    """Texts -> token ids (int32, one array per text, at most `context` long)."""
+
+    def __init__(self, spec: ClipSpec) -> None:
+        from tokenizers import Tokenizer
+
+        self._tokenizer = Tokenizer.from_str(spec.tokenizer)
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length=spec.context)
+        self.context = spec.context
+
+    def encode(self, texts: list[str]) -> list[np.ndarray]:
+        """One array per text; every text gets its own end token, a long one is cut short
+        before it."""
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InvalidRequest(f"texts[{i}] is not a string")
+        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=True)
+        return [np.asarray(e.ids, dtype=np.int32) for e in encodings]
+
+
+# What a model directory needs from the hub: configs, tokenizer and processor files, weights
+# as safetensors (never pickles: a .bin is code a download could run).
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model"]
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def resolve_model_dir(weights: str, timeout_s: float = 30.0) -> Path:
+    """`weights` as a model directory: a directory as is, or a hub name (`openai/clip-vit-
+    base-patch32`) fetched once into Hugging Face's cache (each file verified against the
+    hub's SHA-256 by huggingface_hub) and found there afterwards, offline too."""
+    path = Path(weights).expanduser()
+    if path.is_dir():
+        return path
+    if not _REPO_ID.match(weights):
+        raise ValueError(f"{weights}: neither a model directory nor a hub name like owner/model")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(weights, allow_patterns=HUB_FILES, etag_timeout=timeout_s))
+    except Exception as exc:
+        why = (str(exc).splitlines() or [""])[0][:160]
+        raise ValueError(
+            f"cannot fetch {weights} from the Hugging Face hub ({type(exc).__name__}: {why}). "
+            f"Offline: on a machine with network run `hf download {weights} --local-dir DIR`, "
+            "copy DIR here and set IMG2VEC_WEIGHTS=DIR"
+        ) from None
+
+
+def image_preprocess(processor: dict[str, Any], name: str) -> Preprocess:
+    """transformers' image processor settings as a Preprocess (PIL in the ingress, the mean
+    and std applied by the towers): CLIP scales the shorter side and crops the centre,
+    SigLIP stretches to a square."""
+    size = processor.get("size") or {}
+    resample = Image.Resampling(int(processor.get("resample", Image.Resampling.BICUBIC)))
+    mean = tuple(float(v) for v in processor.get("image_mean", (0.5, 0.5, 0.5)))
+    std = tuple(float(v) for v in processor.get("image_std", (0.5, 0.5, 0.5)))
+    if float(processor.get("rescale_factor", 1 / 255)) != 1 / 255 or not processor.get(
+        "do_rescale", True
+    ):
+        raise ValueError(f"{name}: only pixel values rescaled by 1/255 are supported")
+    resize: tuple[int, int] | int
+    if "shortest_edge" in size:
+        resize = int(size["shortest_edge"])
+    else:
+        resize = (int(size["height"]), int(size["width"]))
+    crop = None
+    if processor.get("do_center_crop", False):
+        crop_size = processor.get("crop_size") or {}
+        crop = (int(crop_size["height"]), int(crop_size["width"]))
+    return Preprocess(
+        name=name,
+        resize=resize,
+        crop=crop,
+        resample=resample,
+        mean=mean,  # type: ignore[arg-type]
+        std=std,  # type: ignore[arg-type]
+        crop_offset="floor",
+    )
+
+
+def load_tokenizer(root: Path) -> Any:
+    from tokenizers import Tokenizer
+
+    path = root / "tokenizer.json"
+    if not path.is_file():
+        raise ValueError(
+            f"{root}: no tokenizer.json (a fast tokenizer, as `save_pretrained` writes it)"
+        )
+    return Tokenizer.from_file(str(path))
+
+
+def _pad_id(root: Path, tokenizer: Any, family: str) -> int:
+    """The pad token of tokenizer_config.json, else the end token (what CLIP's own configs
+    name as pad), else 1 (SigLIP's)."""
+    config = _read_json(root / "tokenizer_config.json", missing_ok=True)
+    for key in ("pad_token", "eos_token"):
+        token = config.get(key)
+        if isinstance(token, dict):
+            token = token.get("content")
+        if isinstance(token, str) and tokenizer.token_to_id(token) is not None:
+            return int(tokenizer.token_to_id(token))
+    return 1 if family == "siglip" else 0
+
+
+def _image_processor(root: Path) -> dict[str, Any]:
+    """preprocessor_config.json (the hub's layout), else processor_config.json's
+    "image_processor" (what transformers 5 writes)."""
+    flat = root / "preprocessor_config.json"
+    if flat.is_file():
+        return _read_json(flat)
+    nested = _read_json(root / "processor_config.json").get("image_processor")
+    if not isinstance(nested, dict):
+        raise ValueError(f"{root}: processor_config.json has no image_processor")
+    return nested
+
+
+def _read_json(path: Path, missing_ok: bool = False) -> dict[str, Any]:
+    if not path.is_file():
+        if missing_ok:
+            return {}
+        raise ValueError(
+            f"{path.parent}: no {path.name} (a model directory saved with `save_pretrained`)"
+        )
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return data

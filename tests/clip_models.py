@@ -1,0 +1,125 @@
+"""CLIP-style model directories for tests, in Hugging Face's `save_pretrained` layout (what
+multi2vec-clip's download.py stores), with seeded random weights: no download here.
+
+The CLIP tokenizer is the real one: its BPE vocabulary ships in the open_clip_torch package
+(installed --no-deps for this file only), from which transformers' `CLIPTokenizer` files are
+derived the way OpenAI's `simple_tokenizer.py` builds its vocabulary. SigLIP's SentencePiece
+model is not shipped anywhere offline, so the SigLIP directory gets a small word-level
+tokenizer written here: enough to check padding, pooling and truncation, which is where the
+families differ.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+# Small towers: the real ones' structure (ViT-B/32 patches at 224, a causal text
+# transformer), a width that runs in milliseconds on 2 cores.
+TOWER = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+         "num_attention_heads": 2}  # fmt: skip
+
+
+def clip_vocabulary() -> tuple[list[str], list[str]]:
+    """(vocabulary, merges) of OpenAI CLIP's BPE, from open_clip's copy of its merges."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("open_clip_torch is not installed (make install adds it, --no-deps)")
+    bpe = Path(spec.submodule_search_locations[0]) / "bpe_simple_vocab_16e6.txt.gz"
+    lines = gzip.decompress(bpe.read_bytes()).decode("utf-8").split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]
+    byte_chars = _bytes_to_unicode()
+    vocab = [*byte_chars, *(c + "</w>" for c in byte_chars), *("".join(m.split()) for m in merges)]
+    return [*vocab, "<|startoftext|>", "<|endoftext|>"], merges
+
+
+def write_clip(root: Path, seed: int = 0, patch: int = 32) -> Path:
+    """A random CLIP (ViT image tower, projection 32) with the real tokenizer."""
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+    )
+
+    vocab, merges = clip_vocabulary()
+    files = root / "bpe"
+    files.mkdir(parents=True, exist_ok=True)
+    (files / "vocab.json").write_text(json.dumps({v: i for i, v in enumerate(vocab)}))
+    (files / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tokenizer = CLIPTokenizer(
+        str(files / "vocab.json"), str(files / "merges.txt"), model_max_length=77
+    )
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config={**TOWER, "vocab_size": len(vocab), "max_position_embeddings": 77},
+        vision_config={**TOWER, "image_size": 224, "patch_size": patch},
+        projection_dim=32,
+    )
+    model = CLIPModel(config).eval()
+    out = root / "clip"
+    model.save_pretrained(out)
+    CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer).save_pretrained(out)
+    return out
+
+
+def write_siglip(root: Path, seed: int = 0) -> Path:
+    """A random SigLIP with a small word-level tokenizer (context 64, pad id 1)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import (
+        PreTrainedTokenizerFast,
+        SiglipConfig,
+        SiglipImageProcessor,
+        SiglipModel,
+    )
+
+    words = "a photo of the cat dog rocket coffee astronaut man on in with red blue big small"
+    vocab = {"<unk>": 0, "</s>": 1, **{w: i + 2 for i, w in enumerate(words.split())}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", 1)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        eos_token="</s>",
+        pad_token="</s>",
+        model_max_length=64,
+    )
+    torch.manual_seed(seed)
+    config = SiglipConfig(
+        text_config={
+            **TOWER,
+            "vocab_size": len(vocab),
+            "max_position_embeddings": 64,
+            "pad_token_id": 1,
+            "eos_token_id": 1,
+            "bos_token_id": None,
+        },
+        vision_config={**TOWER, "image_size": 224, "patch_size": 32},
+    )
+    model = SiglipModel(config).eval()
+    out = root / "siglip"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    SiglipImageProcessor().save_pretrained(out)
+    return out
+
+
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2's byte -> printable character table, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]  # fmt: skip
+    chars, extra = {b: b for b in printable}, 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = 256 + extra
+            extra += 1
+    return [chr(chars[b]) for b in [*printable, *(b for b in range(256) if b not in printable)]]

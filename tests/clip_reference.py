@@ -1,0 +1,55 @@
+"""The independent reference for the multi2vec-clip path: what the container computes, with
+transformers' own processor and model (`AutoProcessor`, the torchvision image backend as the
+container's `use_fast=True`, and `get_text_features` / `get_image_features`), L2-normalized.
+Long texts are truncated by the processor (the container fails on them instead)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+class ReferenceClip:
+    def __init__(self, path: Path) -> None:
+        import transformers
+        from transformers import AutoModel, AutoProcessor
+
+        fast = (
+            {"backend": "torchvision"}
+            if int(transformers.__version__.split(".")[0]) >= 5
+            else {"use_fast": True}
+        )
+        self.model = AutoModel.from_pretrained(path).eval()
+        self.family = self.model.config.model_type
+        self.processor = AutoProcessor.from_pretrained(path, **fast)
+        self.context = self.model.config.text_config.max_position_embeddings
+
+    @torch.no_grad()
+    def texts(self, texts: list[str]) -> np.ndarray:
+        padding = "max_length" if self.family == "siglip" else True
+        inputs = self.processor(
+            text=texts,
+            return_tensors="pt",
+            padding=padding,
+            truncation=True,
+            max_length=self.context,
+        )
+        if self.family == "siglip":
+            inputs.pop("attention_mask", None)
+        return _unit(self.model.get_text_features(**inputs))
+
+    @torch.no_grad()
+    def images(self, images: list[Image.Image]) -> np.ndarray:
+        inputs = self.processor(images=[i.convert("RGB") for i in images], return_tensors="pt")
+        return _unit(self.model.get_image_features(pixel_values=inputs["pixel_values"]))
+
+
+def _unit(features: object) -> np.ndarray:
+    # transformers 5 answers a model output whose pooler_output is the projected features;
+    # 4.x the tensor itself.
+    x = getattr(features, "pooler_output", features)
+    assert isinstance(x, torch.Tensor)
+    return torch.nn.functional.normalize(x.float(), dim=-1).numpy()

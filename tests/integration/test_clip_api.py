@@ -1,0 +1,163 @@
+"""Weaviate's multi2vec-clip protocol through real Ray Serve and real HTTP: the routes, the
+vectors (the independent reference's, tests/clip_reference.py), the errors, long texts, and
+concurrent requests sharing the towers' passes. Requests are sent as Weaviate's module client
+sends them: JSON with a Content-Type, one object's texts and images per request."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.clip_reference import ReferenceClip
+from tests.conftest import b64, encode, photo
+from tests.parity import min_separation, relative_error
+from tests.service import deploy
+
+BOUND = 1e-3  # the issue's bound for the OpenAI CLIP path (tests/unit/test_clip.py)
+MAX_INPUTS = 8
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def clip_url(serve_base, clip_dir) -> str:
+    env = {
+        "IMG2VEC_WEIGHTS": str(clip_dir),
+        "IMG2VEC_DEVICE": "cpu",
+        "IMG2VEC_TORCH_THREADS": "2",
+        "IMG2VEC_MAX_BULK_ITEMS": str(MAX_INPUTS),
+        "IMG2VEC_MAX_BODY_BYTES": "3000000",
+        "IMG2VEC_MAX_IMAGE_BYTES": "1000000",
+    }
+    url = deploy("clip", "/clip", env, serve_base, builder="build_clip_app")
+    yield url
+    from ray import serve
+
+    serve.delete("clip")
+
+
+@pytest.fixture(scope="module")
+def reference(clip_dir) -> ReferenceClip:
+    return ReferenceClip(clip_dir)
+
+
+def vectorize(url: str, texts=None, images=None, **kwargs) -> httpx.Response:
+    body = json.dumps({"texts": texts, "images": images})
+    return httpx.post(url + "/vectorize", content=body, timeout=60, **kwargs)
+
+
+NAMES = ("astronaut", "chelsea", "coffee", "rocket")
+
+
+def test_health_and_meta_describe_the_model_and_its_truncation(clip_url):
+    assert httpx.get(clip_url + "/.well-known/live").status_code == 204
+    assert httpx.get(clip_url + "/.well-known/ready").status_code == 204
+    meta = httpx.get(clip_url + "/meta").json()
+    assert meta["protocol"] == "multi2vec-clip"
+    assert (meta["family"], meta["architecture"], meta["dim"]) == ("clip", "CLIPModel", 32)
+    assert meta["text_context_tokens"] == 77 and "truncated to 77 tokens" in meta["long_texts"]
+    assert meta["limits"]["max_inputs"] == MAX_INPUTS
+    assert len(meta["weights_sha256"]) == 64
+
+
+def test_texts_and_images_get_the_references_vectors_in_input_order(clip_url, reference):
+    images = [photo(name) for name in NAMES]
+    texts = ["a photo of a cat", "an astronaut on the moon", "coffee"]
+    r = vectorize(clip_url, texts, [b64(encode(img, "PNG")) for img in images], headers=JSON)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert set(body) == {"textVectors", "imageVectors"}
+    ref_images, ref_texts = reference.images(images), reference.texts(texts)
+    assert min_separation(dict(zip(NAMES, ref_images, strict=True))) > 100 * BOUND
+    assert len(body["imageVectors"]) == 4 and len(body["textVectors"]) == 3
+    for name, ours, ref in zip(NAMES, body["imageVectors"], ref_images, strict=True):
+        assert relative_error(ours, ref) <= BOUND, name
+    for text, ours, ref in zip(texts, body["textVectors"], ref_texts, strict=True):
+        assert relative_error(ours, ref) <= BOUND, text
+
+
+def test_what_nearText_and_nearImage_send_and_go_nil_slices(clip_url, reference):
+    """Texts only, images only (the other field null, as Go's nil slice), nothing at all."""
+    texts = vectorize(clip_url, ["a red rocket"], None).json()
+    assert texts["imageVectors"] == [] and len(texts["textVectors"]) == 1
+    assert relative_error(texts["textVectors"][0], reference.texts(["a red rocket"])[0]) <= BOUND
+    images = vectorize(clip_url, None, [b64(encode(photo("coffee"), "JPEG"))]).json()
+    assert images["textVectors"] == [] and len(images["imageVectors"]) == 1
+    assert vectorize(clip_url).json() == {"textVectors": [], "imageVectors": []}
+
+
+def test_a_text_longer_than_the_context_is_truncated_not_a_500(clip_url, reference):
+    """The container answers these with a 500 (its issue 19, Weaviate issue 2909)."""
+    long = "a photograph of " + " ".join(f"astronaut number {i}" for i in range(200))
+    r = vectorize(clip_url, [long])
+    assert r.status_code == 200, r.text
+    assert relative_error(r.json()["textVectors"][0], reference.texts([long])[0]) <= BOUND
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        (b"", 422, "body is empty"),
+        (b"{not json", 422, "not valid JSON"),
+        (json.dumps({"texts": [1]}).encode(), 422, "texts.0"),
+        (json.dumps({"texts": "a cat"}).encode(), 422, "texts"),
+        (json.dumps({"text": ["a cat"]}).encode(), 422, "text"),
+        (json.dumps({"texts": ["x"] * (MAX_INPUTS + 1)}).encode(), 422, "max_bulk_items"),
+        (json.dumps({"images": ["bm90IGFuIGltYWdl"]}).encode(), 400, "images[0]"),
+        (json.dumps({"images": ["A" * 1_600_000]}).encode(), 413, "max_image_bytes"),
+        (b'{"texts": ["' + b"a" * 3_100_000 + b'"]}', 413, "max_body_bytes"),
+    ],
+)
+def test_bad_input_is_a_clear_json_4xx_and_the_service_stays_up(clip_url, body, status, says):
+    r = httpx.post(clip_url + "/vectorize", content=body, timeout=60)
+    assert r.status_code == status, r.text
+    assert set(r.json()) == {"error"} and says in r.json()["error"], r.json()
+    assert vectorize(clip_url, ["still here"]).status_code == 200
+
+
+def test_one_bad_image_fails_its_own_request_only(clip_url):
+    good = b64(encode(photo("chelsea"), "JPEG"))
+
+    async def both() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(
+                client.post(clip_url + "/vectorize", json={"texts": ["x"], "images": [good, "!!"]}),
+                client.post(clip_url + "/vectorize", json={"texts": ["x"], "images": [good]}),
+            )
+
+    bad, fine = asyncio.run(both())
+    assert bad.status_code == 400 and "images[1]" in bad.json()["error"]
+    assert fine.status_code == 200 and len(fine.json()["imageVectors"]) == 1
+
+
+def test_concurrent_objects_share_the_towers_passes_and_each_gets_its_own_vectors(clip_url):
+    """32 objects at once, each one image and one text (what Weaviate sends per object): every
+    answer is that object's, the same as sent alone, and the model's passes held the inputs
+    of several requests."""
+    objects = [(photo(NAMES[i % 4]).rotate(9 * i), f"object number {i}") for i in range(32)]
+    bodies = [{"texts": [text], "images": [b64(encode(img, "JPEG"))]} for img, text in objects]
+    alone = [vectorize(clip_url, b["texts"], b["images"]).json() for b in bodies[:4]]
+    before = httpx.get(clip_url + "/meta").json()["batching"]
+
+    async def together() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(
+                *(client.post(clip_url + "/vectorize", json=b) for b in bodies)
+            )
+
+    answers = asyncio.run(together())
+    after = httpx.get(clip_url + "/meta").json()["batching"]
+    assert [r.status_code for r in answers] == [200] * 32
+    for single, r in zip(alone, answers, strict=False):
+        for key in ("textVectors", "imageVectors"):
+            assert relative_error(r.json()[key][0], single[key][0]) < 1e-5, key
+    texts = [np.asarray(r.json()["textVectors"][0]) for r in answers]
+    assert min(relative_error(a, b) for a, b in itertools.pairwise(texts)) > 1e-3  # distinct
+    passes, inputs = after["passes"] - before["passes"], after["images"] - before["images"]
+    print(f"64 inputs of 32 requests in {passes} passes; largest {after['max_batch_size_run']}")
+    assert inputs == 64 and passes < 32
