@@ -15,6 +15,7 @@ them with a 500 ("The size of tensor a (...) must match the size of tensor b (77
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ class ClipSpec:
     """One model directory's inputs."""
 
     path: Path
-    family: str  # "clip" or "siglip"
+    family: str  # "clip", "siglip" or "sentence-transformers"
     context: int  # tokens per text, the special tokens included
     pad_id: int
     fixed_length: bool  # pad every text to `context` (SigLIP), else to the pass's longest
@@ -46,21 +47,27 @@ class ClipSpec:
     # tokenizer.json's text: the ingress builds its tokenizer from the spec the model replica
     # sends it, so an ingress on another node needs no copy of the model directory.
     tokenizer: str = field(repr=False, compare=False, default="")
+    # The transformers directories of the image and the text tower (the same one for CLIP
+    # and SigLIP; sentence-transformers keeps a CLIP for images and a text model apart).
+    image_path: Path | None = None
+    text_path: Path | None = None
 
     @classmethod
     def from_dir(cls, path: str | Path) -> ClipSpec:
         """A model directory, or a hub name (`resolve_model_dir`)."""
         root = resolve_model_dir(str(path))
+        if (root / "clip" / "modules.json").is_file() and (root / "text").is_dir():
+            return cls._sentence_transformers(root)
         config = _read_json(root / "config.json")
         family = config.get("model_type")
         if family not in FAMILIES:
             raise ValueError(
                 f"{root}: model_type {family!r} is not a CLIP-style model "
-                f"(supported: {', '.join(FAMILIES)})"
+                f"(supported: {', '.join(FAMILIES)}, or the clip/ and text/ directories of "
+                "sentence-transformers)"
             )
         text = config.get("text_config") or {}
         context = int(text.get("max_position_embeddings", 77 if family == "clip" else 64))
-        processor = _image_processor(root)
         tokenizer = load_tokenizer(root)
         return cls(
             path=root,
@@ -68,8 +75,42 @@ class ClipSpec:
             context=context,
             pad_id=_pad_id(root, tokenizer, family),
             fixed_length=FIXED_LENGTH[family],
-            preprocess=image_preprocess(processor, name=f"{family}-{root.name}"),
+            preprocess=image_preprocess(_image_processor(root), name=f"{family}-{root.name}"),
             tokenizer=tokenizer.to_str(),
+            image_path=root,
+            text_path=root,
+        )
+
+    @classmethod
+    def _sentence_transformers(cls, root: Path) -> ClipSpec:
+        """multi2vec-clip's default layout (what its download.py saves): `clip/`, a
+        sentence-transformers CLIP for images, and `text/`, a sentence-transformers text
+        model (e.g. the multilingual DistilBERT student: mean pooling, a dense layer)."""
+        image = st_modules(root / "clip")
+        if [kind for kind, _ in image] != ["CLIPModel"]:
+            raise ValueError(f"{root / 'clip'}: expected one CLIPModel module, got {image}")
+        text_modules = st_modules(root / "text")
+        if not text_modules or text_modules[0][0] != "Transformer":
+            raise ValueError(f"{root / 'text'}: expected a Transformer module first")
+        image_path, text_path = image[0][1], text_modules[0][1]
+        tokenizer = load_tokenizer(text_path)
+        config = _read_json(text_path / "config.json")
+        limit = int(config.get("max_position_embeddings", 512))
+        st_config = _read_json(root / "text" / "sentence_bert_config.json", missing_ok=True)
+        tokenizer_config = _read_json(text_path / "tokenizer_config.json", missing_ok=True)
+        context = int(
+            st_config.get("max_seq_length") or tokenizer_config.get("model_max_length") or limit
+        )
+        return cls(
+            path=root,
+            family="sentence-transformers",
+            context=min(context, limit),
+            pad_id=_pad_id(text_path, tokenizer, "bert"),
+            fixed_length=False,
+            preprocess=image_preprocess(_image_processor(image_path), name=f"st-{root.name}"),
+            tokenizer=tokenizer.to_str(),
+            image_path=image_path,
+            text_path=text_path,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -112,29 +153,60 @@ class TextTokenizer:
 
 
 # What a model directory needs from the hub: configs, tokenizer and processor files, weights
-# as safetensors (never pickles: a .bin is code a download could run).
-HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model"]
+# (older sentence-transformers repositories have only pytorch_model.bin: read with
+# `weights_only`, tensors and nothing else).
+HUB_FILES = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"]
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+# multi2vec-clip's default (the image Weaviate's docs use): texts through the multilingual
+# student, images through the CLIP it was distilled from.
+IMAGE_TOWER_OF = {
+    "sentence-transformers/clip-ViT-B-32-multilingual-v1": "sentence-transformers/clip-ViT-B-32"
+}
 
 
 def resolve_model_dir(weights: str, timeout_s: float = 30.0) -> Path:
     """`weights` as a model directory: a directory as is, or a hub name (`openai/clip-vit-
     base-patch32`) fetched once into Hugging Face's cache (each file verified against the
-    hub's SHA-256 by huggingface_hub) and found there afterwards, offline too."""
+    hub's SHA-256 by huggingface_hub) and found there afterwards, offline too. A text model
+    of IMAGE_TOWER_OF comes with its image tower: both fetched, joined as `clip/` + `text/`."""
     path = Path(weights).expanduser()
     if path.is_dir():
         return path
     if not _REPO_ID.match(weights):
         raise ValueError(f"{weights}: neither a model directory nor a hub name like owner/model")
+    if weights not in IMAGE_TOWER_OF:
+        return _fetch(weights, timeout_s)
+    try:
+        text, image = _fetch(weights, timeout_s), _fetch(IMAGE_TOWER_OF[weights], timeout_s)
+    except ValueError as exc:
+        raise ValueError(
+            f"{exc}; for {weights}, IMG2VEC_WEIGHTS=DIR holds two such directories: DIR/text "
+            f"({weights}) and DIR/clip ({IMAGE_TOWER_OF[weights]})"
+        ) from None
+    from huggingface_hub import constants
+
+    joined = Path(constants.HF_HUB_CACHE) / "img2vec" / weights.replace("/", "--")
+    joined.mkdir(parents=True, exist_ok=True)
+    for name, target in (("clip", image), ("text", text)):
+        link = joined / name
+        if not (link.is_symlink() and link.resolve() == target.resolve()):
+            staged = joined / f".{name}.{os.getpid()}"
+            staged.unlink(missing_ok=True)
+            staged.symlink_to(target, target_is_directory=True)
+            staged.replace(link)  # atomic: a replica starting meanwhile sees old or new
+    return joined
+
+
+def _fetch(repo: str, timeout_s: float) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(weights, allow_patterns=HUB_FILES, etag_timeout=timeout_s))
+        return Path(snapshot_download(repo, allow_patterns=HUB_FILES, etag_timeout=timeout_s))
     except Exception as exc:
         why = (str(exc).splitlines() or [""])[0][:160]
         raise ValueError(
-            f"cannot fetch {weights} from the Hugging Face hub ({type(exc).__name__}: {why}). "
-            f"Offline: on a machine with network run `hf download {weights} --local-dir DIR`, "
+            f"cannot fetch {repo} from the Hugging Face hub ({type(exc).__name__}: {why}). "
+            f"Offline: on a machine with network run `hf download {repo} --local-dir DIR`, "
             "copy DIR here and set IMG2VEC_WEIGHTS=DIR"
         ) from None
 
@@ -171,6 +243,13 @@ def image_preprocess(processor: dict[str, Any], name: str) -> Preprocess:
     )
 
 
+def st_modules(root: Path) -> list[tuple[str, Path]]:
+    """A sentence-transformers directory's modules, in order: (class name, directory), from
+    modules.json (old and new type paths alike: only the class name is read)."""
+    entries = json.loads((root / "modules.json").read_text())
+    return [(e["type"].rsplit(".", 1)[-1], root / e.get("path", "")) for e in entries]
+
+
 def load_tokenizer(root: Path) -> Any:
     from tokenizers import Tokenizer
 
@@ -192,7 +271,7 @@ def _pad_id(root: Path, tokenizer: Any, family: str) -> int:
             token = token.get("content")
         if isinstance(token, str) and tokenizer.token_to_id(token) is not None:
             return int(tokenizer.token_to_id(token))
-    return 1 if family == "siglip" else 0
+    return {"siglip": 1, "clip": 0}.get(family, 0)
 
 
 def _image_processor(root: Path) -> dict[str, Any]:

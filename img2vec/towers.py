@@ -11,6 +11,7 @@ of concurrent requests into the same pass.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from img2vec.model import normalize, pick_device
-from img2vec.multimodal import ClipSpec
+from img2vec.multimodal import ClipSpec, st_modules
 
 IMAGE, TEXT = "image", "text"
 
@@ -43,10 +44,29 @@ class Towers:
         self.spec = spec
         self.device = pick_device(device)
         started = time.perf_counter()
-        model = AutoModel.from_pretrained(str(spec.path), dtype=torch.float32)
+        assert spec.image_path is not None and spec.text_path is not None
+        model = AutoModel.from_pretrained(str(spec.image_path), dtype=torch.float32)
         self._model = model.eval().to(self.device)
+        # sentence-transformers: the text tower is a model of its own, pooled and projected by
+        # the modules after it; neither tower's vectors are normalized (as the container's).
+        self._text: torch.nn.Module | None = None
+        self._head: list[tuple[str, Any]] = []
+        self.normalized = spec.family != "sentence-transformers"
+        if spec.family == "sentence-transformers":
+            text = AutoModel.from_pretrained(str(spec.text_path), dtype=torch.float32)
+            self._text = text.eval().to(self.device)
+            self._head = _st_head(spec.path / "text", self.device)
+            self.normalized = False
         self.load_s = time.perf_counter() - started
-        self.weights_sha256 = _files_sha256(sorted(spec.path.glob("*.safetensors")))
+        files = [
+            *sorted(spec.image_path.glob("*.safetensors")),
+            *sorted(spec.image_path.glob("*.bin")),
+        ]
+        if spec.text_path != spec.image_path:
+            files += sorted(spec.text_path.glob("*.safetensors")) + sorted(
+                spec.text_path.glob("*.bin")
+            )
+        self.weights_sha256 = _files_sha256(files)
         pre = spec.preprocess
         self._mean = torch.tensor(pre.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(pre.std, device=self.device).view(1, 3, 1, 1)
@@ -67,7 +87,7 @@ class Towers:
             "device": str(self.device),
             "dtype": "float32",
             "preprocess": self.spec.preprocess.name,
-            "normalized": True,
+            "normalized": self.normalized,
             **self.spec.describe(),
             "dim": self.dim,
         }
@@ -94,9 +114,9 @@ class Towers:
         pixels = normalize(batch, self._mean, self._std)
         model = self._model
         pooled = model.vision_model(pixel_values=pixels).pooler_output
-        if self.spec.family == "clip":
+        if self.spec.family != "siglip":
             pooled = model.visual_projection(pooled)
-        return _unit(pooled)
+        return self._out(pooled)
 
     @torch.inference_mode()
     def embed_texts(self, ids: Sequence[np.ndarray]) -> np.ndarray:
@@ -110,14 +130,23 @@ class Towers:
             tokens[row, : len(t)] = t
             mask[row, : len(t)] = 1
         input_ids = torch.from_numpy(tokens).to(self.device)
+        attention = torch.from_numpy(mask).to(self.device)
         model = self._model
+        if self._text is not None:
+            hidden = self._text(input_ids=input_ids, attention_mask=attention).last_hidden_state
+            return self._out(_apply_head(self._head, hidden, attention))
         if spec.family == "clip":
-            attention = torch.from_numpy(mask).to(self.device)
             pooled = model.text_model(input_ids=input_ids, attention_mask=attention).pooler_output
             pooled = model.text_projection(pooled)
         else:
             pooled = model.text_model(input_ids=input_ids).pooler_output
-        return _unit(pooled)
+        return self._out(pooled)
+
+    def _out(self, x: torch.Tensor) -> np.ndarray:
+        x = x.float()
+        if self.normalized:
+            x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return x.cpu().numpy()
 
     def warm_up(self, max_batch_size: int) -> list[int]:
         """One pass of each tower at one input and at `max_batch_size`."""
@@ -141,6 +170,65 @@ def _files_sha256(files: list[Path]) -> str | None:
     return digest.hexdigest()
 
 
-def _unit(x: torch.Tensor) -> np.ndarray:
-    x = x.float()
-    return (x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
+def _st_head(root: Path, device: torch.device) -> list[tuple[str, Any]]:
+    """The sentence-transformers modules after the text model: pooling, dense layers,
+    normalization, read from their own config files (old and new layouts)."""
+    head: list[tuple[str, Any]] = []
+    for kind, path in st_modules(root)[1:]:
+        if kind == "Pooling":
+            config = json.loads((path / "config.json").read_text())
+            mode = config.get("pooling_mode") or next(
+                (m for m in ("mean", "cls", "max") if config.get(f"pooling_mode_{m}_tokens")),
+                "cls" if config.get("pooling_mode_cls_token") else None,
+            )
+            if mode not in ("mean", "cls", "max"):
+                raise ValueError(f"{path}: pooling {config} is not supported (mean, cls, max)")
+            head.append(("pool", mode))
+        elif kind == "Dense":
+            config = json.loads((path / "config.json").read_text())
+            activation = config.get("activation_function", "torch.nn.modules.linear.Identity")
+            if activation.rsplit(".", 1)[-1] not in ("Identity", "Tanh"):
+                raise ValueError(f"{path}: activation {activation} is not supported")
+            linear = torch.nn.Linear(
+                config["in_features"], config["out_features"], bias=config.get("bias", True)
+            )
+            linear.load_state_dict(_read_state(path, "linear."))
+            head.append(("dense", (linear.eval().to(device), activation.endswith("Tanh"))))
+        elif kind == "Normalize":
+            head.append(("normalize", None))
+        else:
+            raise ValueError(f"{root}: module {kind} is not supported after the text model")
+    return head
+
+
+def _apply_head(
+    head: list[tuple[str, Any]], hidden: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    x = hidden
+    for step, arg in head:
+        if step == "pool":
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            if arg == "mean":
+                x = (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+            elif arg == "cls":
+                x = hidden[:, 0]
+            else:
+                x = hidden.masked_fill(m == 0, -1e9).max(1).values
+        elif step == "dense":
+            linear, tanh = arg
+            x = linear(x)
+            x = torch.tanh(x) if tanh else x
+        else:
+            x = torch.nn.functional.normalize(x, dim=-1)
+    return x
+
+
+def _read_state(path: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """A module's weights: model.safetensors, else pytorch_model.bin (tensors only)."""
+    if (path / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(str(path / "model.safetensors"))
+    else:
+        state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    return {k.removeprefix(prefix): v for k, v in state.items()}

@@ -113,6 +113,71 @@ def write_siglip(root: Path, seed: int = 0) -> Path:
     return out
 
 
+def write_multilingual(root: Path, seed: int = 0) -> Path:
+    """multi2vec-clip's default layout, as its download.py saves it from the hub: `clip/`, a
+    sentence-transformers CLIP (the random CLIP above), and `text/`, a sentence-transformers
+    text model shaped like clip-ViT-B-32-multilingual-v1 (a DistilBERT, mean pooling, a dense
+    layer without bias to the CLIP's width), in the hub's file layout, with a small WordPiece
+    vocabulary written here."""
+    from transformers import DistilBertConfig, DistilBertModel, DistilBertTokenizerFast
+
+    out = root / "multilingual"
+    clip = write_clip(root / "image-tower")
+    (out / "clip").mkdir(parents=True)
+    (out / "clip" / "0_CLIPModel").symlink_to(clip, target_is_directory=True)
+    _modules(out / "clip", [("0_CLIPModel", "CLIPModel")])
+    text = out / "text"
+    text.mkdir()
+    words = ("[PAD] [UNK] [CLS] [SEP] [MASK] a photo of the cat dog rocket coffee astronaut "
+             "katze foto einer ein une chat café ##s ##e ##n")  # fmt: skip
+    (root / "vocab.txt").write_text("\n".join(words.split()) + "\n")
+    tokenizer = DistilBertTokenizerFast(str(root / "vocab.txt"), model_max_length=512)
+    torch.manual_seed(seed)
+    config = DistilBertConfig(
+        vocab_size=len(words.split()), dim=64, hidden_dim=128, n_layers=2, n_heads=2
+    )
+    DistilBertModel(config).eval().save_pretrained(text)
+    tokenizer.save_pretrained(text)
+    (text / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": 128, "do_lower_case": False})
+    )
+    _modules(text, [("", "Transformer"), ("1_Pooling", "Pooling"), ("2_Dense", "Dense")])
+    (text / "1_Pooling").mkdir()
+    (text / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {
+                "word_embedding_dimension": 64,
+                "pooling_mode_cls_token": False,
+                "pooling_mode_mean_tokens": True,
+                "pooling_mode_max_tokens": False,
+                "pooling_mode_mean_sqrt_len_tokens": False,
+            }
+        )
+    )
+    (text / "2_Dense").mkdir()
+    (text / "2_Dense" / "config.json").write_text(
+        json.dumps(
+            {
+                "in_features": 64,
+                "out_features": 32,
+                "bias": False,
+                "activation_function": "torch.nn.modules.linear.Identity",
+            }
+        )
+    )
+    torch.save({"linear.weight": torch.randn(32, 64) / 8}, text / "2_Dense" / "pytorch_model.bin")
+    return out
+
+
+def _modules(root: Path, modules: list[tuple[str, str]]) -> None:
+    """modules.json as the hub's sentence-transformers models have it."""
+    entries = [
+        {"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
+        for i, (path, kind) in enumerate(modules)
+    ]
+    (root / "modules.json").write_text(json.dumps(entries))
+
+
 def _bytes_to_unicode() -> list[str]:
     """GPT-2's byte -> printable character table, in byte order."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),

@@ -161,3 +161,34 @@ def test_concurrent_objects_share_the_towers_passes_and_each_gets_its_own_vector
     passes, inputs = after["passes"] - before["passes"], after["images"] - before["images"]
     print(f"64 inputs of 32 requests in {passes} passes; largest {after['max_batch_size_run']}")
     assert inputs == 64 and passes < 32
+
+
+def test_the_default_multilingual_model_serves_sentence_transformers_vectors(
+    serve_base, tmp_path_factory
+):
+    """multi2vec-clip's default layout (clip/ + text/) through the service: the vectors
+    sentence-transformers gives for the same two directories, unnormalized as the
+    container's."""
+    from ray import serve
+    from sentence_transformers import SentenceTransformer
+
+    from tests.clip_models import write_multilingual
+
+    root = write_multilingual(tmp_path_factory.mktemp("multilingual"))
+    env = {"IMG2VEC_WEIGHTS": str(root), "IMG2VEC_TORCH_THREADS": "2"}
+    url = deploy("multilingual", "/multilingual", env, serve_base, builder="build_clip_app")
+    try:
+        texts = ["Ein Foto einer Katze", "une photo d'un chat"]
+        image = photo("astronaut")
+        r = vectorize(url, texts, [b64(encode(image, "PNG"))], headers=JSON)
+        assert r.status_code == 200, r.text
+        ref_texts = SentenceTransformer(str(root / "text"), device="cpu").encode(texts)
+        ref_image = SentenceTransformer(str(root / "clip"), device="cpu").encode([image])[0]
+        for ours, ref in zip(r.json()["textVectors"], ref_texts, strict=True):
+            assert relative_error(ours, ref) <= BOUND
+        assert relative_error(r.json()["imageVectors"][0], ref_image) <= BOUND
+        meta = httpx.get(url + "/meta").json()
+        assert meta["family"] == "sentence-transformers" and meta["normalized"] is False
+        assert meta["text_context_tokens"] == 128
+    finally:
+        serve.delete("multilingual")

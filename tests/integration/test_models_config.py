@@ -24,10 +24,11 @@ CONFIG = Path(__file__).resolve().parents[2] / "serve_config.models.yaml"
 PREFIX = "/models-config"  # other applications of this test instance hold "/"
 
 
-def on_this_machine(config: dict) -> dict:
+def on_this_machine(config: dict, clip_dir: Path) -> dict:
     for app in config["applications"]:
         app["route_prefix"] = PREFIX + app["route_prefix"].rstrip("/")
-        app["args"]["weights"] = "random"
+        clip = app["import_path"].endswith("build_clip_app")
+        app["args"]["weights"] = str(clip_dir) if clip else "random"
         app["args"]["torch_threads"] = 1
         for dep in app["deployments"]:
             dep["ray_actor_options"] = {"num_cpus": 0.5, "num_gpus": 0}
@@ -49,15 +50,23 @@ def test_the_models_share_gpus_by_fraction():
     assert all(0 < g < 1 for g in gpus) and sum(gpus) <= 1
 
 
-def test_each_application_answers_with_its_own_model(serve_instance):
+def test_each_application_answers_with_its_own_model(serve_instance, clip_dir):
     config = yaml.safe_load(CONFIG.read_text())
     apps = {app["name"]: dict(app) for app in config["applications"]}
     client = serve_start()
-    client.deploy_apps(ServeDeploySchema.model_validate(on_this_machine(config)), _blocking=True)
+    schema = ServeDeploySchema.model_validate(on_this_machine(config, clip_dir))
+    client.deploy_apps(schema, _blocking=True)
     try:
         for name, app in apps.items():
             url = serve_instance.base_url + PREFIX + app["route_prefix"].rstrip("/")
             wait_ready(url, timeout_s=180)
+            if app["import_path"].endswith("build_clip_app"):
+                # Weaviate's multi2vec-clip: CLIP_INFERENCE_API (with the prefix) + "/vectorize".
+                body = json.dumps({"texts": ["a cat"], "images": [b64(one_pixel_png())]})
+                r = httpx.post(url + "/vectorize", content=body, timeout=60)
+                assert r.status_code == 200, r.text
+                assert httpx.get(url + "/meta", timeout=30).json()["protocol"] == "multi2vec-clip"
+                continue
             model = app["args"]["model"]
             meta = httpx.get(url + "/meta", timeout=30).json()
             assert meta["model"] == model and meta["preprocess"] == preset_of(model), name

@@ -6,6 +6,7 @@ tokenizer; SigLIP's padding and pooling with a small tokenizer."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -112,3 +113,63 @@ def test_a_hub_name_offline_says_how_to_bring_the_model(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(ValueError, match=r"hf download openai/clip-vit-base-patch32 --local-dir"):
         ClipSpec.from_dir("openai/clip-vit-base-patch32")
+
+
+def test_the_default_multilingual_layout_matches_sentence_transformers(tmp_path):
+    """multi2vec-clip's default: images through a sentence-transformers CLIP, texts through a
+    multilingual DistilBERT student (mean pooling, a dense layer), neither normalized; the
+    reference is sentence-transformers itself, loading the same two directories."""
+    from sentence_transformers import SentenceTransformer
+
+    from tests.clip_models import write_multilingual
+
+    root = write_multilingual(tmp_path)
+    spec = ClipSpec.from_dir(root)
+    assert (spec.family, spec.context, spec.pad_id) == ("sentence-transformers", 128, 0)
+    towers = Towers(spec, "cpu", 2)
+    texts = ["a photo of a cat", "Ein Foto einer Katze", "une photo d'un chat " * 60]
+    images = [photo(name) for name in PHOTOS]
+    ref_texts = SentenceTransformer(str(root / "text"), device="cpu").encode(texts)
+    ref_images = SentenceTransformer(str(root / "clip"), device="cpu").encode(images)
+    ours_texts = towers.embed_texts(TextTokenizer(spec).encode(texts))
+    ours_images = towers.embed_images(np.stack([spec.preprocess.to_array(i) for i in images]))
+    assert min_separation(dict(zip(PHOTOS, ref_images, strict=True))) > 100 * CLIP_BOUND
+    for o, r in [
+        *zip(ours_texts, ref_texts, strict=True),
+        *zip(ours_images, ref_images, strict=True),
+    ]:
+        assert relative_error(o, r) <= CLIP_BOUND
+    assert not towers.info()["normalized"] and abs(np.linalg.norm(ours_images[0]) - 1) > 0.1
+
+
+def test_the_default_hub_name_joins_its_two_towers_from_the_cache_offline(
+    tmp_path, monkeypatch, clip_dir
+):
+    """`sentence-transformers/clip-ViT-B-32-multilingual-v1` names the text model; its image
+    tower is fetched with it and the two are joined as clip/ + text/. Here both sit in a
+    Hugging Face cache laid out as the hub client leaves it, and the hub is offline."""
+    from tests.clip_models import write_multilingual
+
+    built = write_multilingual(tmp_path / "src")
+    cache = tmp_path / "hub"
+    for repo, source in (
+        ("sentence-transformers/clip-ViT-B-32-multilingual-v1", built / "text"),
+        ("sentence-transformers/clip-ViT-B-32", built / "clip"),
+    ):
+        entry = cache / f"models--{repo.replace('/', '--')}"
+        snapshot = entry / "snapshots" / ("0" * 40)
+        shutil.copytree(source, snapshot, symlinks=False)
+        (entry / "refs").mkdir()
+        (entry / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    spec = ClipSpec.from_dir("sentence-transformers/clip-ViT-B-32-multilingual-v1")
+    assert spec.family == "sentence-transformers"
+    assert (spec.path / "clip").resolve() == (
+        cache / "models--sentence-transformers--clip-ViT-B-32" / "snapshots" / ("0" * 40)
+    )
+    assert spec.context == 128
