@@ -5,6 +5,10 @@
 #   docker build --build-arg BAKE_WEIGHTS= -t img2vec .              # no weights: fetched at start
 #   docker run -p 8080:8080 --shm-size=1g img2vec                    # CPU
 #   docker run --gpus all -p 8080:8080 --shm-size=4g -e ENABLE_CUDA=1 img2vec
+# multi2vec-clip (Weaviate's CLIP_INFERENCE_API), its default model baked in:
+#   docker build --build-arg BAKE_WEIGHTS=sentence-transformers/clip-ViT-B-32-multilingual-v1 \
+#     -t img2vec:clip .
+#   docker run -p 8080:8080 --shm-size=1g -e IMG2VEC_MODULE=multi2vec-clip img2vec:clip
 # What it runs is Python the tests run: deployments/container.py (entrypoint and HEALTHCHECK),
 # docker/bake-weights.sh (the weights step), deployments/launch.py (the launcher).
 FROM python:3.11-slim
@@ -14,6 +18,7 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     TORCH_HOME=/opt/img2vec/torch \
+    HF_HOME=/opt/img2vec/hf \
     IMG2VEC_PORT=8080 \
     IMG2VEC_METRICS_PORT=8081
 
@@ -28,7 +33,8 @@ COPY img2vec img2vec
 COPY img2vec_cli img2vec_cli
 COPY deployments deployments
 COPY docker docker
-COPY serve_config.yaml serve_config.gpu.yaml serve_config.models.yaml serve.env ./
+COPY serve_config.yaml serve_config.gpu.yaml serve_config.models.yaml serve_config.clip.yaml \
+     serve_config.clip.gpu.yaml serve.env ./
 RUN pip install --no-deps .
 
 # Weights in the image, SHA-256 verified at build: the container starts offline.

@@ -4,8 +4,10 @@ shape, plus a small overlay of documented differences (cluster/overlays/*.yaml):
     serve_config.gpu.yaml           = serve_config.yaml + overlays/gpu.yaml
     serve_config.models.yaml        = serve_config.yaml + overlays/gpu.yaml + overlays/models.yaml
     serve_config.clip.yaml          = serve_config.yaml + overlays/clip.yaml (multi2vec-clip)
+    serve_config.clip.gpu.yaml      = serve_config.yaml + overlays/gpu.yaml + overlays/clip.yaml
     cluster/kuberay/rayservice.yaml = kuberay/rayservice.template.yaml, whose serveConfigV2 is
                                       serve_config.yaml + overlays/gpu.yaml + overlays/kuberay.yaml
+    cluster/kuberay/rayservice.clip.yaml   the same + overlays/clip.yaml (multi2vec-clip)
 
 `make cluster` (python -m cluster.render) writes them; `--check` fails when a committed file is
 not what rendering gives (the test suite runs it), so none is ever a hand-kept copy.
@@ -76,11 +78,19 @@ def serve_config(*overlays: str) -> dict:
     return config
 
 
-def rayservice() -> dict:
+def rayservice(*extra: str) -> dict:
+    """The RayService of serve_config.yaml + gpu + kuberay (+ `extra` overlays: "clip" gives
+    the multi2vec-clip one, named img2vec-clip, its image the -clip build)."""
     from deployments.launch import read_env_file
 
     manifest = load(ROOT / "cluster" / "kuberay" / "rayservice.template.yaml")
-    config = serve_config("gpu", "kuberay")
+    config = serve_config("gpu", "kuberay", *extra)
+    if "clip" in extra:
+        manifest["metadata"]["name"] += "-clip"
+        text = yaml.safe_dump(manifest, sort_keys=False)
+        manifest = yaml.safe_load(
+            text.replace("img2vec/img2vec:0.2.0", "img2vec/img2vec:0.2.0-clip")
+        )
     manifest["spec"]["serveConfigV2"] = yaml.safe_dump(config, sort_keys=False)
     # Ray reads serve.env's settings when its processes start: every container gets them.
     env = [{"name": k, "value": v} for k, v in read_env_file(ROOT / "serve.env").items()]
@@ -106,9 +116,21 @@ def rendered() -> dict[Path, str]:
         ROOT / "serve_config.clip.yaml": dump(
             serve_config("clip"), ["serve_config.yaml", "cluster/overlays/clip.yaml"]
         ),
+        ROOT / "serve_config.clip.gpu.yaml": dump(
+            serve_config("gpu", "clip"), [*gpu, "cluster/overlays/clip.yaml"]
+        ),
         ROOT / "cluster" / "kuberay" / "rayservice.yaml": dump(
             rayservice(),
             ["cluster/kuberay/rayservice.template.yaml", *gpu, "cluster/overlays/kuberay.yaml"],
+        ),
+        ROOT / "cluster" / "kuberay" / "rayservice.clip.yaml": dump(
+            rayservice("clip"),
+            [
+                "cluster/kuberay/rayservice.template.yaml",
+                *gpu,
+                "cluster/overlays/kuberay.yaml",
+                "cluster/overlays/clip.yaml",
+            ],
         ),
     }
 

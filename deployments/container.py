@@ -3,7 +3,9 @@
     python -m deployments.container            the entrypoint: settings -> the launcher (exec)
     python -m deployments.container health     the HEALTHCHECK: readiness on the local port
 
-The entrypoint honours the replaced container's `ENABLE_CUDA` (`1`/`true` -> the GPU config
+`IMG2VEC_MODULE` picks the API: `img2vec-neural` (the default, POST /vectors) or
+`multi2vec-clip` (POST /vectorize, the model from IMG2VEC_WEIGHTS). The entrypoint honours the
+replaced containers' `ENABLE_CUDA` (`1`/`true` -> the GPU config
 and CUDA, `0`/`false` -> CPU), under our own settings: an `IMG2VEC_DEVICE` or
 `IMG2VEC_SERVE_CONFIG` set explicitly wins. It listens on 8080 (`IMG2VEC_PORT`), like the
 image it replaces, and replaces itself with the launcher, so that SIGTERM reaches it.
@@ -20,6 +22,11 @@ from collections.abc import Mapping
 DEFAULT_PORT = "8080"
 CPU_CONFIG = "serve_config.yaml"
 GPU_CONFIG = "serve_config.gpu.yaml"
+# IMG2VEC_MODULE: which of Weaviate's modules the container answers, (CPU config, GPU config).
+MODULES = {
+    "img2vec-neural": (CPU_CONFIG, GPU_CONFIG),
+    "multi2vec-clip": ("serve_config.clip.yaml", "serve_config.clip.gpu.yaml"),
+}
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off", ""}
 
@@ -29,13 +36,17 @@ def settings(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
     add: dict[str, str] = {}
     cuda = env.get("ENABLE_CUDA")
     config = env.get("IMG2VEC_SERVE_CONFIG")
+    module = (env.get("IMG2VEC_MODULE") or "img2vec-neural").strip()
+    if module not in MODULES:
+        raise ValueError(f"IMG2VEC_MODULE={module!r}: use {' or '.join(MODULES)}")
+    cpu_config, gpu_config = MODULES[module]
     if cuda is not None:
         value = cuda.strip().lower()
         if value not in TRUE | FALSE:
             raise ValueError(f"ENABLE_CUDA={cuda!r}: use 1/true (GPU) or 0/false (CPU)")
         use_gpu = value in TRUE
         add.setdefault("IMG2VEC_DEVICE", "cuda" if use_gpu else "cpu")
-        config = config or (GPU_CONFIG if use_gpu else CPU_CONFIG)
+        config = config or (gpu_config if use_gpu else cpu_config)
         if env.get("CUDA_CORE"):
             # The old container's CUDA_CORE=cuda:N picks a GPU; Ray picks by visibility.
             index = env["CUDA_CORE"].removeprefix("cuda:")
@@ -49,7 +60,7 @@ def settings(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
         sys.executable,
         "-m",
         "deployments.launch",
-        config or CPU_CONFIG,
+        config or cpu_config,
         "--port",
         port,
     ]

@@ -297,3 +297,24 @@ def _read_json(path: Path, missing_ok: bool = False) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a JSON object")
     return data
+
+
+def main(argv: list[str]) -> int:
+    """`python -m img2vec.multimodal NAME|DIR`: fetch (once) and check a CLIP-style model,
+    print its directory: the image's weights step for multi2vec-clip (docker/bake-weights.sh)."""
+    if len(argv) != 2:
+        print("usage: python -m img2vec.multimodal <hub name or model directory>")
+        return 2
+    try:
+        spec = ClipSpec.from_dir(argv[1])
+    except ValueError as exc:
+        print(f"img2vec: {exc}")
+        return 1
+    print(f"{spec.path} ({spec.family}, texts truncated to {spec.context} tokens)")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv))

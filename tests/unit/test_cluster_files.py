@@ -21,8 +21,8 @@ def load(path: str) -> dict:
     return yaml.safe_load((CLUSTER / path).read_text())
 
 
-def rayservice() -> dict:
-    return load("kuberay/rayservice.yaml")
+def rayservice(variant: str = "") -> dict:
+    return load(f"kuberay/rayservice{'.' + variant if variant else ''}.yaml")
 
 
 def test_the_rayservice_uses_current_kuberay_fields_only():
@@ -78,6 +78,21 @@ def test_serve_config_v2_is_a_valid_serve_config_with_one_gpu_per_model_replica(
     assert deployments["Embedder"]["autoscaling_config"]["min_replicas"] >= 1
 
 
+def test_the_clip_rayservice_serves_multi2vec_clip_with_the_same_shape():
+    manifest, base = rayservice("clip"), rayservice()
+    assert manifest["metadata"]["name"] == base["metadata"]["name"] + "-clip"
+    config = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(config)
+    (app,) = config["applications"]
+    (base_app,) = yaml.safe_load(base["spec"]["serveConfigV2"])["applications"]
+    assert app["import_path"] == "deployments.app:build_clip_app" and "model" not in app["args"]
+    assert app["deployments"] == base_app["deployments"]
+    groups = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert all(
+        c["image"] == IMAGE + "-clip" for g in groups for c in g["template"]["spec"]["containers"]
+    )
+
+
 def test_the_network_policy_admits_weaviate_to_the_serve_port_only():
     policy = load("kuberay/networkpolicy.yaml")
     assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/part-of": "img2vec"}
@@ -103,6 +118,17 @@ def test_compose_is_weaviates_seed_example_with_our_image():
     assert gpu["environment"]["ENABLE_CUDA"] == "1"
     (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert device["capabilities"] == ["gpu"] and device["count"] == 1
+
+
+def test_the_clip_compose_is_weaviates_multi2vec_clip_example_with_our_image():
+    compose = load("compose/docker-compose.clip.yml")["services"]
+    weaviate, ours = compose["weaviate"], compose["multi2vec-clip"]
+    assert weaviate["environment"]["ENABLE_MODULES"] == "multi2vec-clip"
+    assert weaviate["environment"]["CLIP_INFERENCE_API"] == "http://multi2vec-clip:8080"
+    assert ours["image"].startswith(IMAGE) and ours["environment"]["IMG2VEC_MODULE"] == (
+        "multi2vec-clip"
+    )
+    assert ours["shm_size"] and "ports" not in ours
 
 
 def test_the_cluster_launcher_config_is_valid_for_ray_up():

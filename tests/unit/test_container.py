@@ -53,6 +53,16 @@ def test_our_own_settings_win_over_enable_cuda():
         settings({"ENABLE_CUDA": "maybe"})
 
 
+def test_img2vec_module_picks_multi2vec_clip_on_cpu_or_gpu():
+    assert settings({"IMG2VEC_MODULE": "multi2vec-clip"})[1][3] == "serve_config.clip.yaml"
+    add, command = settings({"IMG2VEC_MODULE": "multi2vec-clip", "ENABLE_CUDA": "1"})
+    assert command[3] == "serve_config.clip.gpu.yaml" and add["IMG2VEC_DEVICE"] == "cuda"
+    for name in ("serve_config.clip.yaml", "serve_config.clip.gpu.yaml"):
+        assert (ROOT / name).is_file()
+    with pytest.raises(ValueError, match="img2vec-neural or multi2vec-clip"):
+        settings({"IMG2VEC_MODULE": "text2vec"})
+
+
 def test_a_bad_enable_cuda_stops_the_entrypoint_with_the_reason():
     out = subprocess.run(
         [sys.executable, "-m", "deployments.container"],
@@ -106,3 +116,14 @@ def test_the_dockerfile_runs_these_scripts_as_a_non_root_user():
         for source in line.split()[:-1]:
             assert (ROOT / source).exists(), source
     assert "tests" in (ROOT / ".dockerignore").read_text()
+
+
+def test_the_weights_step_checks_a_clip_model_and_says_how_to_bring_one_offline(tmp_path, clip_dir):
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HF_HOME": str(tmp_path)}
+    script = str(ROOT / "docker" / "bake-weights.sh")
+    out = subprocess.run([script, str(clip_dir)], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and "(clip, texts truncated to 77 tokens)" in out.stdout
+    offline = {**env, "HF_HUB_OFFLINE": "1"}
+    name = "openai/clip-vit-base-patch32"
+    out = subprocess.run([script, name], env=offline, capture_output=True, text=True)
+    assert out.returncode == 1 and f"hf download {name} --local-dir" in out.stdout
