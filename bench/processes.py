@@ -189,7 +189,8 @@ def launched(
     path.write_text(yaml.safe_dump(config))
     text = (root / "serve.env").read_text() if serve_env_text is None else serve_env_text
     (workdir / "serve.env").write_text(text)  # beside the copy, where the launcher looks
-    env = {**os.environ, **(extra_env or {}), "IMG2VEC_WEIGHTS": "random", "RAY_ADDRESS": "local"}
+    # Random weights unless the caller names others (extra_env wins over both).
+    env = {**os.environ, "IMG2VEC_WEIGHTS": "random", "RAY_ADDRESS": "local", **(extra_env or {})}
     metrics = str(free_port())
     cmd = [sys.executable, "-m", "deployments.launch", str(path), "--metrics-port", metrics]
     log = workdir / "service.log"

@@ -52,7 +52,7 @@ class ClipEmbedderDeployment:
     def __init__(self, settings: ClipModelSettings) -> None:
         spec = ClipSpec.from_dir(settings.weights)
         threads = settings.torch_threads or default_torch_threads(settings.device)
-        self._towers = Towers(spec, settings.device, threads)
+        self._towers = Towers(spec, settings.device, threads, settings.graph)
         self._metrics = EmbedderMetrics(self._towers.info())
         self._batcher: Batcher[Input, np.ndarray] = Batcher(
             self._towers.run, DEFAULTS, is_out_of_memory=is_out_of_memory, observer=self._metrics

@@ -115,16 +115,14 @@ def _cached(entry: Path, key: Mapping[str, Any]) -> bool:
         return False
 
 
-def _convert(module: Normalized, input_size: tuple[int, int], entry: Path, key: dict) -> None:
+def _convert(
+    module: torch.nn.Module, example: tuple[torch.Tensor, ...], inputs: list, entry: Path, key: dict
+) -> None:
     import openvino as ov
 
-    h, w = input_size
-    example = torch.zeros((1, h, w, 3), dtype=torch.uint8)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = ov.convert_model(
-            module.eval(), example_input=example, input=[([-1, h, w, 3], ov.Type.u8)]
-        )
+        model = ov.convert_model(module.eval(), example_input=example, input=inputs)
     tmp = entry.with_name(entry.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -135,20 +133,36 @@ def _convert(module: Normalized, input_size: tuple[int, int], entry: Path, key: 
     os.replace(tmp, entry)
 
 
+def _image_inputs(input_size: tuple[int, int]) -> tuple[tuple[torch.Tensor, ...], list]:
+    """uint8 N x H x W x 3, any N: what an image backbone (`Normalized`) takes."""
+    import openvino as ov
+
+    h, w = input_size
+    return (torch.zeros((1, h, w, 3), dtype=torch.uint8),), [([-1, h, w, 3], ov.Type.u8)]
+
+
 class OpenVINOEngine:
     """A backbone compiled by OpenVINO for this CPU. Call it from one thread at a time (the
-    batcher's forward thread)."""
+    batcher's forward thread). By default an image backbone (`Normalized`, uint8 images of
+    `input_size`); `example` and `inputs` (OpenVINO's shapes and types) describe any other
+    module, e.g. a text tower taking token ids of any length."""
 
     def __init__(
         self,
-        module: Normalized,
+        module: torch.nn.Module,
         *,
-        input_size: tuple[int, int],
+        input_size: tuple[int, int] | None = None,
         identity: Mapping[str, Any],
         dtype: str,
         threads: int | None,
+        example: tuple[torch.Tensor, ...] | None = None,
+        inputs: list | None = None,
     ) -> None:
         import openvino as ov
+
+        if example is None or inputs is None:
+            assert input_size is not None
+            example, inputs = _image_inputs(input_size)
 
         if dtype not in OPENVINO_PRECISIONS:
             raise ConfigError(
@@ -170,11 +184,11 @@ class OpenVINOEngine:
             if self.entry.exists():
                 log.warning("engine cache %s is stale or damaged: converting again", self.entry)
             try:
-                _convert(module, input_size, self.entry, self.key)
+                _convert(module, example, inputs, self.entry, self.key)
             except OSError as exc:  # a read-only cache: convert for this process alone
                 log.warning("engine cache %s not writable (%s): not cached", self.entry, exc)
                 self.entry = Path(tempfile.mkdtemp(prefix="img2vec-engine-")) / self.entry.name
-                _convert(module, input_size, self.entry, self.key)
+                _convert(module, example, inputs, self.entry, self.key)
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[dtype],
             "PERFORMANCE_HINT": "LATENCY",
@@ -198,8 +212,8 @@ class OpenVINOEngine:
             time.perf_counter() - started,
         )
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        out = self._request.infer({0: batch})
+    def __call__(self, *arrays: np.ndarray) -> np.ndarray:
+        out = self._request.infer(dict(enumerate(arrays)))
         # A copy: the output tensor is the request's own memory, overwritten by the next call.
         return np.array(out[0], dtype=np.float32, copy=True)
 

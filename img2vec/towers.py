@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ import torch
 from img2vec.model import normalize, pick_device
 from img2vec.multimodal import ClipSpec, st_modules
 
+log = logging.getLogger(__name__)
+
 IMAGE, TEXT = "image", "text"
 
 
@@ -35,8 +38,60 @@ class Input:
     data: np.ndarray
 
 
+GRAPHS = ("auto", "openvino", "eager")
+
+
+class _VisionTower(torch.nn.Module):
+    """Pixels (normalized, N x 3 x H x W) -> the image tower's embedding, projected."""
+
+    def __init__(self, model: Any, project: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.project = project
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        pooled: torch.Tensor = self.model.vision_model(pixel_values=pixels).pooler_output
+        return self.model.visual_projection(pooled) if self.project else pooled
+
+
+class _TextTower(torch.nn.Module):
+    """Token ids (and their mask, N x L) -> the text tower's embedding, before normalization:
+    CLIP's end-token pooling and projection, SigLIP's last-position head (no mask: it was
+    trained on unmasked padding), or a sentence-transformers model and its head."""
+
+    def __init__(self, model: Any, family: str, text: Any, head: list) -> None:
+        super().__init__()
+        self.model: Any = model
+        self.family, self.text = family, text
+        self.head = head
+        # The head's dense layers as submodules, so that conversion sees their weights.
+        self.layers = torch.nn.ModuleList(arg[0] for step, arg in head if step == "dense")
+
+    @property
+    def masked(self) -> bool:
+        return self.family != "siglip"
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.text is not None:
+            assert mask is not None
+            hidden = self.text(input_ids=ids, attention_mask=mask).last_hidden_state
+            return _apply_head(self.head, hidden, mask)
+        if self.family == "clip":
+            pooled = self.model.text_model(input_ids=ids, attention_mask=mask).pooler_output
+            out: torch.Tensor = self.model.text_projection(pooled)
+            return out
+        pooled = self.model.text_model(input_ids=ids).pooler_output
+        return pooled
+
+
 class Towers:
-    def __init__(self, spec: ClipSpec, device: str = "auto", torch_threads: int | None = None):
+    def __init__(
+        self,
+        spec: ClipSpec,
+        device: str = "auto",
+        torch_threads: int | None = None,
+        graph: str = "auto",
+    ):
         from transformers import AutoModel
 
         if torch_threads:
@@ -70,7 +125,59 @@ class Towers:
         pre = spec.preprocess
         self._mean = torch.tensor(pre.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(pre.std, device=self.device).view(1, 3, 1, 1)
+        self._vision = _VisionTower(self._model, project=spec.family != "siglip")
+        self._text_tower = _TextTower(self._model, spec.family, self._text, self._head)
+        self._engine = self._openvino(graph, "image")
+        self._text_engine = self._openvino(graph, "text") if self._engine is not None else None
+        self.graph = "openvino" if self._engine is not None else "eager"
         self.dim = int(self.embed_texts([np.asarray([spec.pad_id], np.int32)]).shape[1])
+
+    def _openvino(self, graph: str, tower: str) -> Any:
+        """A tower on OpenVINO where `graph` asks for it (auto: on CPU, where installed): the
+        same vectors (relative error ~1e-6), 2.3-2.7x eager's speed for ViT-B/32 on 2 cores
+        (bench/clip.py). The text tower takes ids of any length (and any batch)."""
+        from img2vec.engines import Normalized, OpenVINOEngine, openvino_available
+        from img2vec.errors import ConfigError
+
+        if graph not in GRAPHS:
+            raise ConfigError(f"graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
+        usable = self.device.type == "cpu" and openvino_available()
+        if graph == "eager" or (graph == "auto" and not usable):
+            return None
+        if not usable:
+            raise ConfigError("graph openvino runs on CPU, where the openvino package is installed")
+        pre = self.spec.preprocess
+        identity = {
+            "model": f"{self.spec.family}-{tower}-tower",
+            "weights_sha256": self.weights_sha256 or "none",
+            "input_size": list(self.input_size),
+            "context": self.spec.context,
+            "preprocess": [pre.name, *pre.mean, *pre.std],
+        }
+        options: dict[str, Any] = {}
+        if tower == "image":
+            module: torch.nn.Module = Normalized(self._vision, pre.mean, pre.std)
+            options["input_size"] = self.input_size
+        else:
+            import openvino as ov
+
+            module = self._text_tower
+            n = 2 if self._text_tower.masked else 1
+            options["example"] = tuple(torch.ones((2, 8), dtype=torch.int64) for _ in range(n))
+            options["inputs"] = [([-1, -1], ov.Type.i64)] * n
+        try:
+            return OpenVINOEngine(
+                module,
+                identity=identity,
+                dtype="float32",
+                threads=torch.get_num_threads(),
+                **options,
+            )
+        except Exception as exc:
+            if graph == "openvino":
+                raise
+            log.warning("the %s tower on OpenVINO failed (%r): running it eager", tower, exc)
+            return None
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -86,6 +193,7 @@ class Towers:
             "weights_sha256": self.weights_sha256,
             "device": str(self.device),
             "dtype": "float32",
+            "graph": self.graph,
             "preprocess": self.spec.preprocess.name,
             "normalized": self.normalized,
             **self.spec.describe(),
@@ -110,13 +218,10 @@ class Towers:
     @torch.inference_mode()
     def embed_images(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, 3) -> float32 (N, dim), L2-normalized."""
-        batch = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
-        pixels = normalize(batch, self._mean, self._std)
-        model = self._model
-        pooled = model.vision_model(pixel_values=pixels).pooler_output
-        if self.spec.family != "siglip":
-            pooled = model.visual_projection(pooled)
-        return self._out(pooled)
+        if self._engine is not None:
+            return self._out(torch.from_numpy(self._engine(np.ascontiguousarray(images))))
+        batch = torch.from_numpy(np.array(images, copy=True)).to(self.device)
+        return self._out(self._vision(normalize(batch, self._mean, self._std)))
 
     @torch.inference_mode()
     def embed_texts(self, ids: Sequence[np.ndarray]) -> np.ndarray:
@@ -129,18 +234,12 @@ class Towers:
         for row, t in enumerate(ids):
             tokens[row, : len(t)] = t
             mask[row, : len(t)] = 1
+        if self._text_engine is not None:
+            arrays = (tokens, mask) if self._text_tower.masked else (tokens,)
+            return self._out(torch.from_numpy(self._text_engine(*arrays)))
         input_ids = torch.from_numpy(tokens).to(self.device)
         attention = torch.from_numpy(mask).to(self.device)
-        model = self._model
-        if self._text is not None:
-            hidden = self._text(input_ids=input_ids, attention_mask=attention).last_hidden_state
-            return self._out(_apply_head(self._head, hidden, attention))
-        if spec.family == "clip":
-            pooled = model.text_model(input_ids=input_ids, attention_mask=attention).pooler_output
-            pooled = model.text_projection(pooled)
-        else:
-            pooled = model.text_model(input_ids=input_ids).pooler_output
-        return self._out(pooled)
+        return self._out(self._text_tower(input_ids, attention))
 
     def _out(self, x: torch.Tensor) -> np.ndarray:
         x = x.float()

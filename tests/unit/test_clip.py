@@ -33,10 +33,21 @@ CLIP_BOUND = 1e-3
 SIGLIP_FRACTION = 0.01
 
 
-@pytest.fixture(scope="module")
-def clip(clip_dir):
-    spec = ClipSpec.from_dir(clip_dir)
-    return spec, Towers(spec, "cpu", 2), ReferenceClip(clip_dir)
+@pytest.fixture(autouse=True)
+def _engine_cache(tmp_path_factory, monkeypatch):
+    """Converted image towers of this run's own, not the user's cache."""
+    monkeypatch.setenv("IMG2VEC_ENGINE_CACHE", str(tmp_path_factory.getbasetemp() / "engines"))
+
+
+@pytest.fixture(scope="module", params=["eager", "openvino"])
+def clip(request, clip_dir, tmp_path_factory):
+    """Both image-tower engines; the text tower is the same eager one."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMG2VEC_ENGINE_CACHE", str(tmp_path_factory.getbasetemp() / "engines"))
+        spec = ClipSpec.from_dir(clip_dir)
+        towers = Towers(spec, "cpu", 2, graph=request.param)
+    assert towers.graph == request.param
+    return spec, towers, ReferenceClip(clip_dir)
 
 
 def test_the_tokenizer_gives_the_reference_ids_and_truncates_keeping_the_end_token(clip):

@@ -1,0 +1,199 @@
+"""multi2vec-clip side by side: the one-request-at-a-time baseline (bench/clip_baseline.py,
+the container's shape) against our service (`serve_config.clip.yaml` through the launcher),
+with Weaviate-like requests: one object's image and short text (what Weaviate sends per
+object with an image and a text field), and texts only (what `nearText` sends). Both run the
+same random ViT-B/32 CLIP (OpenAI's sizes and real tokenizer), float32, on this CPU.
+
+    python -m bench.clip [--concurrency 1,32] [--duration 15]    (make bench-clip)
+
+Rewrites the clip section of docs/benchmarks.md and writes bench/results/clip-*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+import torch
+import yaml
+
+from bench.images import image_sets
+from bench.loadgen import run_load
+from bench.processes import LOOPBACK, free_port, launched, started, wait_ready
+from bench.run import NICE, machine
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- clip:begin -->", "<!-- clip:end -->"
+WORDS = "a photo of a red cat dog rocket coffee cup on the table astronaut in space"
+
+
+def write_vit_b32(root: Path) -> Path:
+    """A random CLIP of ViT-B/32's sizes (the container's openai/clip-vit-base-patch32),
+    with OpenAI's tokenizer (tests/clip_models.py derives it from open_clip's vocabulary)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    from tests.clip_models import clip_vocabulary
+
+    vocab, merges = clip_vocabulary()
+    (root / "vocab.json").write_text(json.dumps({v: i for i, v in enumerate(vocab)}))
+    (root / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tokenizer = CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"))
+    torch.manual_seed(0)
+    config = CLIPConfig(text_config={"vocab_size": len(vocab)}, projection_dim=512)
+    out = root / "clip-vit-b32"
+    CLIPModel(config).eval().save_pretrained(out)
+    CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer).save_pretrained(out)
+    return out
+
+
+def bodies(kind: str, images: list[bytes], n: int = 64) -> list[bytes]:
+    """`object`: one image and one short text per request; `nearText`: one short text."""
+    out = []
+    for i in range(n):
+        words = WORDS.split()
+        text = " ".join(words[(i + k) % len(words)] for k in range(4 + i % 5))
+        body: dict = {"texts": [text], "images": []}
+        if kind == "object":
+            body["images"] = [base64.b64encode(images[i % len(images)]).decode()]
+        out.append(json.dumps(body).encode())
+    return out
+
+
+def drive(name: str, url: str, sets: dict, args: argparse.Namespace) -> list[dict]:
+    rows = []
+    for kind, payloads in sets.items():
+        for c in args.concurrency:
+            result = run_load(
+                url + "/vectorize",
+                payloads,
+                concurrency=c,
+                duration_s=args.duration,
+                warmup_s=args.warmup,
+                max_requests=args.max_requests,
+                content_type=True,  # Weaviate's CLIP client sends application/json
+            )
+            row = {"system": name, "kind": kind, **result.as_dict()}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def service(
+    model: Path, sets: dict, args: argparse.Namespace, workdir: Path, graph: str = "auto"
+) -> list[dict]:
+    """The service as shipped (graph auto: both towers on OpenVINO on CPU), or with the
+    towers eager like the baseline's (`service-eager`: what batching alone gives)."""
+    config = yaml.safe_load((ROOT / "serve_config.clip.yaml").read_text())
+    env = {"IMG2VEC_WEIGHTS": str(model), "IMG2VEC_DEVICE": "cpu", "IMG2VEC_GRAPH": graph}
+    name = "service" if graph == "auto" else f"service-{graph}"
+    with launched(config, workdir, ROOT, extra_env=env) as (url, _):
+        rows = drive(name, url, sets, args)
+        # The passes the model replica ran: how the requests' inputs were batched.
+        batching = httpx.get(url + "/meta", timeout=30).json()["batching"]
+        print(json.dumps({"service_batching": batching}), flush=True)
+        rows[-1]["batching"] = batching
+        return rows
+
+
+def baseline(model: Path, sets: dict, args: argparse.Namespace, workdir: Path) -> list[dict]:
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.clip_baseline",
+        "--port",
+        str(port),
+        "--weights",
+        str(model),
+    ]
+    with started(cmd, dict(os.environ), workdir / "clip-baseline.log", ROOT) as proc:
+        url = f"http://{LOOPBACK}:{port}"
+        wait_ready(url, proc=proc)
+        return drive("baseline", url, sets, args)
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    rows = {(r["system"], r["kind"], r["concurrency"]): r for r in results["load"]}
+    lines = [
+        f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores), torch {m['torch']}.",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        "| requests | concurrency | baseline req/s | service req/s | ratio | service eager "
+        "req/s | ratio | baseline p50 ms | service p50 ms | errors (baseline/service) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for kind in ("object", "nearText"):
+        for c in results["args"]["concurrency"]:
+            b, s = rows.get(("baseline", kind, c)), rows.get(("service", kind, c))
+            if not b or not s:
+                continue
+            e = rows.get(("service-eager", kind, c))
+            rb, rs = b["images_per_s"], s["images_per_s"]
+            re_ = e["images_per_s"] if e else None
+            ratio = f"{rs / rb:.2f}x" if rb else "-"
+            eager = f"{re_} | {re_ / rb:.2f}x" if re_ is not None and rb else "- | -"
+            lines.append(
+                f"| {kind} | {c} | {rb} | {rs} | {ratio} | {eager} | {b['p50_ms']} "
+                f"| {s['p50_ms']} | {b['errors']}/{s['errors']} |"
+            )
+    lines += [
+        "",
+        "`object`: one 640x480 JPEG and one short text per request (an object with an image "
+        "and a text field); `nearText`: one short text. req/s counts requests answered 200. "
+        "`service eager`: the service with both towers eager, as the baseline runs them: what "
+        "batching across requests gives on its own; `service`: as shipped (graph auto, both "
+        "towers on OpenVINO, the same vectors).",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", default="1,32")
+    parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--warmup", type=float, default=4.0)
+    parser.add_argument("--max-requests", type=int, default=3000)
+    parser.add_argument("--systems", default="baseline,service,service-eager")
+    parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--no-docs", action="store_true")
+    args = parser.parse_args()
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    os.nice(NICE)
+    results: dict = {
+        "command": ("python -m bench.clip " + " ".join(sys.argv[1:])).strip(),
+        "machine": machine(),
+        "args": vars(args),
+        "load": [],
+    }
+    photos = image_sets("640x480")["640x480"]
+    sets = {"object": bodies("object", photos), "nearText": bodies("nearText", photos)}
+    with tempfile.TemporaryDirectory(prefix="img2vec-bench-clip-") as tmp:
+        model = write_vit_b32(Path(tmp))
+        for system in args.systems.split(","):
+            if system == "baseline":
+                results["load"] += baseline(model, sets, args, Path(tmp))
+            else:
+                graph = system.removeprefix("service").removeprefix("-") or "auto"
+                results["load"] += service(model, sets, args, Path(tmp), graph)
+    out = ROOT / args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"clip-{results['machine']['date']}.json").write_text(json.dumps(results, indent=2))
+    text = markdown(results)
+    print(text)
+    docs = ROOT / "docs" / "benchmarks.md"
+    if not args.no_docs and BEGIN in docs.read_text():
+        head, rest = docs.read_text().split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        docs.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+
+
+if __name__ == "__main__":
+    main()
