@@ -89,8 +89,8 @@ def service(
 ) -> list[dict]:
     """The service as shipped (graph auto: both towers on OpenVINO on CPU), or with the
     towers eager like the baseline's (`service-eager`: what batching alone gives)."""
-    config = yaml.safe_load((ROOT / "serve_config.clip.yaml").read_text())
-    env = {"IMG2VEC_WEIGHTS": str(model), "IMG2VEC_DEVICE": "cpu", "IMG2VEC_GRAPH": graph}
+    config = yaml.safe_load((ROOT / args.config).read_text())
+    env = {"IMG2VEC_WEIGHTS": str(model), "IMG2VEC_DEVICE": args.device, "IMG2VEC_GRAPH": graph}
     name = "service" if graph == "auto" else f"service-{graph}"
     with launched(config, workdir, ROOT, extra_env=env) as (url, _):
         rows = drive(name, url, sets, args)
@@ -162,6 +162,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=4.0)
     parser.add_argument("--max-requests", type=int, default=3000)
     parser.add_argument("--systems", default="baseline,service,service-eager")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda, for both systems")
+    parser.add_argument("--config", default="serve_config.clip.yaml")
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()

@@ -33,10 +33,11 @@ class ClipInput(BaseModel):
 
 
 class ClipBaseline:
-    def __init__(self, weights: str) -> None:
+    def __init__(self, weights: str, device: str = "cpu") -> None:
         from transformers import CLIPModel, CLIPProcessor
 
-        self.model = CLIPModel.from_pretrained(weights).eval()
+        self.device = device  # the container's ENABLE_CUDA / CUDA_CORE
+        self.model = CLIPModel.from_pretrained(weights).eval().to(device)
         self.processor = CLIPProcessor.from_pretrained(weights)
         self.lock = threading.Lock()
 
@@ -45,6 +46,7 @@ class ClipBaseline:
         if payload.texts:
             with self.lock:
                 inputs = self.processor(text=payload.texts, return_tensors="pt", padding=True)
+                inputs = inputs.to(self.device)
                 embeds = self.model.text_model(**inputs)[1]
                 embeds = self.model.text_projection(embeds)
                 text_vectors = (embeds / embeds.norm(dim=-1, keepdim=True)).tolist()
@@ -52,7 +54,7 @@ class ClipBaseline:
         if payload.images:
             with self.lock:
                 files = [_parse_image(image) for image in payload.images]
-                inputs = self.processor(images=files, return_tensors="pt")
+                inputs = self.processor(images=files, return_tensors="pt").to(self.device)
                 embeds = self.model.vision_model(**inputs)[1]
                 embeds = self.model.visual_projection(embeds)
                 image_vectors = (embeds / embeds.norm(dim=-1, keepdim=True)).tolist()
@@ -64,9 +66,9 @@ def _parse_image(text: str) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def make_app(weights: str) -> FastAPI:
+def make_app(weights: str, device: str = "cpu") -> FastAPI:
     app = FastAPI()
-    clip = ClipBaseline(weights)
+    clip = ClipBaseline(weights, device)
     executor = ThreadPoolExecutor()
 
     @app.get("/.well-known/ready")
@@ -86,10 +88,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8002)
     parser.add_argument("--weights", required=True)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    uvicorn.run(make_app(args.weights), host="127.0.0.1", port=args.port, log_level="warning")
+    uvicorn.run(
+        make_app(args.weights, args.device), host="127.0.0.1", port=args.port, log_level="warning"
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 step() { echo "== $(date +%T) $*" >&2; }
 # STEPS=service bash bench/gpu.sh: only the named steps.
-steps=",${STEPS:-tests,model,service,where,drift,probe},"
+steps=",${STEPS:-tests,model,service,where,drift,clip,probe},"
 want() { [[ $steps == *",$1,"* ]]; }
 
 want tests && {
@@ -75,6 +75,12 @@ done > "$out/where.log" 2>&1
 
 want drift && step drift && timeout 75 "$py" -m bench.drift --device cuda --dtypes float32,tf32,float16,bfloat16 \
   --graphs torchscript,compiled --no-draft > "$out/drift.jsonl" 2>&1
+
+# multi2vec-clip on the GPU: the container's one-lock shape on CUDA against the service's GPU
+# config (towers eager on CUDA: graph auto is OpenVINO on CPU only).
+want clip && step clip && timeout 150 "$py" -m bench.clip --device cuda \
+  --config serve_config.clip.gpu.yaml --systems baseline,service --concurrency 1,32,256 \
+  --duration 6 --warmup 2 --no-docs --out /tmp/gpu-clip > "$out/clip.log" 2>&1
 
 want probe && step probe && timeout 80 "$py" -m bench.cuda_probe > "$out/probe.jsonl" 2>&1
 step done
