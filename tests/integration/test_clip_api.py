@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
+from collections import Counter
 
 import httpx
 import numpy as np
@@ -192,3 +194,44 @@ def test_the_default_multilingual_model_serves_sentence_transformers_vectors(
         assert meta["text_context_tokens"] == 128
     finally:
         serve.delete("multilingual")
+
+
+def test_past_capacity_every_request_is_answered_200_or_a_json_503_in_time(serve_base, clip_dir):
+    """A burst of objects far past what fits in a 1 s request timeout: each is answered, 200
+    or a JSON 503 with Retry-After, within the timeout and some slack; none is lost."""
+    from ray import serve
+
+    env = {
+        "IMG2VEC_WEIGHTS": str(clip_dir),
+        "IMG2VEC_TORCH_THREADS": "1",
+        "IMG2VEC_GRAPH": "eager",
+        "IMG2VEC_REQUEST_TIMEOUT_S": "1",
+    }
+    url = deploy("clip-overload", "/clip-overload", env, serve_base, builder="build_clip_app")
+    image = b64(encode(photo("coffee"), "JPEG"))
+    body = {"texts": ["a cup of coffee"], "images": [image] * 4}
+
+    async def burst() -> list[tuple[int, float, httpx.Response]]:
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+
+            async def one() -> tuple[int, float, httpx.Response]:
+                started = time.monotonic()
+                r = await client.post(url + "/vectorize", json=body)
+                return r.status_code, time.monotonic() - started, r
+
+            return await asyncio.gather(*(one() for _ in range(200)))
+
+    try:
+        answers = asyncio.run(burst())
+    finally:
+        serve.delete("clip-overload")
+    statuses = Counter(status for status, _, _ in answers)
+    print(
+        f"200 objects of 4 images: {dict(statuses)}; slowest {max(t for _, t, _ in answers):.1f} s"
+    )
+    assert set(statuses) == {200, 503}, statuses
+    for status, took, r in answers:
+        assert took < 1 + 5, took  # the timeout, and slack for 200 connections on 2 cores
+        if status == 503:
+            assert set(r.json()) == {"error"} and r.headers["retry-after"] == "1"
