@@ -55,9 +55,11 @@ fuzz: install
 	  tests/integration/test_openapi_contract.py
 
 # Bare model vs our service vs the one-at-a-time baseline, side by side (~10 min on 2 cores).
-# Rewrites the results section of docs/benchmarks.md. BENCH_ARGS adds options of bench/run.py.
+# Then multi2vec-clip the same way (bench/clip.py, ~5 min). Rewrites both results sections of
+# docs/benchmarks.md. BENCH_ARGS adds options of bench/run.py.
 bench: install
 	$(BIN)/img2vec bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.clip
 
 # multi2vec-clip: the container's one-at-a-time shape against the service (~5 min on 2 cores).
 bench-clip: install

@@ -161,6 +161,39 @@ def test_enable_cuda_picks_the_config_in_the_image(image):
         assert out.stdout.strip() == expected
 
 
+def test_the_same_image_serves_multi2vec_clip_with_one_variable(image, clip_dir):
+    """IMG2VEC_MODULE=multi2vec-clip: Weaviate's CLIP protocol on port 8080, the model a
+    directory mounted read-only (what the container's download.py stores), ready within 120 s,
+    vectors and JSON errors as the library's tests check them."""
+    subprocess.run(["chmod", "-R", "a+rX", str(clip_dir)], check=True)
+    name = f"i2v-clip-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    engine(
+        "run", "-d", "--name", name,
+        "-p", f"{LOOPBACK}:{port}:8080",
+        "--shm-size=1g",
+        "-e", "ENABLE_CUDA=0",
+        "-e", "IMG2VEC_MODULE=multi2vec-clip",
+        "-e", "IMG2VEC_WEIGHTS=/models/clip",
+        "-v", f"{clip_dir}:/models/clip:ro",
+        TAG,
+    )  # fmt: skip
+    url = f"http://{LOOPBACK}:{port}"
+    try:
+        wait_ready(url, timeout_s=120)
+        body = json.dumps({"texts": ["a cat"], "images": [b64(one_pixel_png())]})
+        r = httpx.post(url + "/vectorize", content=body, timeout=60)
+        assert r.status_code == 200, r.text
+        assert len(r.json()["textVectors"][0]) == len(r.json()["imageVectors"][0]) == 32
+        bad = httpx.post(url + "/vectorize", content='{"images": ["@@"]}', timeout=60)
+        assert bad.status_code == 400 and "images[0]" in bad.json()["error"]
+        assert httpx.get(url + "/meta", timeout=30).json()["protocol"] == "multi2vec-clip"
+    finally:
+        logs = engine("logs", name, check=False)
+        print((logs.stdout + logs.stderr)[-2000:])
+        engine("rm", "-f", "-t", "0", name, check=False)
+
+
 def test_stop_with_the_default_grace_drains_and_exits_0(container):
     """Last in this module: `docker stop` (SIGTERM, SIGKILL after 10 s) under load ends with
     exit 0, and every request in flight gets an answer (200, or a JSON 503 once draining)."""

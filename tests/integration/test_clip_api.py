@@ -224,13 +224,16 @@ def test_past_capacity_every_request_is_answered_200_or_a_json_503_in_time(serve
 
     try:
         answers = asyncio.run(burst())
+        # ...and right after, it serves normally.
+        after = httpx.post(url + "/vectorize", json={"texts": ["a cat"]}, timeout=30)
     finally:
         serve.delete("clip-overload")
+    assert after.status_code == 200, after.text
     statuses = Counter(status for status, _, _ in answers)
     print(
         f"200 objects of 4 images: {dict(statuses)}; slowest {max(t for _, t, _ in answers):.1f} s"
     )
-    assert set(statuses) == {200, 503}, statuses
+    assert set(statuses) <= {200, 503} and statuses[503] > 0, statuses  # none lost
     for status, took, r in answers:
         assert took < 1 + 5, took  # the timeout, and slack for 200 connections on 2 cores
         if status == 503:
