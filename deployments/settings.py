@@ -68,7 +68,7 @@ class ClipModelSettings(_Settings):
 
     weights: str = Field(
         description="a CLIP or SigLIP model directory in Hugging Face's save_pretrained layout, "
-        "or a hub name (owner/model) fetched once into the Hugging Face cache"
+        "a hub name (owner/model) fetched once into the Hugging Face cache, or 'random'"
     )
     device: Device = "auto"
     torch_threads: TorchThreads = None

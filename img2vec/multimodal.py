@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,9 @@ IMAGE_TOWER_OF = {
 }
 
 
+RANDOM = "random"
+
+
 def resolve_model_dir(weights: str, timeout_s: float = 30.0) -> Path:
     """`weights` as a model directory: a directory as is, or a hub name (`openai/clip-vit-
     base-patch32`) fetched once into Hugging Face's cache (each file verified against the
@@ -172,6 +176,8 @@ def resolve_model_dir(weights: str, timeout_s: float = 30.0) -> Path:
     path = Path(weights).expanduser()
     if path.is_dir():
         return path
+    if weights == RANDOM:
+        return random_model_dir()
     if not _REPO_ID.match(weights):
         raise ValueError(f"{weights}: neither a model directory nor a hub name like owner/model")
     if weights not in IMAGE_TOWER_OF:
@@ -195,6 +201,56 @@ def resolve_model_dir(weights: str, timeout_s: float = 30.0) -> Path:
             staged.symlink_to(target, target_is_directory=True)
             staged.replace(link)  # atomic: a replica starting meanwhile sees old or new
     return joined
+
+
+def random_model_dir(seed: int = 0) -> Path:
+    """`weights: random`: a seeded random CLIP of ViT-B/32's sizes (512-d vectors) with a
+    byte-level tokenizer (no merges), written once into the Hugging Face cache. The API runs
+    offline; the vectors mean nothing (tests, benchmarks, trying it out)."""
+    import torch
+    from huggingface_hub import constants
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    root = Path(constants.HF_HUB_CACHE) / "img2vec" / f"random-clip-vit-b32-seed{seed}"
+    if (root / "config.json").is_file():
+        return root
+    staged = root.with_name(f"{root.name}.tmp{os.getpid()}")
+    staged.mkdir(parents=True, exist_ok=True)
+    chars = bytes_to_unicode()
+    vocab = [*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"]
+    (staged / "vocab.json").write_text(json.dumps({v: i for i, v in enumerate(vocab)}))
+    (staged / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(staged / "vocab.json"), str(staged / "merges.txt"))
+    torch.manual_seed(seed)
+    # CLIP pools the end token's state: its id must be this vocabulary's.
+    start, end = len(vocab) - 2, len(vocab) - 1
+    text = {
+        "vocab_size": len(vocab),
+        "bos_token_id": start,
+        "eos_token_id": end,
+        "pad_token_id": end,
+    }
+    config = CLIPConfig(text_config=text, projection_dim=512)
+    CLIPModel(config).eval().save_pretrained(staged)
+    CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer).save_pretrained(staged)
+    if root.exists():  # another process wrote it meanwhile: the same seed, the same model
+        shutil.rmtree(staged)
+    else:
+        os.replace(staged, root)
+    return root
+
+
+def bytes_to_unicode() -> list[str]:
+    """GPT-2's byte -> printable character table, in byte order: the base of CLIP's BPE
+    vocabulary."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]  # fmt: skip
+    chars, extra = {b: b for b in printable}, 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = 256 + extra
+            extra += 1
+    return [chr(chars[b]) for b in [*printable, *(b for b in range(256) if b not in printable)]]
 
 
 def _fetch(repo: str, timeout_s: float) -> Path:

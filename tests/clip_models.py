@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from img2vec.multimodal import bytes_to_unicode
+
 # Small towers: the real ones' structure (ViT-B/32 patches at 224, a causal text
 # transformer), a width that runs in milliseconds on 2 cores.
 TOWER = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -32,7 +34,7 @@ def clip_vocabulary() -> tuple[list[str], list[str]]:
     bpe = Path(spec.submodule_search_locations[0]) / "bpe_simple_vocab_16e6.txt.gz"
     lines = gzip.decompress(bpe.read_bytes()).decode("utf-8").split("\n")
     merges = lines[1 : 49152 - 256 - 2 + 1]
-    byte_chars = _bytes_to_unicode()
+    byte_chars = bytes_to_unicode()
     vocab = [*byte_chars, *(c + "</w>" for c in byte_chars), *("".join(m.split()) for m in merges)]
     return [*vocab, "<|startoftext|>", "<|endoftext|>"], merges
 
@@ -176,15 +178,3 @@ def _modules(root: Path, modules: list[tuple[str, str]]) -> None:
         for i, (path, kind) in enumerate(modules)
     ]
     (root / "modules.json").write_text(json.dumps(entries))
-
-
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2's byte -> printable character table, in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]  # fmt: skip
-    chars, extra = {b: b for b in printable}, 0
-    for b in range(256):
-        if b not in chars:
-            chars[b] = 256 + extra
-            extra += 1
-    return [chr(chars[b]) for b in [*printable, *(b for b in range(256) if b not in printable)]]

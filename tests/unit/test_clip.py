@@ -184,3 +184,19 @@ def test_the_default_hub_name_joins_its_two_towers_from_the_cache_offline(
         cache / "models--sentence-transformers--clip-ViT-B-32" / "snapshots" / ("0" * 40)
     )
     assert spec.context == 128
+
+
+def test_random_weights_run_the_api_offline_with_vit_b32_sizes(tmp_path, monkeypatch):
+    """`IMG2VEC_WEIGHTS=random`, as for the image models: a seeded random ViT-B/32 CLIP with a
+    byte-level tokenizer, written once into the Hugging Face cache and found there again."""
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    spec = ClipSpec.from_dir("random")
+    assert spec.family == "clip" and spec.context == 77 and spec.path.parent.parent == tmp_path
+    written = (spec.path / "model.safetensors").stat().st_mtime
+    assert ClipSpec.from_dir("random").path == spec.path
+    assert (spec.path / "model.safetensors").stat().st_mtime == written  # not written again
+    towers = Towers(spec, "cpu", 2, graph="eager")
+    vectors = towers.embed_texts(TextTokenizer(spec).encode(["a cat", "a dog"]))
+    assert vectors.shape == (2, 512) and relative_error(vectors[0], vectors[1]) > 1e-3
