@@ -22,7 +22,7 @@ from typing import Any, TypeAlias, TypeVar
 from fastapi import Request, Response
 
 from deployments.health import Drain, EmbedderHealth
-from deployments.http import ByteBudget, Held, error_response, json_error
+from deployments.http import ByteBudget, Held, embedder_error, error_response, json_error
 from deployments.metrics import IngressMetrics
 from deployments.settings import IngressSettings
 from img2vec.cpus import DECODE_THREAD, name_this_thread
@@ -116,6 +116,22 @@ def readiness(drain: Drain, health: EmbedderHealth) -> Response:
             NotReady(f"the model has not answered for over {health.unready_after_s} s")
         )
     return Response(status_code=204)
+
+
+async def describe_model(embedder: Any) -> dict[str, Any] | Response:
+    """One model replica's `describe()` for /meta, or the JSON error saying why there is none
+    (no answer within 5 s: 503; a replica restarting: 503; our fault: 500, logged)."""
+    try:
+        described: dict[str, Any] = await asyncio.wait_for(embedder.describe.remote(), 5)
+    except TimeoutError:
+        return error_response(Overloaded("the model did not answer within 5 s"))
+    except Exception as exc:
+        err = embedder_error(exc)
+        if err is None:
+            log.error("/meta failed: %r", exc)
+            return json_error(INTERNAL_ERROR, 500)
+        return error_response(err)
+    return described
 
 
 class ImagePool:

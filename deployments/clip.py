@@ -32,7 +32,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 import img2vec
-from deployments.answering import Answering, ImagePool, Timing, readiness
+from deployments.answering import Answering, ImagePool, Timing, describe_model, readiness
 from deployments.handoff import GroupAnswer
 from deployments.health import Drain, EmbedderHealth
 from deployments.http import (
@@ -42,7 +42,6 @@ from deployments.http import (
     describe_validation,
     embedder_error,
     error_response,
-    json_error,
     new_app,
     read_body,
 )
@@ -50,7 +49,7 @@ from deployments.metrics import IngressMetrics, keep_fresh
 from deployments.settings import IngressSettings
 from img2vec.batching import Backlog
 from img2vec.decoding import ImageLimits, decode_image
-from img2vec.errors import INTERNAL_ERROR, Img2VecError, InvalidRequest, NotReady, Overloaded
+from img2vec.errors import Img2VecError, InvalidRequest, NotReady
 from img2vec.multimodal import ClipSpec, TextTokenizer
 
 log = logging.getLogger("ray.serve")
@@ -147,19 +146,12 @@ class ClipIngress:
         return readiness(self._drain, self._health)
 
     @clip_app.get("/meta", responses={503: {"model": ErrorResponse}})
-    async def meta(self) -> JSONResponse:
+    async def meta(self) -> Response:
         """The model (what every stored vector depends on, long texts' truncation included)
         and live batching stats, from the one model replica that answered."""
-        try:
-            described = await asyncio.wait_for(self._embedder.describe.remote(), 5)
-        except TimeoutError:
-            return error_response(Overloaded("the model did not answer within 5 s"))
-        except Exception as exc:
-            err = embedder_error(exc)
-            if err is None:
-                log.error("/meta failed: %r", exc)
-                return json_error(INTERNAL_ERROR, 500)
-            return error_response(err)
+        described = await describe_model(self._embedder)
+        if isinstance(described, Response):
+            return described
         limits = self._settings.limits()
         limits["max_inputs"] = limits.pop("max_bulk_items")
         del limits["max_bulk_bytes"]

@@ -28,7 +28,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 import img2vec
-from deployments.answering import Answering, ImagePool, Timing, readiness
+from deployments.answering import Answering, ImagePool, Timing, describe_model, readiness
 from deployments.bulk import BulkItem, bulk_body, parse_bulk
 from deployments.health import Drain, EmbedderHealth
 from deployments.http import (
@@ -39,16 +39,13 @@ from deployments.http import (
     VectorRequest,
     app,
     describe_validation,
-    embedder_error,
-    error_response,
-    json_error,
     read_body,
 )
 from deployments.link import ModelLink
 from deployments.metrics import IngressMetrics, keep_fresh
 from deployments.settings import IngressSettings
 from img2vec.decoding import ImageLimits, decode_image
-from img2vec.errors import INTERNAL_ERROR, Img2VecError, InvalidRequest, Overloaded
+from img2vec.errors import Img2VecError, InvalidRequest
 from img2vec.preprocessing import Preprocess, get_preset
 
 log = logging.getLogger("ray.serve")
@@ -104,19 +101,12 @@ class Ingress:
         return readiness(self._drain, self._health)
 
     @app.get("/meta", responses={503: {"model": ErrorResponse}})
-    async def meta(self) -> JSONResponse:
+    async def meta(self) -> Response:
         """Model identity (what every stored vector depends on) and live batching stats,
         both from the one Embedder replica that answered (named by `replica`)."""
-        try:
-            described = await asyncio.wait_for(self._embedder.describe.remote(), 5)
-        except TimeoutError:
-            return error_response(Overloaded("the model did not answer within 5 s"))
-        except Exception as exc:
-            err = embedder_error(exc)
-            if err is None:
-                log.error("/meta failed: %r", exc)
-                return json_error(INTERNAL_ERROR, 500)
-            return error_response(err)
+        described = await describe_model(self._embedder)
+        if isinstance(described, Response):
+            return described
         # This ingress replica's calls to the model: each carries a group of requests.
         link = {"calls_to_model": self._link.groups, "images_to_model": self._link.images}
         return JSONResponse(
