@@ -26,6 +26,7 @@ import yaml
 from bench.images import image_sets
 from bench.loadgen import run_load
 from bench.processes import LOOPBACK, free_port, launched, started, wait_ready
+from bench.report import replace_section
 from bench.run import NICE, machine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,10 +192,8 @@ def main() -> None:
     text = markdown(results)
     print(text)
     docs = ROOT / "docs" / "benchmarks.md"
-    if not args.no_docs and BEGIN in docs.read_text():
-        head, rest = docs.read_text().split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        docs.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    if not args.no_docs:
+        replace_section(docs, BEGIN, END, text)
 
 
 if __name__ == "__main__":

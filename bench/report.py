@@ -214,6 +214,18 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def replace_section(docs: Path, begin: str, end: str, text: str) -> bool:
+    """Rewrite what lies between `begin` and `end` in `docs` (each benchmark owns one such
+    section of docs/benchmarks.md); False, and nothing written, where a marker is missing."""
+    doc = docs.read_text() if docs.exists() else ""
+    if begin not in doc or end not in doc:
+        return False
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    docs.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+    return True
+
+
 def write_report(results: dict, out_dir: Path, docs: Path | None) -> None:
     results["ratios"] = ratios(results)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -223,9 +235,5 @@ def write_report(results: dict, out_dir: Path, docs: Path | None) -> None:
         plot(results, out_dir / f"{stamp}.png")
     text = markdown(results)
     print(text)
-    if docs is not None and docs.exists():
-        doc = docs.read_text()
-        if BEGIN in doc and END in doc:
-            head, rest = doc.split(BEGIN, 1)
-            _, tail = rest.split(END, 1)
-            docs.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    if docs is not None:
+        replace_section(docs, BEGIN, END, text)
