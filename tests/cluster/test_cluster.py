@@ -1,8 +1,6 @@
-"""img2vec on a real multi-node Ray cluster, on loopback: a head that offers no CPU or GPU
-to replicas (as in cluster/kuberay/rayservice.yaml), GPU worker nodes that declare a logical
-GPU, and Ray's autoscaler with its fake multi-node provider, which starts and stops worker
-"nodes" as local processes. It runs the RayService's own serveConfigV2, adapted only where
-one machine differs from a cluster (see `cluster_config`).
+"""img2vec on a real multi-node Ray cluster, on loopback, with the RayService's
+serveConfigV2 (bench/fake_cluster.py: a head without CPUs for replicas, GPU worker nodes
+started and stopped by Ray's autoscaler).
 
 Shown here: the Embedder replica runs on a GPU worker and the API answers through the head's
 proxy; a user_config change applies under load without a failed request; load raises the
@@ -13,162 +11,23 @@ says so.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from bench.processes import MARKER_VAR, free_port, marked_pids, own_ray_tmpdir, wait_ready
+from bench.fake_cluster import FakeCluster, cluster_config, deploy, rayservice
 from tests.conftest import b64, encode, photo
-
-ROOT = Path(__file__).resolve().parents[2]
-LOOPBACK = "127.0.0.1"
-RAY = str(Path(sys.executable).with_name("ray"))
-GPU_NODE = "gpu_node"
-# Short delays patched in, so that scaling happens within a test's time.
-FAST = {
-    "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
-    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
-    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.2",
-    "AUTOSCALER_UPDATE_INTERVAL_S": "1",
-    "RAY_FAKE_CLUSTER": "1",
-    "RAY_AUTH_MODE": "disabled",  # a loopback test cluster; the token would be one more file
-}
-
-
-def autoscaler_config(gcs_port: int) -> dict:
-    """Ray's fake multi-node provider; the head and worker shapes of the RayService."""
-    return {
-        "cluster_name": "img2vec-test",
-        "max_workers": 2,
-        "upscaling_speed": 1.0,
-        "idle_timeout_minutes": 0.1,  # KubeRay's idleTimeoutSeconds, shortened
-        "provider": {
-            "type": "fake_multinode",
-            "use_node_id_as_ip": True,
-            "disable_node_updaters": True,
-            "disable_launch_config_check": True,
-            "gcs_address": f"{LOOPBACK}:{gcs_port}",
-        },
-        "auth": {"ssh_user": "ubuntu"},
-        "docker": {},
-        "available_node_types": {
-            "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
-            # One logical GPU per worker, like the RayService's GPU group; minReplicas 1.
-            GPU_NODE: {
-                "resources": {"CPU": 8, "GPU": 1},
-                "node_config": {},
-                "min_workers": 1,
-                "max_workers": 2,
-            },
-        },
-        "head_node_type": "ray.head.default",
-        **{key: [] for key in ("cluster_synced_files", "rsync_exclude", "rsync_filter")},
-        **{
-            key: []
-            for key in (
-                "initialization_commands",
-                "setup_commands",
-                "head_setup_commands",
-                "worker_setup_commands",
-                "head_start_ray_commands",
-                "worker_start_ray_commands",
-            )
-        },
-        "file_mounts": {},
-        "file_mounts_sync_continuously": False,
-    }
-
-
-def cluster_config(port: int) -> dict:
-    """The RayService's serveConfigV2, with what differs on one machine: HTTP on a loopback
-    port and a proxy on the head only (nodes here share one network namespace, so proxies on
-    every node would collide on one port), random weights (no download), and the Embedder's
-    autoscaling made quick to react."""
-    manifest = yaml.safe_load((ROOT / "cluster" / "kuberay" / "rayservice.yaml").read_text())
-    config = yaml.safe_load(manifest["spec"]["serveConfigV2"])
-    config["http_options"] = {**config["http_options"], "host": LOOPBACK, "port": port}
-    config["proxy_location"] = "HeadOnly"
-    (app,) = config["applications"]
-    app["args"].update(weights="random", torch_threads=1, unready_after_s=60)
-    deployments = {d["name"]: d for d in app["deployments"]}
-    deployments["Ingress"]["autoscaling_config"].update(min_replicas=1, max_replicas=1)
-    deployments["Ingress"]["ray_actor_options"]["num_cpus"] = 1
-    deployments["Embedder"]["autoscaling_config"].update(
-        min_replicas=1,
-        max_replicas=2,
-        target_ongoing_requests=2,
-        upscale_delay_s=1,
-        downscale_delay_s=5,
-        look_back_period_s=2,
-    )
-    deployments["Embedder"]["user_config"]["max_batch_size"] = 4
-    return config
-
-
-class FakeCluster:
-    """Stopped by signals (there is no `ray stop` that ends only this cluster), so its head's
-    record (`ray_current_cluster`) would outlive it: it lives in a Ray temp dir of its own."""
-
-    def __init__(self, tmp: Path, ray_tmp: str) -> None:
-        self.marker = uuid.uuid4().hex
-        self.gcs_port = free_port()
-        config = tmp / "autoscaler.json"
-        config.write_text(json.dumps(autoscaler_config(self.gcs_port)))
-        self.env = {**os.environ, **FAST, MARKER_VAR: self.marker, "RAY_TMPDIR": ray_tmp}
-        head = [RAY, "start", "--head", f"--node-ip-address={LOOPBACK}", f"--port={self.gcs_port}"]
-        head += ["--num-cpus=0", "--num-gpus=0", f"--autoscaling-config={config}"]
-        head += ["--include-dashboard=false", "--disable-usage-stats"]
-        subprocess.run(head, env=self.env, check=True, capture_output=True)
-
-    def stop(self) -> list[int]:
-        """Everything this cluster started (found by our marker, never by name)."""
-        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 1)):
-            pids = marked_pids(self.marker)
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            time.sleep(wait)
-        return marked_pids(self.marker)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[tuple[FakeCluster, str]]:
-    import ray
-    from ray.serve._private.api import serve_start
-    from ray.serve.schema import ServeDeploySchema
-
-    with pytest.MonkeyPatch.context() as mp, own_ray_tmpdir() as ray_tmp:
-        for key, value in FAST.items():
-            mp.setenv(key, value)
-        fake = FakeCluster(tmp_path_factory.mktemp("cluster"), ray_tmp)
-        try:
-            ray.init(address=f"{LOOPBACK}:{fake.gcs_port}", log_to_driver=False)
-            port = free_port()
-            config = cluster_config(port)
-            client = serve_start(
-                http_options=config["http_options"], proxy_location=config["proxy_location"]
-            )
-            client.deploy_apps(ServeDeploySchema.model_validate(config), _blocking=False)
-            url = f"http://{LOOPBACK}:{port}"
-            wait_ready(url, timeout_s=300)
-            yield fake, url
-        finally:
-            ray.shutdown()
-            left = fake.stop()
-            assert left == [], f"processes left behind: {left}"
+    with rayservice(tmp_path_factory.mktemp("cluster")) as (fake, url):
+        yield fake, url
 
 
 def alive_nodes() -> list[dict]:
@@ -246,9 +105,6 @@ def test_the_model_runs_on_a_gpu_worker_and_the_api_answers_through_the_head(clu
 
 
 def test_a_user_config_change_applies_under_load_without_a_failed_request(cluster):
-    from ray.serve._private.api import serve_start
-    from ray.serve.schema import ServeDeploySchema
-
     _, url = cluster
     port = int(url.rsplit(":", 1)[1])
     config = cluster_config(port)
@@ -257,7 +113,7 @@ def test_a_user_config_change_applies_under_load_without_a_failed_request(cluste
     load = Load(url, clients=2)
     try:
         time.sleep(2)
-        serve_start().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=False)
+        deploy(config)
         wait_until(
             lambda: (
                 httpx.get(url + "/meta", timeout=30).json()["batching"]["config"]["max_batch_size"]
