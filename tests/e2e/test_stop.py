@@ -39,6 +39,11 @@ def _statuses(results: list[object]) -> Counter:
     return Counter(r if isinstance(r, str) else r[0] for r in results)
 
 
+def _refusals(results: list[object]) -> Counter:
+    """Why the non-200 answers said they were refused (the drain or admission)."""
+    return Counter(r[2] for r in results if not isinstance(r, str) and r[0] != 200)
+
+
 def _record(marker_env: dict[str, str]) -> Path:
     return Path(marker_env["RAY_TMPDIR"]) / "ray" / "ray_current_cluster"
 
@@ -66,14 +71,19 @@ def test_sigterm_to_the_whole_process_group_drains_and_leaves_nothing(tmp_path):
     drained = float(re.search(r"drained in ([0-9.]+) s", text).group(1))  # type: ignore[union-attr]
     print(
         f"group SIGTERM with 320 in flight: {dict(statuses)}, drained in {drained:.1f} s, "
-        f"exit {code} after {took:.1f} s"
+        f"exit {code} after {took:.1f} s; refused: {dict(_refusals(stopped.results))}"
     )
     assert code == 0, text[-3000:]
     assert took - drained < STOP_AFTER_DRAIN_S, text[-3000:]
-    # Nothing lost: every one answered, 200 or a JSON 503 (CI's slower machine answered 58 of
-    # 320 with 503: the model's admission or the drain's refusal phase; which, not yet known).
-    # Stopping at the end of the accept window drops connections (158 RemoteDisconnected).
-    assert set(statuses) <= {200, 503} and statuses[200] >= 160, statuses
+    # Nothing lost: every one answered, 200 or a JSON 503. Stopping at the end of the accept
+    # window drops connections instead (158 RemoteDisconnected). The 503s are the model's
+    # admission, not the drain: 320 ResNet50 photos are more than a slow machine finishes
+    # within the 20 s deadline (CI: 58 refused; pinned to one core here: 196, every one "the
+    # model is 19.0 s behind and this request has 19.0 s left"). None may be the drain's own
+    # refusal: they were all on their way before the signal.
+    refusals = _refusals(stopped.results)
+    assert set(statuses) <= {200, 503} and statuses[200] > 0, (statuses, refusals)
+    assert not [why for why in refusals if "shutting down" in why], refusals
     assert all(
         r[1].startswith("application/json") for r in stopped.results if not isinstance(r, str)
     )
