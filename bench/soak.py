@@ -5,7 +5,9 @@ Targets: after the first minutes (warm-up), RSS grows < 5% per process and p99 d
 Writes bench/results/soak-<date>.json and .png, and the table in docs/benchmarks.md between
 its soak markers. Loopback only; the service runs as `make serve` runs it, with random weights.
 
-Run: `python -m bench.soak --minutes 10 --concurrency 8`
+Run: `python -m bench.soak --minutes 10 --concurrency 8`; `--concurrency 0 --no-docs`: the
+same service idle (soak-<date>-idle.json), to tell what grows with requests from what grows
+with time.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -73,15 +76,19 @@ def soak(args: argparse.Namespace, workdir: Path) -> dict:
     minutes = []
     with launched(config, workdir, ROOT) as (url, proc):
         for minute in range(1, args.minutes + 1):
-            result = run_load(
-                url + "/vectors",
-                bodies,
-                concurrency=args.concurrency,
-                duration_s=60,
-                warmup_s=0,
-                max_requests=10**9,
-            )
-            row = {"minute": minute, **result.as_dict(), "rss_mb": process_rss(proc.pid)}
+            if args.concurrency == 0:  # idle: what grows without requests
+                time.sleep(60)
+                load = {k: 0 for k in ("requests", "errors", "images_per_s", "p50_ms", "p99_ms")}
+            else:
+                load = run_load(
+                    url + "/vectors",
+                    bodies,
+                    concurrency=args.concurrency,
+                    duration_s=60,
+                    warmup_s=0,
+                    max_requests=10**9,
+                ).as_dict()
+            row = {"minute": minute, **load, "rss_mb": process_rss(proc.pid)}
             minutes.append(row)
             print(json.dumps(row), flush=True)
     return {"minutes": minutes}
@@ -94,7 +101,7 @@ def verdict(minutes: list[dict]) -> dict:
         for role, mb in base["rss_mb"].items()
         if mb > 0
     }
-    p99_drift = round(100 * (last["p99_ms"] - base["p99_ms"]) / base["p99_ms"], 1)
+    p99_drift = round(100 * (last["p99_ms"] - base["p99_ms"]) / (base["p99_ms"] or 1), 1)
     return {
         "from_minute": base["minute"],
         "rss_growth_percent": growth,
@@ -163,7 +170,9 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=int, default=10)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--concurrency", type=int, default=8, help="0: no load (what grows while idle)"
+    )
     parser.add_argument("--images", default="640x480")
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--no-docs", action="store_true")
@@ -178,7 +187,7 @@ def main() -> None:
     results["verdict"] = verdict(results["minutes"])
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
-    stamp = f"soak-{dt.date.today().isoformat()}"
+    stamp = f"soak-{dt.date.today().isoformat()}" + ("-idle" if args.concurrency == 0 else "")
     (out / f"{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, out / f"{stamp}.png")
     text = markdown(results)
