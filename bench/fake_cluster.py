@@ -19,13 +19,20 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import yaml
 
-from bench.processes import MARKER_VAR, free_port, marked_pids, own_ray_tmpdir, wait_ready
+from bench.processes import (
+    LOOPBACK,
+    MARKER_VAR,
+    free_port,
+    marked_pids,
+    own_ray_tmpdir,
+    wait_ready,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-LOOPBACK = "127.0.0.1"
 
 RAY = str(Path(sys.executable).with_name("ray"))
 GPU_NODE = "gpu_node"
@@ -155,29 +162,21 @@ def rayservice(
     import ray
     from ray.serve._private.api import serve_start
 
-    saved = {key: os.environ.get(key) for key in FAST}
-    os.environ.update(FAST)  # the driver's side of the quick autoscaling
-    try:
-        with own_ray_tmpdir() as ray_tmp:
-            fake = FakeCluster(tmp, ray_tmp, env)
-            try:
-                ray.init(address=f"{LOOPBACK}:{fake.gcs_port}", log_to_driver=False)
-                if config is None:
-                    config = cluster_config(free_port())
-                http = config["http_options"]
-                serve_start(http_options=http, proxy_location=config["proxy_location"])
-                deploy(config)
-                url = f"http://{LOOPBACK}:{http['port']}"
-                wait_ready(url, timeout_s=300)
-                yield fake, url
-            finally:
-                ray.shutdown()
-                left = fake.stop()
-                if left:
-                    raise RuntimeError(f"processes left behind: {left}")
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    # The driver's side of the quick autoscaling, for as long as the cluster runs.
+    with mock.patch.dict(os.environ, FAST), own_ray_tmpdir() as ray_tmp:
+        fake = FakeCluster(tmp, ray_tmp, env)
+        try:
+            ray.init(address=f"{LOOPBACK}:{fake.gcs_port}", log_to_driver=False)
+            if config is None:
+                config = cluster_config(free_port())
+            http = config["http_options"]
+            serve_start(http_options=http, proxy_location=config["proxy_location"])
+            deploy(config)
+            url = f"http://{LOOPBACK}:{http['port']}"
+            wait_ready(url, timeout_s=300)
+            yield fake, url
+        finally:
+            ray.shutdown()
+            left = fake.stop()
+            if left:
+                raise RuntimeError(f"processes left behind: {left}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import functools
 import json
 import os
 import signal
@@ -42,25 +43,32 @@ SERVE_CLI = str(Path(sys.executable).with_name("serve"))
 DASHBOARD = "http://127.0.0.1:8265"  # the launcher's own Ray: loopback
 
 
+def _variant(
+    base: dict, ingress: int, batch: int, args: dict, embedders: int | None = None
+) -> dict:
+    """`base` with `ingress` fixed ingress replicas, the Embedder's `max_batch_size`, app
+    `args` updated (a changed arg is a new version) and, if given, its autoscaling ceiling."""
+    config = fixed_ingress(copy.deepcopy(base), ingress)
+    app = config["applications"][0]
+    app["args"].update(args)
+    for deployment in app["deployments"]:
+        if deployment["name"] == "Embedder":
+            deployment["user_config"]["max_batch_size"] = batch
+            if embedders is not None:
+                deployment["autoscaling_config"]["max_replicas"] = embedders
+    return config
+
+
 def _steps(base: dict) -> list[tuple[str, dict]]:
     """One cycle of config changes, each a whole config as `serve deploy` takes it."""
-
-    def with_(ingress: int, batch: int, access_log: bool) -> dict:
-        config = fixed_ingress(copy.deepcopy(base), ingress)
-        app = config["applications"][0]
-        app["args"]["access_log"] = access_log
-        for deployment in app["deployments"]:
-            if deployment["name"] == "Embedder":
-                deployment["user_config"]["max_batch_size"] = batch
-        return config
-
+    on, off = {"access_log": True}, {"access_log": False}
     return [
-        ("ingress 1 -> 2", with_(2, 8, True)),
-        ("ingress 2 -> 1", with_(1, 8, True)),
-        ("user_config max_batch_size 8 -> 4", with_(1, 4, True)),
-        ("new version (args changed): every replica replaced", with_(1, 4, False)),
-        ("ingress 1 -> 2", with_(2, 4, False)),
-        ("ingress 2 -> 1, max_batch_size 4 -> 8, new version", with_(1, 8, True)),
+        ("ingress 1 -> 2", _variant(base, 2, 8, on)),
+        ("ingress 2 -> 1", _variant(base, 1, 8, on)),
+        ("user_config max_batch_size 8 -> 4", _variant(base, 1, 4, on)),
+        ("new version (args changed): every replica replaced", _variant(base, 1, 4, off)),
+        ("ingress 1 -> 2", _variant(base, 2, 4, off)),
+        ("ingress 2 -> 1, max_batch_size 4 -> 8, new version", _variant(base, 1, 8, on)),
     ]
 
 
@@ -85,25 +93,15 @@ def _rayservice_steps(base: dict) -> list[tuple[str, dict]]:
     """The RayService's config changed as an operator would change serveConfigV2: ingress
     replicas, a `user_config` change, the model replicas' ceiling (a replica and, with it, a
     GPU node removed by Ray's autoscaler) and new versions."""
-
-    def with_(ingress: int, batch: int, embedders: int, version: str) -> dict:
-        config = fixed_ingress(copy.deepcopy(base), ingress)
-        app = config["applications"][0]
-        app["args"]["unready_after_s"] = {"a": 60, "b": 61}[version]  # a changed arg
-        for deployment in app["deployments"]:
-            if deployment["name"] == "Embedder":
-                deployment["user_config"]["max_batch_size"] = batch
-                deployment["autoscaling_config"]["max_replicas"] = embedders
-        return config
-
+    a, b = {"unready_after_s": 60}, {"unready_after_s": 61}  # a changed arg: a new version
     return [
-        ("ingress 1 -> 2", with_(2, 4, 2, "a")),
-        ("ingress 2 -> 1", with_(1, 4, 2, "a")),
-        ("user_config max_batch_size 4 -> 2", with_(1, 2, 2, "a")),
-        ("model replicas 2 -> 1 (a GPU node goes idle)", with_(1, 2, 1, "a")),
-        ("new version (args changed), model replicas 1 -> 2", with_(1, 2, 2, "b")),
-        ("ingress 1 -> 2", with_(2, 2, 2, "b")),
-        ("ingress 2 -> 1, max_batch_size 2 -> 4, new version", with_(1, 4, 2, "a")),
+        ("ingress 1 -> 2", _variant(base, 2, 4, a, 2)),
+        ("ingress 2 -> 1", _variant(base, 1, 4, a, 2)),
+        ("user_config max_batch_size 4 -> 2", _variant(base, 1, 2, a, 2)),
+        ("model replicas 2 -> 1 (a GPU node goes idle)", _variant(base, 1, 2, a, 1)),
+        ("new version (args changed), model replicas 1 -> 2", _variant(base, 1, 2, b, 2)),
+        ("ingress 1 -> 2", _variant(base, 2, 2, b, 2)),
+        ("ingress 2 -> 1, max_batch_size 2 -> 4, new version", _variant(base, 1, 4, a, 2)),
     ]
 
 
@@ -150,8 +148,8 @@ def _under_changes(
     t0 = time.monotonic()
     changer = threading.Thread(target=change, daemon=True)
     changer.start()
-    # Long enough for the changes asked for (each deploy takes 1-3 s besides the step);
-    # bounded in count and time.
+    # Long enough for the changes asked for (each one `--step-s` plus the `--settle-s` it is
+    # expected to take to take effect); bounded in count and time.
     downs_per_cycle = sum("2 -> 1" in name for name, _ in steps)
     cycles = -(-args.min_scale_downs // downs_per_cycle)
     duration = (args.step_s + args.settle_s) * len(steps) * cycles + args.step_s
@@ -208,7 +206,7 @@ def with_launcher(args: argparse.Namespace, tmp: Path) -> dict:
         # `serve deploy` sends the whole config, http_options included: the running ones.
         port = int(url.rsplit(":", 1)[1])
         base["http_options"] = {**base.get("http_options", {}), "host": "127.0.0.1", "port": port}
-        deploy = lambda config: _deploy(config, tmp)  # noqa: E731
+        deploy = functools.partial(_deploy, workdir=tmp)
         run = _under_changes(url, _steps(base), deploy, _launcher_status, args)
         stopping = time.monotonic()
         os.kill(proc.pid, signal.SIGTERM)
