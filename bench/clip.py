@@ -26,7 +26,7 @@ import yaml
 from bench.images import image_sets
 from bench.loadgen import run_load
 from bench.processes import LOOPBACK, free_port, launched, started, wait_ready
-from bench.report import replace_section
+from bench.report import cpu_tag, replace_section
 from bench.run import NICE, machine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,7 +188,8 @@ def main() -> None:
                 results["load"] += service(model, sets, args, Path(tmp), graph)
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"clip-{results['machine']['date']}.json").write_text(json.dumps(results, indent=2))
+    name = f"clip-{results['machine']['date']}-{cpu_tag(results['machine'])}.json"
+    (out / name).write_text(json.dumps(results, indent=2))
     text = markdown(results)
     print(text)
     docs = ROOT / "docs" / "benchmarks.md"

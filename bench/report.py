@@ -84,7 +84,8 @@ def markdown(results: dict) -> str:
     lines = [
         f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, {m['memory_gb']} GiB"
         + (f", {m['gpu']}" if m.get("gpu") else ", no GPU")
-        + f"), torch {m['torch']}, Python {m['python']}.",
+        + f"), torch {m['torch']}, Python {m['python']}."
+        + (f" CPU flags: {', '.join(m['cpu_flags'])}." if m.get("cpu_flags") else ""),
         "",
         f"Command: `{results['command']}`",
         "",
@@ -226,10 +227,23 @@ def replace_section(docs: Path, begin: str, end: str, text: str) -> bool:
     return True
 
 
+def _slug(text: str) -> str:
+    return re.sub(r"\W+", "-", text).strip("-").lower()
+
+
+def cpu_tag(m: dict) -> str:
+    """A short name for the CPU in result file names ("intel-xeon-amx", "amd-epyc"): this VM's CPU
+    changes between sessions, and one day's runs on two CPUs must not overwrite each other."""
+    words = [w for w in re.sub(r"\(R\)|\(TM\)|Processor|CPU", " ", m.get("cpu", "")).split()]
+    tag = _slug(" ".join(words[:2])) or "cpu"
+    return tag + ("-amx" if "amx_bf16" in m.get("cpu_flags", []) else "")
+
+
 def write_report(results: dict, out_dir: Path, docs: Path | None) -> None:
     results["ratios"] = ratios(results)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = results["machine"]["date"] + "-" + re.sub(r"\W+", "-", results["machine"]["host"])
+    m = results["machine"]
+    stamp = f"{m['date']}-{_slug(m['host'])}-{cpu_tag(m)}"
     (out_dir / f"{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
     if results.get("load"):
         plot(results, out_dir / f"{stamp}.png")
