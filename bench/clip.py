@@ -25,9 +25,9 @@ import yaml
 
 from bench.images import image_sets
 from bench.loadgen import run_load
-from bench.processes import LOOPBACK, free_port, launched, started, wait_ready
+from bench.processes import LOOPBACK, WORKER_NICE, free_port, launched, started, wait_ready
 from bench.report import cpu_tag, replace_section
-from bench.run import NICE, machine
+from bench.run import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- clip:begin -->", "<!-- clip:end -->"
@@ -113,7 +113,8 @@ def baseline(model: Path, sets: dict, args: argparse.Namespace, workdir: Path) -
         "--weights",
         str(model),
     ]
-    with started(cmd, dict(os.environ), workdir / "clip-baseline.log", ROOT) as proc:
+    log = workdir / "clip-baseline.log"
+    with started(cmd, dict(os.environ), log, ROOT, nice=WORKER_NICE) as proc:
         url = f"http://{LOOPBACK}:{port}"
         wait_ready(url, proc=proc)
         return drive("baseline", url, sets, args)
@@ -169,7 +170,6 @@ def main() -> None:
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
-    os.nice(NICE)
     results: dict = {
         "command": ("python -m bench.clip " + " ".join(sys.argv[1:])).strip(),
         "machine": machine(),

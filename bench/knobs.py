@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from bench.images import image_sets, request_bodies
-from bench.run import NICE, ROOT, run_service
+from bench.run import ROOT, run_service
 
 Variant = Callable[[dict], None]
 
@@ -74,7 +73,6 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--warmup", type=float, default=4.0)
     args = parser.parse_args()
-    os.nice(NICE)
     base = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     sets = {name: request_bodies(imgs) for name, imgs in image_sets(args.images).items()}
     results = []

@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlsplit
 
 import aiohttp
 import numpy as np
+
+from bench.processes import lower_this_thread
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 # Weaviate sends no Content-Type, which our service accepts but a stock FastAPI app (the
@@ -129,16 +132,18 @@ def run_load(
     host = urlsplit(url).hostname
     if host not in LOOPBACK_HOSTS:
         raise ValueError(f"load is only ever sent to loopback, not {host!r}")
-    return asyncio.run(
-        _run(
-            url,
-            bodies,
-            concurrency,
-            duration_s,
-            warmup_s,
-            max_requests,
-            images_per_request,
-            (not weaviate) if content_type is None else content_type,
-            WEAVIATE_IDLE_CONNECTIONS if weaviate else None,
-        )
+    run = _run(
+        url,
+        bodies,
+        concurrency,
+        duration_s,
+        warmup_s,
+        max_requests,
+        images_per_request,
+        (not weaviate) if content_type is None else content_type,
+        WEAVIATE_IDLE_CONNECTIONS if weaviate else None,
     )
+    # The load stands in for clients elsewhere: its threads run at the level of the service's
+    # workers, not above them (bench.processes.WORKER_NICE).
+    with ThreadPoolExecutor(1, initializer=lower_this_thread) as pool:
+        return pool.submit(asyncio.run, run).result()

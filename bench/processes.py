@@ -15,7 +15,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -126,6 +128,24 @@ def marked_pids(marker: str) -> list[int]:
     return found
 
 
+# Ray starts its workers 15 nice levels below the process that starts Ray (19 at most), so a
+# service started at nice 0 runs its replicas at 15 and its decoding threads, 4 lower, at 19.
+# Benchmarks start the service at their own level (0) and everything that stands in for the
+# other side at the workers' level: the load generator's threads (bench.loadgen) and the
+# one-at-a-time baselines (`started(..., nice=WORKER_NICE)`). Starting the service from a
+# process at nice 15 would put its workers at 19, level with its decoding threads.
+WORKER_NICE = 15
+
+
+def lower_this_thread(level: int = WORKER_NICE) -> None:
+    """Run the calling thread (and the threads it starts) at nice `level` or lower. Linux
+    applies nice values per thread; elsewhere this lowers the whole process."""
+    tid = threading.get_native_id() if sys.platform == "linux" else 0
+    with contextlib.suppress(OSError):
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, max(current, level))
+
+
 @contextlib.contextmanager
 def started(
     cmd: list[str],
@@ -134,8 +154,10 @@ def started(
     cwd: Path,
     stop_timeout_s: float = 60,
     ray_tmpdir: str | None = None,
+    nice: int = 0,
 ) -> Iterator[subprocess.Popen]:
-    """`ray_tmpdir`: the caller's own Ray temp dir (it removes it); by default a fresh one."""
+    """`ray_tmpdir`: the caller's own Ray temp dir (it removes it); by default a fresh one.
+    `nice`: how many levels below this process the command runs."""
     marker = uuid.uuid4().hex
     with contextlib.ExitStack() as stack:
         ray_tmp = ray_tmpdir or stack.enter_context(own_ray_tmpdir())
@@ -147,6 +169,7 @@ def started(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=(lambda: os.nice(nice)) if nice else None,
         )
         try:
             yield proc

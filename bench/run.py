@@ -29,6 +29,7 @@ from bench.loadgen import run_load
 from bench.model import bench_model
 from bench.processes import (
     LOOPBACK,
+    WORKER_NICE,
     env_pairs,
     fixed_ingress,
     free_port,
@@ -40,9 +41,6 @@ from bench.report import PRIMARY, write_report
 from img2vec.errors import Img2VecError
 
 ROOT = Path(__file__).resolve().parents[1]
-# Ray runs its workers at nice 15; everything the benchmark starts runs at that level too, so
-# that the load generator and the baseline do not win the CPU from the service unfairly.
-NICE = 15
 BULK_SUFFIX = f"-bulk{BULK}"
 BULK_CONCURRENCY = (1, 2)
 
@@ -200,7 +198,8 @@ def run_engine_service(
 def run_baseline(sets: dict, args: argparse.Namespace, workdir: Path) -> list[dict]:
     port = free_port()
     cmd = [sys.executable, "-m", "bench.baseline", "--port", str(port)]
-    with started(cmd, dict(os.environ), workdir / "baseline.log", ROOT) as proc:
+    # At the level of the service's workers (bench.processes.WORKER_NICE).
+    with started(cmd, dict(os.environ), workdir / "baseline.log", ROOT, nice=WORKER_NICE) as proc:
         url = f"http://{LOOPBACK}:{port}"
         wait_ready(url, proc=proc)
         return drive("baseline", url, proc.pid, sets, args)
@@ -280,7 +279,6 @@ def main() -> None:
     args.serve_env = env_pairs(args.serve_env)
     systems = set(args.systems.split(","))
 
-    os.nice(NICE)
     command = "python -m bench.run " + " ".join(sys.argv[1:])
     results: dict = {"command": command.strip(), "machine": machine(), "args": vars(args)}
     images = image_sets(args.images)

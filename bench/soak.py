@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from bench.images import image_sets, request_bodies
 from bench.loadgen import run_load
 from bench.processes import launched
 from bench.report import replace_section
-from bench.run import NICE, machine
+from bench.run import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
@@ -177,7 +176,6 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
-    os.nice(NICE)
     with tempfile.TemporaryDirectory(prefix="img2vec-soak-") as tmp:
         results = {
             "command": "python -m bench.soak " + " ".join(sys.argv[1:]),
