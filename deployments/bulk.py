@@ -9,6 +9,8 @@ protocol, `{"images": [...]}`, and this is not it.)
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +68,39 @@ def _item(entry: Any, max_id_length: int) -> BulkItem:
         error = InvalidRequest(f"id is {len(id_)} characters; the limit is {max_id_length}")
         return BulkItem(id_, None, error)
     return BulkItem(id_, image)
+
+
+async def vectorize_items(
+    items: list[BulkItem],
+    decode: Callable[[BulkItem], Awaitable[None]],
+    embed: Callable[[list[np.ndarray]], Awaitable[list[np.ndarray | Img2VecError]]],
+    chunk: int,
+) -> None:
+    """Every item's vector or its own error. All items are handed to `decode` at once (the
+    decode pool takes them in order), and each run of `chunk` items goes to `embed` as soon
+    as it is decoded: the model works on the first images while the rest still decode,
+    instead of waiting for the last one."""
+    decodes = [asyncio.ensure_future(decode(item)) for item in items]
+    sends: list[asyncio.Future[None]] = []
+    try:
+        for start in range(0, len(items), chunk):
+            await asyncio.gather(*decodes[start : start + chunk])
+            ready = [item for item in items[start : start + chunk] if item.pixels is not None]
+            if ready:
+                sends.append(asyncio.ensure_future(_settle(ready, embed)))
+        await asyncio.gather(*sends)
+    finally:  # the client went away, or a call failed: nothing left running for it
+        for task in decodes + sends:
+            task.cancel()
+
+
+async def _settle(
+    ready: list[BulkItem],
+    embed: Callable[[list[np.ndarray]], Awaitable[list[np.ndarray | Img2VecError]]],
+) -> None:
+    results = await embed([item.pixels for item in ready if item.pixels is not None])
+    for item, result in zip(ready, results, strict=True):
+        item.settle(result)
 
 
 def bulk_body(items: list[BulkItem]) -> bytes:

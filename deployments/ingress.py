@@ -29,7 +29,7 @@ from ray.serve.handle import DeploymentHandle
 
 import img2vec
 from deployments.answering import Answering, ImagePool, Timing, describe_model, readiness
-from deployments.bulk import BulkItem, bulk_body, parse_bulk
+from deployments.bulk import BulkItem, bulk_body, parse_bulk, vectorize_items
 from deployments.health import Drain, EmbedderHealth
 from deployments.http import (
     BULK_ROUTE,
@@ -171,14 +171,17 @@ class Ingress:
         items = parse_bulk(body, settings.max_bulk_items, settings.max_id_length)
         del body
         timing.id = f"{len(items)} items"
-        await asyncio.gather(*(self._decode_item(item, timing) for item in items))
-        todo = [item for item in items if item.pixels is not None]
-        if todo:
-            started = time.perf_counter()
-            results = await self._link.embed_many([item.pixels for item in todo], deadline)
-            timing.model_s = time.perf_counter() - started
-            for item, result in zip(todo, results, strict=True):
-                item.settle(result)
+        first_sent: list[float] = []
+
+        async def embed(pixels: list[np.ndarray]) -> list[np.ndarray | Img2VecError]:
+            first_sent[:] = first_sent or [time.perf_counter()]
+            return await self._link.embed_many(pixels, deadline)
+
+        await vectorize_items(
+            items, lambda item: self._decode_item(item, timing), embed, self._link.group_size()
+        )
+        # Decoding and the model overlap: the model's time runs from the first images sent.
+        timing.model_s = time.perf_counter() - first_sent[0] if first_sent else 0.0
         return Response(bulk_body(items), media_type="application/json")
 
     async def _decode_item(self, item: BulkItem, timing: Timing) -> None:

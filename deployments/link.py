@@ -112,9 +112,13 @@ class ModelLink:
                 kept.append(waiting)
         self._waiting = kept
 
+    def group_size(self) -> int:
+        """Images per call: the model's pass (by its last answer), at most GROUP_SIZE."""
+        return max(1, min(GROUP_SIZE, self._backlog.max_pass))
+
     def _pump(self) -> None:
         """Start calls while there are free slots and requests waiting."""
-        group_size = max(1, min(GROUP_SIZE, self._backlog.max_pass))
+        group_size = self.group_size()
         while self._waiting and self._in_flight < GROUPS_IN_FLIGHT:
             group: list[_Waiting] = []
             while self._waiting and len(group) < group_size:

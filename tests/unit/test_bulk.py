@@ -1,0 +1,137 @@
+"""`vectorize_items` (deployments/bulk.py): a bulk request's images go to the model a chunk at a
+time, each chunk as soon as its images are decoded, while the rest still decode. Decodes and
+model calls here complete when the test says so. (The route over real Serve, its order and
+per-item errors: tests/integration/test_bulk.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from deployments.bulk import BulkItem, vectorize_items
+from img2vec.errors import Img2VecError, InvalidImage, InvalidRequest, Overloaded
+
+
+class Stage:
+    """Decodes that finish when `decoded(i)` is called, and model calls answered by `answer`."""
+
+    def __init__(self) -> None:
+        self.gates: dict[str, asyncio.Event] = {}
+        self.started: list[str] = []
+        self.cancelled: list[str] = []
+        self.calls: list[tuple[list[int], asyncio.Future]] = []
+
+    async def decode(self, item: BulkItem) -> None:
+        if item.image is None:  # refused while parsing: nothing to decode
+            return
+        assert item.id is not None
+        self.started.append(item.id)
+        gate = self.gates.setdefault(item.id, asyncio.Event())
+        try:
+            await gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(item.id)
+            raise
+        if item.image == "corrupt":
+            item.error = InvalidImage("image data is truncated or corrupt")
+        else:
+            item.pixels = np.full((2, 2, 3), int(item.id), dtype=np.uint8)
+
+    async def embed(self, pixels: list[np.ndarray]) -> list[np.ndarray | Img2VecError]:
+        future = asyncio.get_running_loop().create_future()
+        self.calls.append(([int(p[0, 0, 0]) for p in pixels], future))
+        return await future
+
+    def decoded(self, *ids: int) -> None:
+        for i in ids:
+            self.gates.setdefault(str(i), asyncio.Event()).set()
+
+    def answer(self, call: int, refuse: bool = False) -> None:
+        values, future = self.calls[call]
+        if refuse:
+            future.set_result([Overloaded("the model is 60 s behind")] * len(values))
+        else:
+            future.set_result([np.array([v], dtype=np.float32) for v in values])
+
+    def sent(self) -> list[list[int]]:
+        return [values for values, _ in self.calls]
+
+
+async def settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+def items(*images: str | None) -> list[BulkItem]:
+    return [BulkItem(str(i), image) for i, image in enumerate(images)]
+
+
+def test_each_chunk_goes_to_the_model_as_soon_as_it_is_decoded():
+    async def scenario() -> None:
+        stage, bulk = Stage(), items(*["photo"] * 6)
+        task = asyncio.create_task(vectorize_items(bulk, stage.decode, stage.embed, chunk=2))
+        await settle()
+        assert stage.started == [str(i) for i in range(6)]  # every decode handed over at once
+        assert stage.sent() == []
+        stage.decoded(0, 1)
+        await settle()
+        # The first chunk is with the model while images 2..5 are still being decoded.
+        assert stage.sent() == [[0, 1]]
+        stage.decoded(3)  # out of order: chunk 2-3 still waits for image 2
+        await settle()
+        assert stage.sent() == [[0, 1]]
+        stage.decoded(2)
+        await settle()
+        assert stage.sent() == [[0, 1], [2, 3]]
+        stage.answer(1)  # answers may come back in any order
+        stage.decoded(4, 5)
+        await settle()
+        stage.answer(0)
+        stage.answer(2)
+        await task
+        assert stage.sent() == [[0, 1], [2, 3], [4, 5]]
+        assert [float(item.vector[0]) for item in bulk if item.vector is not None] == [
+            0.0, 1.0, 2.0, 3.0, 4.0, 5.0,
+        ]  # fmt: skip
+
+    asyncio.run(scenario())
+
+
+def test_bad_items_keep_their_own_errors_and_are_never_sent():
+    async def scenario() -> None:
+        stage = Stage()
+        bulk = items("photo", "corrupt", "photo", None, "photo")
+        bulk[3].error = InvalidRequest("image: a base64 string is required")
+        task = asyncio.create_task(vectorize_items(bulk, stage.decode, stage.embed, chunk=2))
+        stage.decoded(0, 1, 2, 4)
+        await settle()
+        assert stage.sent() == [[0], [2], [4]]  # per chunk, only what decoded
+        stage.answer(0)
+        stage.answer(1, refuse=True)  # the model refuses one chunk: only its image fails
+        stage.answer(2)
+        await task
+        outcome = [
+            "vector" if item.vector is not None else type(item.error).__name__ for item in bulk
+        ]
+        assert outcome == ["vector", "InvalidImage", "Overloaded", "InvalidRequest", "vector"]
+
+    asyncio.run(scenario())
+
+
+def test_a_client_that_goes_away_leaves_no_decode_or_call_behind():
+    async def scenario() -> None:
+        stage = Stage()
+        task = asyncio.create_task(
+            vectorize_items(items(*["photo"] * 4), stage.decode, stage.embed, chunk=2)
+        )
+        stage.decoded(0, 1)
+        await settle()
+        assert stage.sent() == [[0, 1]]
+        task.cancel()
+        await settle()
+        assert task.cancelled()
+        assert sorted(stage.cancelled) == ["2", "3"]
+        assert stage.calls[0][1].cancelled()
+
+    asyncio.run(scenario())
