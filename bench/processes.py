@@ -128,7 +128,7 @@ def marked_pids(marker: str) -> list[int]:
     return found
 
 
-# Ray starts its workers 15 nice levels below the process that starts Ray (19 at most), so a
+# Ray starts its workers at a nice value 15 above the process that starts Ray (19 at most): a
 # service started at nice 0 runs its replicas at 15 and its decoding threads, 4 lower, at 19.
 # Benchmarks start the service at their own level (0) and everything that stands in for the
 # other side at the workers' level: the load generator's threads (bench.loadgen) and the

@@ -174,7 +174,8 @@ class Ingress:
         first_sent: list[float] = []
 
         async def embed(pixels: list[np.ndarray]) -> list[np.ndarray | Img2VecError]:
-            first_sent[:] = first_sent or [time.perf_counter()]
+            if not first_sent:
+                first_sent.append(time.perf_counter())
             return await self._link.embed_many(pixels, deadline)
 
         await vectorize_items(
