@@ -111,9 +111,9 @@ def cluster_config(port: int) -> dict:
         target_ongoing_requests=2,
         upscale_delay_s=1,
         downscale_delay_s=5,
-        # Short, for quick decisions, yet above Serve's metrics interval (10 s): Ray warns
-        # below it, and says a future release will refuse such a config.
-        look_back_period_s=11,
+        # 2 s: four of the 0.5 s metric pushes that FAST sets. Ray warns that it is not above
+        # `metrics_interval_s`, a deprecated field whose default (10 s) is not the push rate.
+        look_back_period_s=2,
     )
     deployments["Embedder"]["user_config"]["max_batch_size"] = 4
     return config
