@@ -209,7 +209,7 @@ def machine() -> dict:
     return {
         "date": dt.datetime.now().strftime("%Y-%m-%d"),
         "host": platform.node(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_flags": cpu_flags(),
         "cores": os.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30),
@@ -224,21 +224,22 @@ ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_b
 
 
 def cpu_flags() -> list[str]:
-    """Which of ISA_FLAGS this CPU has (from /proc/cpuinfo; empty where it cannot be read)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in ISA_FLAGS if f in have]
-    return []
+    """Which of ISA_FLAGS this CPU has (empty where /proc/cpuinfo cannot be read)."""
+    have = set((_cpuinfo("flags") or "").split())
+    return [f for f in ISA_FLAGS if f in have]
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or "unknown"
+
+
+def _cpuinfo(field: str) -> str | None:
+    """The first `field` of /proc/cpuinfo (Linux), else None."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+    return None
 
 
 def main() -> None:

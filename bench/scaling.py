@@ -37,6 +37,7 @@ import yaml
 from bench.images import image_sets, request_bodies
 from bench.loadgen import run_load
 from bench.processes import fixed_ingress, free_port, launched, own_ports, serve_env
+from bench.run import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_CLI = str(Path(sys.executable).with_name("serve"))
@@ -266,7 +267,8 @@ def main() -> None:
         run = (with_rayservice if args.rayservice else with_launcher)(args, Path(tmp))
     result = run.pop("result")
     summary = {"mode": "rayservice" if args.rayservice else "launcher", "load": result.as_dict()}
-    summary.update(run, cpu=_cpu(), command="python -m bench.scaling " + " ".join(sys.argv[1:]))
+    command = "python -m bench.scaling " + " ".join(sys.argv[1:])
+    summary.update(run, cpu=cpu_model(), command=command)
     text = json.dumps(summary, indent=2)
     print(text)
     name = "scaling-rayservice" if args.rayservice else "scaling"
@@ -276,13 +278,6 @@ def main() -> None:
     print(f"\nrequests {result.requests}, lost {sum(lost.values())} {lost or ''}")
     if result.requests < args.min_requests:
         print(f"fewer requests than --min-requests ({args.min_requests}): a longer --step-s")
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":
