@@ -17,22 +17,16 @@ import time
 from typing import Any, NamedTuple
 
 import numpy as np
-import ray
 from ray import serve
 
-from deployments.embedder import as_result, default_torch_threads
 from deployments.handoff import GroupAnswer
-from deployments.metrics import EmbedderMetrics, keep_fresh
+from deployments.replica import DEFAULTS, ModelReplica, as_result, default_torch_threads
 from deployments.settings import ClipModelSettings
-from img2vec.batching import Batcher, BatchSettings
 from img2vec.errors import Img2VecError
-from img2vec.model import is_out_of_memory
 from img2vec.multimodal import ClipSpec
 from img2vec.towers import IMAGE, TEXT, Input, Towers
 
 log = logging.getLogger("ray.serve")
-
-DEFAULTS = BatchSettings()
 
 
 class _Call(NamedTuple):
@@ -48,26 +42,15 @@ class _Call(NamedTuple):
     max_queued_requests=256,
     user_config=DEFAULTS.as_dict(),
 )
-class ClipEmbedderDeployment:
+class ClipEmbedderDeployment(ModelReplica):
     def __init__(self, settings: ClipModelSettings) -> None:
         spec = ClipSpec.from_dir(settings.weights)
         threads = settings.torch_threads or default_torch_threads(settings.device)
         self._towers = Towers(spec, settings.device, threads, settings.graph)
-        self._metrics = EmbedderMetrics(self._towers.info())
-        self._batcher: Batcher[Input, np.ndarray] = Batcher(
-            self._towers.run, DEFAULTS, is_out_of_memory=is_out_of_memory, observer=self._metrics
-        )
-        self._calls = 0
-        self._gatherings = 0
-        self._replica = serve.get_replica_context().replica_id.unique_id
-        self._fresh = asyncio.get_running_loop().create_task(keep_fresh(self._metrics.refresh))
+        self._start(self._towers.run, self._towers.warm_up)
 
-    async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        settings = BatchSettings.from_user_config(user_config)
-        warmed = await self._batcher.call(lambda: self._towers.warm_up(settings.max_batch_size))
-        self._gather.set_max_batch_size(settings.max_batch_size)
-        self._batcher.reconfigure(settings)
-        log.info("clip embedder batching: %s (warmed up %s)", settings, warmed)
+    def _identity(self) -> dict[str, Any]:
+        return self._towers.info()
 
     async def vectorize(
         self, images: np.ndarray, texts: list[np.ndarray], deadline: float | None
@@ -81,13 +64,9 @@ class ClipEmbedderDeployment:
         admitted = await self._gather(_Call(inputs, deadline))
         if isinstance(admitted, Img2VecError):
             return GroupAnswer([admitted] * len(inputs), self._batcher.backlog())
-        try:
-            answers = await asyncio.gather(*admitted, return_exceptions=True)
-        except asyncio.CancelledError:  # the caller went away: its inputs leave the queue
-            for future in admitted:
-                future.cancel()
-            raise
-        return GroupAnswer([as_result(a) for a in answers], self._batcher.backlog())
+        # Cancelled with the call, gather cancels every future: those inputs leave the queue.
+        answered = await asyncio.gather(*admitted, return_exceptions=True)
+        return GroupAnswer([as_result(a) for a in answered], self._batcher.backlog())
 
     @serve.batch(max_batch_size=DEFAULTS.max_batch_size, batch_wait_timeout_s=0.0)
     async def _gather(
@@ -133,24 +112,6 @@ class ClipEmbedderDeployment:
             ):
                 raise ValueError(f"expected int32 token ids of 1 to {context} tokens per text")
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "replica": self._replica,
-            "node_id": ray.get_runtime_context().get_node_id(),
-            **self._towers.info(),
-            "batching": self._batcher.snapshot(),
-            "gathering": {"calls": self._calls, "gatherings": self._gatherings},
-        }
-
-    def info(self) -> dict[str, Any]:
-        """Model identity only: the cheap readiness probe."""
-        return self._towers.info()
-
     def inputs(self) -> ClipSpec:
         """How inputs are prepared, tokenizer included: what an ingress replica needs."""
         return self._towers.spec
-
-    def __del__(self) -> None:
-        batcher = getattr(self, "_batcher", None)
-        if batcher is not None:
-            batcher.close()

@@ -26,21 +26,15 @@ from dataclasses import asdict
 from typing import Any, NamedTuple
 
 import numpy as np
-import ray
-import torch
 from ray import serve
 
 from deployments.handoff import GroupAnswer
-from deployments.metrics import EmbedderMetrics, keep_fresh
+from deployments.replica import DEFAULTS, ModelReplica, as_result, default_torch_threads
 from deployments.settings import EmbedderSettings
-from img2vec.batching import Batcher, BatchSettings
-from img2vec.cpus import available_cpus
-from img2vec.errors import INTERNAL_ERROR, Img2VecError
-from img2vec.model import Embedder, build_embedder, is_out_of_memory
+from img2vec.errors import Img2VecError
+from img2vec.model import Embedder, build_embedder
 
 log = logging.getLogger("ray.serve")
-
-DEFAULTS = BatchSettings()
 
 
 class _Call(NamedTuple):
@@ -54,22 +48,6 @@ class _Call(NamedTuple):
 Admitted = asyncio.Future[np.ndarray] | Img2VecError
 
 
-def default_torch_threads(device: str) -> int:
-    """Ray sets OMP_NUM_THREADS=1 in a one-CPU actor, which torch would silently obey (a
-    ResNet50 forward then runs ~2x slower on two cores), so threads are always set:
-    - on a GPU, the CPUs Ray granted (they only feed the GPU);
-    - on CPU, every CPU this process may use (affinity and container quota): the forward
-      pass is the work, and one CPU embedder per node is the common case. Several per
-      node: set `torch_threads`."""
-    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
-        return available_cpus()
-    try:
-        granted = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-    except Exception:
-        granted = 1.0
-    return max(1, round(granted))
-
-
 @serve.deployment(
     name="Embedder",
     # Enough for a full pass running and the next one queued behind it.
@@ -77,39 +55,15 @@ def default_torch_threads(device: str) -> int:
     max_queued_requests=256,
     user_config=DEFAULTS.as_dict(),
 )
-class EmbedderDeployment:
+class EmbedderDeployment(ModelReplica):
     def __init__(self, settings: EmbedderSettings) -> None:
         options = settings.model_dump()
         threads = options.pop("torch_threads") or default_torch_threads(settings.device)
         self._embedder: Embedder = build_embedder(**options, torch_threads=threads)
-        self._metrics = EmbedderMetrics(asdict(self._embedder.info()))
-        self._batcher: Batcher[np.ndarray, np.ndarray] = Batcher(
-            self._embedder.embed,
-            DEFAULTS,
-            is_out_of_memory=is_out_of_memory,
-            observer=self._metrics,
-        )
-        # Calls received, and the gatherings `@serve.batch` made of them: /meta reports both.
-        self._calls = 0
-        self._gatherings = 0
-        self._replica = serve.get_replica_context().replica_id.unique_id
-        self._fresh = asyncio.get_running_loop().create_task(keep_fresh(self._metrics.refresh))
+        self._start(self._embedder.embed, self._embedder.warm_up)
 
-    async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """The batch settings, live: Serve calls this before the replica takes traffic and
-        on every `user_config` change. New batch shapes are warmed up first."""
-        settings = BatchSettings.from_user_config(user_config)
-        started = time.perf_counter()
-        warmed = await self._batcher.call(lambda: self._embedder.warm_up(settings.max_batch_size))
-        # @serve.batch only gathers calls; its group size follows the one setting.
-        self._gather.set_max_batch_size(settings.max_batch_size)
-        self._batcher.reconfigure(settings)
-        log.info(
-            "embedder batching: %s (warmed up %s in %.1f s)",
-            settings,
-            warmed,
-            time.perf_counter() - started,
-        )
+    def _identity(self) -> dict[str, Any]:
+        return asdict(self._embedder.info())
 
     async def embed_group(self, images: np.ndarray, deadlines: list[float | None]) -> GroupAnswer:
         """Several images in one call (N, H, W, 3), each with its deadline (epoch seconds,
@@ -121,14 +75,10 @@ class EmbedderDeployment:
         self._calls += 1
         admitted = await self._gather(_Call(images, deadlines))
         queued = [entry for entry in admitted if isinstance(entry, asyncio.Future)]
-        try:
-            answers = iter(await asyncio.gather(*queued, return_exceptions=True))
-        except asyncio.CancelledError:  # the caller went away: its images leave the queue
-            for future in queued:
-                future.cancel()
-            raise
+        # Cancelled with the call, gather cancels every future: those images leave the queue.
+        answered = iter(await asyncio.gather(*queued, return_exceptions=True))
         results = [
-            as_result(next(answers)) if isinstance(entry, asyncio.Future) else entry
+            as_result(next(answered)) if isinstance(entry, asyncio.Future) else entry
             for entry in admitted
         ]
         return GroupAnswer(results, self._batcher.backlog())
@@ -176,32 +126,3 @@ class EmbedderDeployment:
         ):
             got = (images.dtype, images.shape) if isinstance(images, np.ndarray) else type(images)
             raise ValueError(f"expected a uint8 array of shape {expected}, got {got}")
-
-    def describe(self) -> dict[str, Any]:
-        """Model identity and this replica's batching, from one replica, in one answer;
-        answering at all means the model is loaded."""
-        return {
-            "replica": self._replica,
-            "node_id": ray.get_runtime_context().get_node_id(),
-            **asdict(self._embedder.info()),
-            "batching": self._batcher.snapshot(),
-            "gathering": {"calls": self._calls, "gatherings": self._gatherings},
-        }
-
-    def info(self) -> dict[str, Any]:
-        """Model identity only: the cheap readiness probe."""
-        return asdict(self._embedder.info())
-
-    def __del__(self) -> None:
-        batcher = getattr(self, "_batcher", None)
-        if batcher is not None:
-            batcher.close()
-
-
-def as_result(answer: object) -> np.ndarray | Img2VecError:
-    """A vector, one of our errors, or a pass that failed for a reason of ours (e.g. out of
-    memory on one image): then the item's own generic error, logged; the others keep theirs."""
-    if isinstance(answer, np.ndarray | Img2VecError):
-        return answer
-    log.error("an image of a group failed: %r", answer)
-    return Img2VecError(INTERNAL_ERROR)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import numpy as np
@@ -73,3 +74,25 @@ def test_another_deployment_composes_the_embedder_and_its_calls_are_gathered(res
     gatherings = after["gatherings"] - before["gatherings"]
     assert calls == BURST
     assert 0 < gatherings < calls, (gatherings, calls)
+
+
+def test_a_call_cancelled_by_its_caller_leaves_the_models_queue(resnet_url):
+    """A composing caller that gives up (Serve's `response.cancel()`) frees the model of its
+    images: they are dropped before their pass instead of being computed for nobody."""
+    from ray import serve
+
+    embedder = serve.get_deployment_handle("Embedder", app_name="resnet50")
+    rng = np.random.default_rng(7)
+    group = rng.integers(0, 256, (8, 224, 224, 3), dtype=np.uint8)
+    before = embedder.describe.remote().result(timeout_s=60)["batching"]
+    # Enough ahead of it that the cancelled call is still queued when it is cancelled.
+    ahead = [embedder.embed_group.remote(group, [None] * len(group)) for _ in range(6)]
+    cancelled = embedder.embed_group.remote(group, [None] * len(group))
+    time.sleep(0.3)  # long enough to reach the replica, far shorter than the passes ahead
+    cancelled.cancel()
+    for response in ahead:
+        assert all(isinstance(v, np.ndarray) for v in response.result(timeout_s=120).results)
+    after = embedder.describe.remote().result(timeout_s=60)["batching"]
+
+    assert after["dropped_caller_gone"] - before["dropped_caller_gone"] == len(group)
+    assert after["images"] - before["images"] == len(ahead) * len(group)
