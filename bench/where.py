@@ -6,7 +6,9 @@ threads it starts) and the rest: the serving path's own cost. A process near 100
 core is the service's serial limit.
 
 Run: `python -m bench.where --model mobilenet_v3_large --concurrency 32`
-(`--config serve_config.gpu.yaml --concurrency 256` on a GPU node)."""
+(`--config serve_config.gpu.yaml --concurrency 256` on a GPU node). `--at-rest 30` first
+measures the service with no requests at all for 30 s: what it costs a node it shares (a
+Weaviate node) while idle."""
 
 from __future__ import annotations
 
@@ -52,8 +54,11 @@ def _title(cmdline: list[str]) -> str:
         return ""
     program = Path(cmdline[0]).name
     if program.startswith("python") and len(cmdline) > 1:
-        return " ".join([program, *cmdline[1:3]])[:60]
-    return " ".join(cmdline)[:60] if cmdline[0].startswith("ray::") else program
+        # `python -m module`, or the script's file name (Ray's log monitor, dashboard...).
+        args = [a for a in cmdline[1:] if a == "-m" or not a.startswith("-")]
+        shown = args[:2] if args[:1] == ["-m"] else [Path(a).name for a in args[:1]]
+        return " ".join([program, *shown])[:60]
+    return " ".join(" ".join(cmdline).split())[:60] if cmdline[0].startswith("ray::") else program
 
 
 def cpu_by_process(pid: int) -> dict[str, tuple[float, float]]:
@@ -103,6 +108,25 @@ def table(
     return lines
 
 
+def at_rest(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]], elapsed: float
+) -> list[str]:
+    """One line a process: its share of a core while nothing is asked of the service."""
+    rows = []
+    for name, (work, rest) in after.items():
+        w0, r0 = before.get(name, (0.0, 0.0))
+        rows.append((work + rest - w0 - r0, name))
+    lines = ["| process (at rest) | % of a core |", "| --- | ---: |"]
+    lines += [
+        f"| {name} | {100 * used / elapsed:.1f} |"
+        for used, name in sorted(rows, reverse=True)
+        if used / elapsed >= 0.005
+    ]
+    total = sum(used for used, _ in rows)
+    lines.append(f"| **all processes** | **{100 * total / elapsed:.1f}** |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="serve_config.yaml")
@@ -112,6 +136,9 @@ def main() -> None:
     parser.add_argument("--ingress-replicas", type=int, help="fixed, instead of autoscaling")
     parser.add_argument("--model", help="another backbone than the config's")
     parser.add_argument("--serve-env", default="", help="KEY=VAL,... on top of serve.env")
+    parser.add_argument(
+        "--at-rest", type=float, default=0.0, help="seconds measured with no requests first"
+    )
     args = parser.parse_args()
     config = fixed_ingress(yaml.safe_load((ROOT / args.config).read_text()), args.ingress_replicas)
     if args.model:
@@ -124,6 +151,12 @@ def main() -> None:
     ):
         load = {"concurrency": args.concurrency, "max_requests": 10**7, "weaviate": True}
         run_load(url + "/vectors", bodies, duration_s=3, warmup_s=1, **load)
+        if args.at_rest > 0:
+            time.sleep(5)  # the warm-up's last requests and their metrics pushes settle
+            before, t0 = cpu_by_process(proc.pid), time.perf_counter()
+            time.sleep(args.at_rest)
+            rest = at_rest(before, cpu_by_process(proc.pid), time.perf_counter() - t0)
+            print("\n".join(rest), flush=True)
         meta_before = httpx.get(url + "/meta", timeout=30).json()
         before, t0 = cpu_by_process(proc.pid), time.perf_counter()
         result = run_load(url + "/vectors", bodies, duration_s=args.duration, warmup_s=0, **load)
