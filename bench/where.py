@@ -77,6 +77,18 @@ def cpu_by_process(pid: int) -> dict[str, tuple[float, float]]:
     return out
 
 
+def _used(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> list[tuple[float, str, float, float]]:
+    """(work + rest, name, work, rest) CPU seconds of each process between the two readings,
+    the busiest first."""
+    rows = []
+    for name, (work, rest) in after.items():
+        w0, r0 = before.get(name, (0.0, 0.0))
+        rows.append((work - w0 + rest - r0, name, work - w0, rest - r0))
+    return sorted(rows, reverse=True)
+
+
 def table(
     before: dict[str, tuple[float, float]],
     after: dict[str, tuple[float, float]],
@@ -89,18 +101,13 @@ def table(
         "| --- | ---: | ---: | ---: |",
     ]
     n = max(requests, 1)
-    total_work = total_rest = 0.0
-    rows = []
-    for name, (work, rest) in after.items():
-        w0, r0 = before.get(name, (0.0, 0.0))
-        work, rest = work - w0, rest - r0
-        total_work += work
-        total_rest += rest
-        if (work + rest) / elapsed >= 0.02:
-            rows.append((work + rest, name, work, rest))
-    for used, name, work, rest in sorted(rows, reverse=True):
-        pct = 100 * used / elapsed
-        lines.append(f"| {name} | {pct:.1f} | {1e3 * work / n:.2f} | {1e3 * rest / n:.2f} |")
+    rows = _used(before, after)
+    for used, name, work, rest in rows:
+        if used / elapsed >= 0.02:
+            pct = 100 * used / elapsed
+            lines.append(f"| {name} | {pct:.1f} | {1e3 * work / n:.2f} | {1e3 * rest / n:.2f} |")
+    total_work = sum(work for _, _, work, _ in rows)
+    total_rest = sum(rest for _, _, _, rest in rows)
     lines.append(
         f"| **all processes** | {100 * (total_work + total_rest) / elapsed:.1f} | "
         f"{1e3 * total_work / n:.2f} | **{1e3 * total_rest / n:.2f}** |"
@@ -112,17 +119,14 @@ def at_rest(
     before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]], elapsed: float
 ) -> list[str]:
     """One line a process: its share of a core while nothing is asked of the service."""
-    rows = []
-    for name, (work, rest) in after.items():
-        w0, r0 = before.get(name, (0.0, 0.0))
-        rows.append((work + rest - w0 - r0, name))
+    rows = _used(before, after)
     lines = ["| process (at rest) | % of a core |", "| --- | ---: |"]
     lines += [
         f"| {name} | {100 * used / elapsed:.1f} |"
-        for used, name in sorted(rows, reverse=True)
+        for used, name, _, _ in rows
         if used / elapsed >= 0.005
     ]
-    total = sum(used for used, _ in rows)
+    total = sum(used for used, _, _, _ in rows)
     lines.append(f"| **all processes** | **{100 * total / elapsed:.1f}** |")
     return lines
 

@@ -12,7 +12,6 @@ whole: Weaviate needs every vector of an object.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import Any, NamedTuple
 
@@ -25,8 +24,6 @@ from deployments.settings import ClipModelSettings
 from img2vec.errors import Img2VecError
 from img2vec.multimodal import ClipSpec
 from img2vec.towers import IMAGE, TEXT, Input, Towers
-
-log = logging.getLogger("ray.serve")
 
 
 class _Call(NamedTuple):

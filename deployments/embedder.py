@@ -20,7 +20,6 @@ Two stages, each with one job:
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from dataclasses import asdict
 from typing import Any, NamedTuple
@@ -33,8 +32,6 @@ from deployments.replica import DEFAULTS, ModelReplica, as_result, default_torch
 from deployments.settings import EmbedderSettings
 from img2vec.errors import Img2VecError
 from img2vec.model import Embedder, build_embedder
-
-log = logging.getLogger("ray.serve")
 
 
 class _Call(NamedTuple):
