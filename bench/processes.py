@@ -155,10 +155,12 @@ def started(
     stop_timeout_s: float = 60,
     ray_tmpdir: str | None = None,
     nice: int = 0,
+    marker: str | None = None,
 ) -> Iterator[subprocess.Popen]:
     """`ray_tmpdir`: the caller's own Ray temp dir (it removes it); by default a fresh one.
-    `nice`: how many levels below this process the command runs."""
-    marker = uuid.uuid4().hex
+    `nice`: how many levels below this process the command runs. `marker`: the caller's, to
+    find the processes this started (`marked_pids`); by default a fresh one."""
+    marker = marker or uuid.uuid4().hex
     with contextlib.ExitStack() as stack:
         ray_tmp = ray_tmpdir or stack.enter_context(own_ray_tmpdir())
         out = stack.enter_context(log.open("wb"))
@@ -195,10 +197,12 @@ def launched(
     *,
     serve_env_text: str | None = None,
     extra_env: Mapping[str, str] | None = None,
+    marker: str | None = None,
+    wait: bool = True,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """The service as `make serve` runs it (`python -m deployments.launch`, serve.env beside
     the config), on a copy of `config` bound to a free loopback port, with random weights;
-    yields (url, process) once it is ready."""
+    yields (url, process) once it is ready (at once without `wait`: the caller waits)."""
     import sys
 
     import yaml
@@ -217,8 +221,11 @@ def launched(
     metrics = str(free_port())
     cmd = [sys.executable, "-m", "deployments.launch", str(path), "--metrics-port", metrics]
     log = workdir / "service.log"
-    with started(cmd, env, log, root) as proc:
+    with started(cmd, env, log, root, marker=marker) as proc:
         url = f"http://{LOOPBACK}:{port}"
+        if not wait:
+            yield url, proc
+            return
         try:
             wait_ready(url, proc=proc)
         except (RuntimeError, TimeoutError) as exc:

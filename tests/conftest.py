@@ -17,9 +17,10 @@ from torchvision import transforms as T
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Markers by folder: `pytest -m unit`, `-m integration`, `-m e2e`, `-m cluster`."""
+    """Markers by folder: `pytest -m unit`, `-m integration`, `-m e2e`, `-m cluster`,
+    `-m weaviate`."""
     for item in items:
-        for folder in ("unit", "integration", "e2e", "cluster", "image"):
+        for folder in ("unit", "integration", "e2e", "cluster", "weaviate", "image"):
             if f"/tests/{folder}/" in str(item.path):
                 item.add_marker(getattr(pytest.mark, folder))
 
