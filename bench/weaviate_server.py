@@ -75,15 +75,24 @@ class Weaviate:
 
 def weaviate_env(data: Path, port_map: Mapping[str, int], **modules: str) -> dict[str, str]:
     """What Weaviate reads: anonymous access, the two image modules, no telemetry, and its
-    other listeners moved to free loopback ports. `modules`: IMAGE_INFERENCE_API,
-    CLIP_INFERENCE_API, ENABLE_MODULES and anything else Weaviate reads (a caller's value wins)."""
+    other listeners moved to free loopback ports. `modules`: IMAGE_INFERENCE_API and/or
+    CLIP_INFERENCE_API (each enables its module), and anything else Weaviate reads (a caller's
+    value wins)."""
+    enabled = [
+        module
+        for module, api in (
+            ("img2vec-neural", "IMAGE_INFERENCE_API"),
+            ("multi2vec-clip", "CLIP_INFERENCE_API"),
+        )
+        if api in modules
+    ]
     return {
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", "/tmp"),
         "PERSISTENCE_DATA_PATH": str(data),
         "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "true",
         "DEFAULT_VECTORIZER_MODULE": "none",
-        "ENABLE_MODULES": "img2vec-neural,multi2vec-clip",
+        "ENABLE_MODULES": ",".join(enabled),
         "CLUSTER_HOSTNAME": "node1",
         # Its gossip on loopback. (Not CLUSTER_IN_LOCALHOST: that makes a node look for its own
         # Raft RPC at the Raft port + 1, several nodes on one host, and a single node never
