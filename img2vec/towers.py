@@ -223,10 +223,29 @@ class Towers:
         batch = torch.from_numpy(np.array(images, copy=True)).to(self.device)
         return self._out(self._vision(normalize(batch, self._mean, self._std)))
 
-    @torch.inference_mode()
     def embed_texts(self, ids: Sequence[np.ndarray]) -> np.ndarray:
-        """Token ids, one array per text -> float32 (N, dim), L2-normalized. Padded to the
-        pass's longest (CLIP, masked) or to the full context (SigLIP, unmasked)."""
+        """Token ids, one array per text -> float32 (N, dim), L2-normalized.
+
+        A text's vector must not depend on the texts it is batched with (the same bits as
+        alone: Weaviate's BlobHash case, the container's one-at-a-time answers). Padding to
+        the pass's longest text changes the sums in attention (1.8e-7), so the texts of a
+        pass run in groups of one length each, unpadded, exactly as each would alone; rows of
+        one shape do not affect each other. SigLIP pads every text to its full context, one
+        shape already."""
+        if self.spec.fixed_length:
+            return self._embed_texts(ids)
+        out: list[np.ndarray | None] = [None] * len(ids)
+        by_length: dict[int, list[int]] = {}
+        for i, t in enumerate(ids):
+            by_length.setdefault(len(t), []).append(i)
+        for rows in by_length.values():
+            for i, v in zip(rows, self._embed_texts([ids[i] for i in rows]), strict=True):
+                out[i] = v
+        return np.stack(out)  # type: ignore[arg-type]
+
+    @torch.inference_mode()
+    def _embed_texts(self, ids: Sequence[np.ndarray]) -> np.ndarray:
+        """One call of the text tower: padded to the longest (masked) or the full context."""
         spec = self.spec
         length = spec.context if spec.fixed_length else max(len(t) for t in ids)
         tokens = np.full((len(ids), length), spec.pad_id, dtype=np.int64)
