@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 
 import httpx
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 import weaviate
 from weaviate.classes.config import Configure, DataType, Property
 
+from bench.weaviate_server import running
 from tests.conftest import one_pixel_png
 from tests.weaviate.support import b64, photo_files, readme_block, vector_alone
 
@@ -126,3 +128,19 @@ def test_a_stored_vector_is_the_one_the_service_gives_that_image_alone(stack, cl
         alone = vector_alone(stack.image_url, data)
         assert stored.shape == (2048,)
         assert np.array_equal(stored, alone), (name, float(np.abs(stored - alone).max()))
+
+
+def test_modules_validate_base_url_keeps_weaviate_from_the_service(stack, tmp_path):
+    """With MODULES_VALIDATE_BASE_URL on, Weaviate's module client refuses to dial a loopback
+    or private address, where the service lives (docs/weaviate.md): a second Weaviate so
+    configured never gets past the ready service's /.well-known/ready, and says why."""
+    assert httpx.get(stack.image_url + "/.well-known/ready", timeout=5).status_code == 204
+    refusal = "refusing to dial internal address"
+    with running(
+        tmp_path, wait=False, IMAGE_INFERENCE_API=stack.image_url, MODULES_VALIDATE_BASE_URL="true"
+    ) as guarded:
+        deadline = time.monotonic() + 30
+        while refusal not in guarded.log_text():
+            assert time.monotonic() < deadline, guarded.log_text()[-2000:]
+            time.sleep(0.25)
+        assert not guarded.ready()
