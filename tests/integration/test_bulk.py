@@ -72,6 +72,10 @@ def test_items_run_in_the_batchers_passes(resnet_url, images):
     r = bulk(resnet_url, json.dumps({"items": items}))
     assert r.status_code == 200 and all("vector" in item for item in r.json()["items"])
     after = httpx.get(resnet_url + "/meta").json()["batching"]
+    # Each item bit for bit what its image gets in a request of its own.
+    for i, item in enumerate(r.json()["items"]):
+        lone = single(resnet_url, images[i % len(images)])
+        assert np.array_equal(np.float32(item["vector"]), np.float32(lone)), i
     passes = after["passes"] - before["passes"]
     assert after["images"] - before["images"] == MAX_BULK_ITEMS
     assert passes < MAX_BULK_ITEMS  # not one pass per image
