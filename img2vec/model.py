@@ -27,6 +27,7 @@ from img2vec.engines import (
     openvino_available,
 )
 from img2vec.errors import ConfigError, WeightsError, brief
+from img2vec.invariance import batch_invariant, probe_images
 from img2vec.preprocessing import Preprocess, get_preset
 from img2vec.weights import (
     DEFAULT_DOWNLOAD_TIMEOUT_S,
@@ -91,6 +92,9 @@ class ModelInfo:
     torch_threads: int
     # Whether an index built with img2vec-pytorch (float32) can take these vectors.
     vectors: str
+    # Each image's vector the same bits alone as batched with others, checked on this
+    # machine at warm-up (img2vec/invariance.py); None before the check.
+    batch_invariant: bool | None = None
 
 
 class Embedder:
@@ -123,6 +127,7 @@ class Embedder:
         self._std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
         self.warmed: set[int] = set()
         self.buckets: list[int] = []  # the padded batch sizes, set by warm_up()
+        self.batch_invariant: bool | None = None  # checked by warm_up()
         asked, graph = graph, resolve_graph(graph, device, dtype)
         self._engine: OpenVINOEngine | None = None
         if graph == OPENVINO:
@@ -192,6 +197,7 @@ class Embedder:
             graph=self.graph,
             torch_threads=torch.get_num_threads(),
             vectors=VECTORS_OF.get(self.dtype_name, VECTORS_OTHER),
+            batch_invariant=self.batch_invariant,
         )
 
     def embed(self, images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
@@ -222,6 +228,11 @@ class Embedder:
             self.warmed.add(size)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        self.batch_invariant = batch_invariant(
+            lambda images: self.embed(np.stack(images)),
+            probe_images(self.input_size),
+            max_batch_size,
+        )
         return todo
 
 

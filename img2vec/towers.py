@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from img2vec.invariance import batch_invariant, probe_images
 from img2vec.model import normalize, pick_device
 from img2vec.multimodal import ClipSpec, st_modules
 
@@ -130,6 +131,7 @@ class Towers:
         self._engine = self._openvino(graph, "image")
         self._text_engine = self._openvino(graph, "text") if self._engine is not None else None
         self.graph = "openvino" if self._engine is not None else "eager"
+        self.batch_invariant: bool | None = None  # checked by warm_up()
         self.dim = int(self.embed_texts([np.asarray([spec.pad_id], np.int32)]).shape[1])
 
     def _openvino(self, graph: str, tower: str) -> Any:
@@ -198,6 +200,9 @@ class Towers:
             "normalized": self.normalized,
             **self.spec.describe(),
             "dim": self.dim,
+            # Images and texts: the same bits alone as in a pass with others, checked at
+            # warm-up on this machine (img2vec/invariance.py); None before.
+            "batch_invariant": self.batch_invariant,
         }
 
     def run(self, inputs: Sequence[Input]) -> list[np.ndarray]:
@@ -273,6 +278,10 @@ class Towers:
         for n in sizes:
             self.embed_images(np.zeros((n, h, w, 3), np.uint8))
             self.embed_texts([np.asarray([self.spec.pad_id] * 8, np.int32)] * n)
+        # Two images and texts of three lengths, mixed as passes mix them.
+        probes = [Input(IMAGE, img) for img in probe_images(self.input_size, 2)]
+        probes += [Input(TEXT, np.asarray([self.spec.pad_id] * k, np.int32)) for k in (3, 5, 5)]
+        self.batch_invariant = batch_invariant(self.run, probes, max_batch_size)
         return sizes
 
 
