@@ -20,14 +20,16 @@ WEAVIATE_VERSION ?= v1.39.0
 WEAVIATE_CACHE   ?= $(HOME)/.cache/img2vec/weaviate
 WEAVIATE_SERVER  := $(WEAVIATE_CACHE)/$(WEAVIATE_VERSION)/weaviate-server
 export WEAVIATE_SERVER
+# Go from PATH, else where its official archive installs (a shell that read no profile).
+GO ?= $(or $(shell command -v go 2>/dev/null),$(wildcard /usr/local/go/bin/go))
 
 weaviate: $(WEAVIATE_SERVER)
 
 $(WEAVIATE_SERVER):
-	@command -v go >/dev/null || { echo "make weaviate: Go >= 1.26 is needed to build Weaviate ($(WEAVIATE_VERSION))"; exit 1; }
-	@echo "building Weaviate $(WEAVIATE_VERSION) into $(@D) (once per version)"
+	@test -n "$(GO)" || { echo "make weaviate: Go >= 1.26 is needed to build Weaviate $(WEAVIATE_VERSION)"; exit 1; }
+	@echo "building Weaviate $(WEAVIATE_VERSION) into $(@D) (once per version, ~3.5 min on 2 cores)"
 	mkdir -p $(@D)
-	CGO_ENABLED=0 GOBIN=$(abspath $(@D)).tmp go install github.com/weaviate/weaviate/cmd/weaviate-server@$(WEAVIATE_VERSION)
+	CGO_ENABLED=0 GOBIN=$(abspath $(@D)).tmp $(GO) install github.com/weaviate/weaviate/cmd/weaviate-server@$(WEAVIATE_VERSION)
 	mv $(abspath $(@D)).tmp/weaviate-server $@ && rmdir $(abspath $(@D)).tmp
 
 $(STAMP): pyproject.toml
