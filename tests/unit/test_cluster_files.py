@@ -38,6 +38,20 @@ def test_the_rayservice_uses_current_kuberay_fields_only():
     assert manifest["spec"]["upgradeStrategy"]["type"] == "NewCluster"
 
 
+def test_both_rayservices_turn_on_rays_token_authentication():
+    """KubeRay >= 1.5.1's authOptions: a Secret with a random token, RAY_AUTH_MODE=token and
+    RAY_AUTH_TOKEN on every Ray container; nothing of ours turns it off again."""
+    for variant in ("", "clip"):
+        cluster = rayservice(variant)["spec"]["rayClusterConfig"]
+        assert cluster["authOptions"] == {"mode": "token"}, variant
+        assert tuple(int(p) for p in cluster["rayVersion"].split(".")) >= (2, 52)
+        groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+        for group in groups:
+            for container in group["template"]["spec"]["containers"]:
+                names = {e["name"] for e in container.get("env", [])}
+                assert not names & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}, (variant, names)
+
+
 def test_the_head_hosts_no_replica_and_the_gpu_workers_autoscale():
     cluster = rayservice()["spec"]["rayClusterConfig"]
     assert cluster["enableInTreeAutoscaling"] is True
