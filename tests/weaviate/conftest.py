@@ -81,3 +81,12 @@ def client(stack: Stack) -> Iterator[object]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture
+def fresh(client) -> Iterator[list[str]]:
+    """Collections a test creates, deleted afterwards (a failed test leaves nothing behind)."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        client.collections.delete(name)

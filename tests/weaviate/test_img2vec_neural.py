@@ -10,22 +10,12 @@ import time
 
 import httpx
 import numpy as np
-import pytest
 import weaviate
 from weaviate.classes.config import Configure, DataType, Property
 
 from bench.weaviate_server import running
 from tests.conftest import one_pixel_png
 from tests.weaviate.support import b64, photo_files, readme_block, vector_alone
-
-
-@pytest.fixture
-def fresh(client):
-    """Collections a test creates, deleted afterwards (a failed test leaves nothing behind)."""
-    names: list[str] = []
-    yield names
-    for name in names:
-        client.collections.delete(name)
 
 
 def test_weaviate_started_before_the_service_waits_for_it_then_works(stack):

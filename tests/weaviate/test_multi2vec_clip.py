@@ -30,14 +30,6 @@ def images() -> dict[str, bytes]:
     return {name: files[name] for name in TITLES}
 
 
-@pytest.fixture
-def fresh(client):
-    names: list[str] = []
-    yield names
-    for name in names:
-        client.collections.delete(name)
-
-
 def as32(vector: object) -> np.ndarray:
     return np.asarray(vector, dtype=np.float32)
 
