@@ -24,12 +24,13 @@ import numpy as np
 import pytest
 import yaml
 from weaviate.classes.config import Configure, DataType, Property
+from weaviate.classes.data import DataObject
 from weaviate.exceptions import WeaviateInsertManyAllFailedError
 from weaviate.util import generate_uuid5
 
 from bench.processes import launched, marked_pids, wait_ready
 from bench.weaviate_server import ROOT, Weaviate, running
-from tests.conftest import photo
+from tests.conftest import encode, photo
 from tests.helpers import augmented
 from tests.weaviate.support import b64, photo_files, vector_alone
 
@@ -72,14 +73,8 @@ def images() -> dict[str, bytes]:
     rng = np.random.default_rng(7)
     for name in ("chelsea", "coffee", "astronaut", "rocket", "motorcycle", "camera"):
         for i, img in enumerate(augmented(photo(name), rng)):
-            files[f"{name}-{i}"] = _jpeg(img)
+            files[f"{name}-{i}"] = encode(img, "JPEG", quality=90)
     return dict(list(files.items())[:40])
-
-
-def _jpeg(img) -> bytes:
-    from tests.conftest import encode
-
-    return encode(img, "JPEG", quality=90)
 
 
 def collection(client, name: str):
@@ -96,8 +91,6 @@ def collection(client, name: str):
 
 
 def objects(names: list[str], images: dict[str, bytes], tag: str) -> list:
-    from weaviate.classes.data import DataObject
-
     return [
         DataObject(
             properties={"image": b64(images[n]), "name": n}, uuid=generate_uuid5(f"{tag}/{n}")
