@@ -35,7 +35,7 @@ want tests && {
   "$py" -c 'import torch, torchvision; print(torch.__version__, torchvision.__version__,
     torch.cuda.get_device_name(0), torch.backends.cudnn.version())'
   step tests
-  IMG2VEC_TEST_DEVICE=cuda timeout 85 "$py" -m pytest -q -p no:cacheprovider -o addopts= \
+  IMG2VEC_TEST_DEVICE=cuda timeout 150 "$py" -m pytest -q -p no:cacheprovider -o addopts= \
     tests/unit/test_cuda.py tests/unit/test_model.py 2>&1 | tail -40
 } > "$out/tests.log" 2>&1
 

@@ -43,7 +43,9 @@ class ClipEmbedderDeployment(ModelReplica):
     def __init__(self, settings: ClipModelSettings) -> None:
         spec = ClipSpec.from_dir(settings.weights)
         threads = settings.torch_threads or default_torch_threads(settings.device)
-        self._towers = Towers(spec, settings.device, threads, settings.graph)
+        self._towers = Towers(
+            spec, settings.device, threads, settings.graph, settings.batch_invariance
+        )
         self._start(self._towers.run, self._towers.warm_up)
 
     def _identity(self) -> dict[str, Any]:

@@ -34,6 +34,17 @@ TorchThreads = Annotated[
 ]
 
 
+# Both model replicas: whether every vector must be the same bits as its input alone.
+BatchInvariance = Annotated[
+    bool,
+    Field(
+        description="every vector the same bits as its input alone, whatever it is batched "
+        "with (checked at start; CLIP texts run per length; an engine that needs it runs fixed "
+        "passes); false: faster where an engine needs that, vectors then differ by ~1e-7",
+    ),
+]
+
+
 class EmbedderSettings(_Settings):
     """The model replica's structure, fixed for its life."""
 
@@ -58,6 +69,7 @@ class EmbedderSettings(_Settings):
         "or compiled (torch.compile with CUDA graphs, GPU only, not yet measured)",
     )
     torch_threads: TorchThreads = None
+    batch_invariance: BatchInvariance = True
     download_timeout_s: float = Field(
         DEFAULT_DOWNLOAD_TIMEOUT_S, gt=0, description="give up a weights download stalled this long"
     )
@@ -77,6 +89,7 @@ class ClipModelSettings(_Settings):
         description="auto: the image tower on OpenVINO on CPU (the same vectors, ~2.5x), else "
         "eager; the text tower is eager",
     )
+    batch_invariance: BatchInvariance = True
 
 
 class IngressSettings(_Settings):

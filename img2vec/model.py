@@ -27,7 +27,7 @@ from img2vec.engines import (
     openvino_available,
 )
 from img2vec.errors import ConfigError, WeightsError, brief
-from img2vec.invariance import batch_invariant, probe_images
+from img2vec.invariance import batch_invariant, fixed_pass_size, in_fixed_passes, probe_images
 from img2vec.preprocessing import Preprocess, get_preset
 from img2vec.weights import (
     DEFAULT_DOWNLOAD_TIMEOUT_S,
@@ -95,6 +95,9 @@ class ModelInfo:
     # Each image's vector the same bits alone as batched with others, checked on this
     # machine at warm-up (img2vec/invariance.py); None before the check.
     batch_invariant: bool | None = None
+    # Every pass runs at exactly this many images where the engine is not batch-invariant
+    # as it is (None: passes as batched).
+    fixed_pass: int | None = None
 
 
 class Embedder:
@@ -112,6 +115,7 @@ class Embedder:
         graph: str = "torchscript",
         pad_to_buckets: bool | None = None,
         name: str | None = None,
+        batch_invariance: bool = True,
     ) -> None:
         self.spec = spec
         self.name = name or spec.name  # as asked for: `convnext_tiny:native` names its preset
@@ -127,6 +131,10 @@ class Embedder:
         self._std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
         self.warmed: set[int] = set()
         self.buckets: list[int] = []  # the padded batch sizes, set by warm_up()
+        # Keep every vector the same bits as its image alone: an engine that is not invariant
+        # as it is runs in fixed passes (img2vec/invariance.py), set by warm_up().
+        self.batch_invariance = batch_invariance
+        self.fixed_pass: int | None = None
         self.batch_invariant: bool | None = None  # checked by warm_up()
         asked, graph = graph, resolve_graph(graph, device, dtype)
         self._engine: OpenVINOEngine | None = None
@@ -198,11 +206,17 @@ class Embedder:
             torch_threads=torch.get_num_threads(),
             vectors=VECTORS_OF.get(self.dtype_name, VECTORS_OTHER),
             batch_invariant=self.batch_invariant,
+            fixed_pass=self.fixed_pass,
         )
 
     def embed(self, images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """uint8 arrays (H, W, 3), all of the preset's size -> float32 (N, dim)."""
         batch = _stack(images, self.input_size)
+        if self.fixed_pass:
+            return in_fixed_passes(self._forward, [batch], self.fixed_pass)
+        return self._forward(batch)
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
         if self._engine is not None:
             return self._engine(batch)
         n = batch.shape[0]
@@ -218,8 +232,21 @@ class Embedder:
     def warm_up(self, max_batch_size: int) -> list[int]:
         """Run every batch shape that can form up to `max_batch_size` once (the buckets when
         padding, else batch 1), so that no autotuning or first-call optimization lands on
-        live traffic. Returns the sizes run now."""
-        sizes = bucket_sizes(max_batch_size) if self.pad_to_buckets else [1]
+        live traffic; then check that an image's vector does not depend on its batch, and,
+        where it does and `batch_invariance` asks for it, run fixed passes (checked again).
+        Returns the sizes run now."""
+        self.fixed_pass = None
+        todo = self._warm(bucket_sizes(max_batch_size) if self.pad_to_buckets else [1])
+        self.batch_invariant = self._invariant(max_batch_size)
+        if not self.batch_invariant and self.batch_invariance:
+            self.fixed_pass = fixed_pass_size(self.device.type, max_batch_size)
+            log.info("%s (%s) not batch-invariant: fixed passes of %d", self.name, self.graph,
+                     self.fixed_pass)  # fmt: skip
+            todo += self._warm([self.fixed_pass] if self.pad_to_buckets else [1])
+            self.batch_invariant = self._invariant(max_batch_size)
+        return todo
+
+    def _warm(self, sizes: list[int]) -> list[int]:
         self.buckets = sizes if self.pad_to_buckets else []
         todo = [s for s in sizes if s not in self.warmed]
         blank = np.zeros((1, *self.input_size, 3), dtype=np.uint8)
@@ -228,12 +255,14 @@ class Embedder:
             self.warmed.add(size)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        self.batch_invariant = batch_invariant(
+        return todo
+
+    def _invariant(self, max_batch_size: int) -> bool:
+        return batch_invariant(
             lambda images: self.embed(np.stack(images)),
             probe_images(self.input_size),
             max_batch_size,
         )
-        return todo
 
 
 def normalize(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -439,6 +468,7 @@ def build_embedder(
     graph: str = "auto",
     preprocess: str | None = None,
     download_timeout_s: float = DEFAULT_DOWNLOAD_TIMEOUT_S,
+    batch_invariance: bool = True,
 ) -> Embedder:
     """Resolve and verify the weights, load them, and place the model on its device."""
     precision(dtype)  # refused before the weights are read
@@ -452,8 +482,15 @@ def build_embedder(
         torch.set_num_threads(torch_threads)
     configure_precision(dtype)
     if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        # cudnn's autotuner picks each shape's algorithm by timing it, so two replicas (or
+        # two starts) may pick different ones and give one image different bits; its
+        # heuristics pick the same one every time.
+        torch.backends.cudnn.benchmark = not batch_invariance
+        torch.backends.cudnn.deterministic = batch_invariance
     preset = get_preset(preprocess or preset_of(model))
-    embedder = Embedder(spec, module, resolved, dev, preset, dtype, graph, name=model)
+    embedder = Embedder(
+        spec, module, resolved, dev, preset, dtype, graph, name=model,
+        batch_invariance=batch_invariance,
+    )  # fmt: skip
     log.info("embedder ready: %s (pid %d)", embedder.info(), os.getpid())
     return embedder

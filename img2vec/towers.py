@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from img2vec.invariance import batch_invariant, probe_images
+from img2vec.invariance import batch_invariant, fixed_pass_size, in_fixed_passes, probe_images
 from img2vec.model import normalize, pick_device
 from img2vec.multimodal import ClipSpec, st_modules
 
@@ -92,6 +92,7 @@ class Towers:
         device: str = "auto",
         torch_threads: int | None = None,
         graph: str = "auto",
+        batch_invariance: bool = True,
     ):
         from transformers import AutoModel
 
@@ -131,6 +132,10 @@ class Towers:
         self._engine = self._openvino(graph, "image")
         self._text_engine = self._openvino(graph, "text") if self._engine is not None else None
         self.graph = "openvino" if self._engine is not None else "eager"
+        # Keep every vector the same bits as its input alone: texts run per length, and an
+        # engine that is not invariant as it is runs in fixed passes (img2vec/invariance.py).
+        self.batch_invariance = batch_invariance
+        self.fixed_pass: int | None = None  # set by warm_up() where the engine needs it
         self.batch_invariant: bool | None = None  # checked by warm_up()
         self.dim = int(self.embed_texts([np.asarray([spec.pad_id], np.int32)]).shape[1])
 
@@ -203,6 +208,9 @@ class Towers:
             # Images and texts: the same bits alone as in a pass with others, checked at
             # warm-up on this machine (img2vec/invariance.py); None before.
             "batch_invariant": self.batch_invariant,
+            # Every pass of a tower runs at exactly this many inputs where the engine is not
+            # batch-invariant as it is (null: passes as batched).
+            "fixed_pass": self.fixed_pass,
         }
 
     def run(self, inputs: Sequence[Input]) -> list[np.ndarray]:
@@ -220,9 +228,14 @@ class Towers:
                 out[i] = v
         return out
 
-    @torch.inference_mode()
     def embed_images(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, 3) -> float32 (N, dim), L2-normalized."""
+        if self.fixed_pass:
+            return in_fixed_passes(self._embed_images, [images], self.fixed_pass)
+        return self._embed_images(images)
+
+    @torch.inference_mode()
+    def _embed_images(self, images: np.ndarray) -> np.ndarray:
         if self._engine is not None:
             return self._out(torch.from_numpy(self._engine(np.ascontiguousarray(images))))
         batch = torch.from_numpy(np.array(images, copy=True)).to(self.device)
@@ -236,8 +249,8 @@ class Towers:
         the pass's longest text changes the sums in attention (1.8e-7), so the texts of a
         pass run in groups of one length each, unpadded, exactly as each would alone; rows of
         one shape do not affect each other. SigLIP pads every text to its full context, one
-        shape already."""
-        if self.spec.fixed_length:
+        shape already. (With `batch_invariance` off, a pass pads to its longest text.)"""
+        if self.spec.fixed_length or not self.batch_invariance:
             return self._embed_texts(ids)
         out: list[np.ndarray | None] = [None] * len(ids)
         by_length: dict[int, list[int]] = {}
@@ -248,7 +261,6 @@ class Towers:
                 out[i] = v
         return np.stack(out)  # type: ignore[arg-type]
 
-    @torch.inference_mode()
     def _embed_texts(self, ids: Sequence[np.ndarray]) -> np.ndarray:
         """One call of the text tower: padded to the longest (masked) or the full context."""
         spec = self.spec
@@ -258,6 +270,12 @@ class Towers:
         for row, t in enumerate(ids):
             tokens[row, : len(t)] = t
             mask[row, : len(t)] = 1
+        if self.fixed_pass:
+            return in_fixed_passes(self._text_pass, [tokens, mask], self.fixed_pass)
+        return self._text_pass(tokens, mask)
+
+    @torch.inference_mode()
+    def _text_pass(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
         if self._text_engine is not None:
             arrays = (tokens, mask) if self._text_tower.masked else (tokens,)
             return self._out(torch.from_numpy(self._text_engine(*arrays)))
@@ -272,16 +290,30 @@ class Towers:
         return x.cpu().numpy()
 
     def warm_up(self, max_batch_size: int) -> list[int]:
-        """One pass of each tower at one input and at `max_batch_size`."""
+        """One pass of each tower at one input and at `max_batch_size`; then the check that
+        a vector does not depend on its batch, and, where it does and `batch_invariance` asks
+        for it, fixed passes (checked again)."""
+        self.fixed_pass = None
+        sizes = self._warm(max_batch_size)
+        # Two images and texts of three lengths, mixed as passes mix them.
+        probes = [Input(IMAGE, img) for img in probe_images(self.input_size, 2)]
+        probes += [Input(TEXT, np.asarray([self.spec.pad_id] * k, np.int32)) for k in (3, 5, 5)]
+        self.batch_invariant = batch_invariant(self.run, probes, max_batch_size)
+        if not self.batch_invariant and self.batch_invariance:
+            self.fixed_pass = fixed_pass_size(self.device.type, max_batch_size)
+            log.info(
+                "towers (%s) not batch-invariant: fixed passes of %d", self.graph, self.fixed_pass
+            )
+            self._warm(max_batch_size)
+            self.batch_invariant = batch_invariant(self.run, probes, max_batch_size)
+        return sizes
+
+    def _warm(self, max_batch_size: int) -> list[int]:
         h, w = self.input_size
         sizes = sorted({1, max_batch_size})
         for n in sizes:
             self.embed_images(np.zeros((n, h, w, 3), np.uint8))
             self.embed_texts([np.asarray([self.spec.pad_id] * 8, np.int32)] * n)
-        # Two images and texts of three lengths, mixed as passes mix them.
-        probes = [Input(IMAGE, img) for img in probe_images(self.input_size, 2)]
-        probes += [Input(TEXT, np.asarray([self.spec.pad_id] * k, np.int32)) for k in (3, 5, 5)]
-        self.batch_invariant = batch_invariant(self.run, probes, max_batch_size)
         return sizes
 
 

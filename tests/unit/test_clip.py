@@ -46,6 +46,7 @@ def clip(request, clip_dir, tmp_path_factory):
         mp.setenv("IMG2VEC_ENGINE_CACHE", str(tmp_path_factory.getbasetemp() / "engines"))
         spec = ClipSpec.from_dir(clip_dir)
         towers = Towers(spec, "cpu", 2, graph=request.param)
+        towers.warm_up(8)  # as the model replica does: the invariance check, fixed passes
     assert towers.graph == request.param
     return spec, towers, ReferenceClip(clip_dir)
 
@@ -91,11 +92,12 @@ def test_a_text_has_the_same_vector_alone_and_padded_in_a_pass_with_longer_ones(
 def test_a_texts_vector_is_bit_identical_whatever_it_is_batched_with(clip):
     """The same bits as alone, in any company, position and pass size: texts of several
     lengths (so that padding to the longest would change the shorter ones), duplicates of
-    one length, in random mixes. On OpenVINO, the CPU's default engine; eager PyTorch picks
-    its matmul kernels by batch size and is not batch-invariant yet (issue 33)."""
+    one length, in random mixes. On both engines: OpenVINO, the CPU's default, is invariant
+    as it is; eager PyTorch picks its matmul blocking by the number of rows, so its warm-up
+    check finds it is not and it runs fixed passes."""
     spec, towers, _ = clip
-    if towers.graph != "openvino":
-        pytest.skip("eager towers: rows of one shape still differ by batch size (1e-7)")
+    assert towers.info()["batch_invariant"] is True
+    assert towers.info()["fixed_pass"] == (1 if towers.graph == "eager" else None)
     texts = [*TEXTS, "a cat", "a dog", "red", "a photo of a dog", "a photo of a cup"]
     ids = TextTokenizer(spec).encode(texts)
     alone = [towers.embed_texts([t])[0] for t in ids]
@@ -105,6 +107,19 @@ def test_a_texts_vector_is_bit_identical_whatever_it_is_batched_with(clip):
         picked = rng.choice(len(ids), size=int(rng.integers(2, 9)), replace=True)
         for i, v in zip(picked, towers.embed_texts([ids[i] for i in picked]), strict=True):
             assert np.array_equal(v, alone[i]), (texts[i][:20], float(np.abs(v - alone[i]).max()))
+
+
+def test_an_images_vector_is_bit_identical_whatever_it_is_batched_with(clip):
+    """Real photos, alone and in random mixes of 2 to 8 with repeats, each position."""
+    spec, towers, _ = clip
+    arrays = [spec.preprocess.to_array(photo(name)) for name in PHOTOS]
+    alone = [towers.embed_images(a[None])[0] for a in arrays]
+    rng = np.random.default_rng(1)
+    for _ in range(6):
+        picked = rng.choice(len(arrays), size=int(rng.integers(2, 9)), replace=True)
+        vectors = towers.embed_images(np.stack([arrays[i] for i in picked]))
+        for i, v in zip(picked, vectors, strict=True):
+            assert np.array_equal(v, alone[i]), (PHOTOS[i], float(np.abs(v - alone[i]).max()))
 
 
 def test_siglip_pads_to_its_full_context_and_matches_the_reference(siglip_dir):

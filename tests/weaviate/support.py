@@ -4,7 +4,11 @@ service answers it alone (the reference a vector Weaviate stored must equal, as 
 from __future__ import annotations
 
 import base64
+import random
 import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -40,6 +44,51 @@ def clip_alone(url: str, *, texts: list[str] = (), images: list[bytes] = ()) -> 
     assert r.status_code == 200, r.text
     out = r.json()
     return {k: [np.asarray(v, dtype=np.float32) for v in out[k]] for k in out}
+
+
+@contextmanager
+def clip_load(url: str, images: list[bytes], threads: int = 4) -> Iterator[list[int]]:
+    """Other clients' requests while the block runs: `threads` loops each sending /vectorize
+    with a random mix of these images and texts of several lengths, so that what Weaviate
+    sends is batched with strangers. Yields the statuses; each request has a 60 s bound."""
+    statuses: list[int] = []
+    stop = threading.Event()
+    words = [
+        "a",
+        "photo",
+        "of",
+        "a",
+        "red",
+        "cat",
+        "dog",
+        "rocket",
+        "on",
+        "the",
+        "moon",
+        "coffee",
+        "cup",
+    ]
+
+    def loop(seed: int) -> None:
+        rng = random.Random(seed)
+        with httpx.Client(timeout=60) as http:
+            while not stop.is_set():
+                body = {
+                    "texts": [" ".join(rng.choices(words, k=rng.randint(1, 9)))
+                              for _ in range(rng.randint(0, 3))],
+                    "images": [b64(rng.choice(images)) for _ in range(rng.randint(0, 2))],
+                }  # fmt: skip
+                statuses.append(http.post(url + "/vectorize", json=body).status_code)
+
+    workers = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(threads)]
+    for w in workers:
+        w.start()
+    try:
+        yield statuses
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(timeout=70)
 
 
 def readme_block(after: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 from weaviate.classes.config import Configure, DataType, Multi2VecField, Property
 from weaviate.classes.query import MetadataQuery
 
-from tests.weaviate.support import b64, clip_alone, photo_files
+from tests.weaviate.support import b64, clip_alone, clip_load, photo_files
 
 TITLES = {
     "chelsea": "a cat",
@@ -88,11 +88,14 @@ def test_clip_named_vectors_image_and_weighted_text_image(stack, client, fresh, 
     assert len(hits.objects) == 3
 
 
-def test_weaviates_blobhash_case_two_named_vectors_of_one_image_are_equal(client, fresh, images):
+def test_weaviates_blobhash_case_two_named_vectors_of_one_image_are_equal(
+    stack, client, fresh, images
+):
     """Weaviate's BlobHash test: `blob` over a blob property and `blobhash` over a blobHash
     property holding the same image, computed by two separate calls to the service (batched
-    with whatever else was in flight), are exactly equal; an update with the same images
-    changes neither; swapping only the blob changes only `blob`."""
+    with whatever else was in flight: other clients' images and texts run all along), are
+    exactly equal; an update with the same images changes neither; swapping only the blob
+    changes only `blob`."""
     fresh.append("ClipBlobHashTest")
     coll = client.collections.create(
         "ClipBlobHashTest",
@@ -107,10 +110,13 @@ def test_weaviates_blobhash_case_two_named_vectors_of_one_image_are_equal(client
         ],
     )
     names = list(TITLES)
-    result = coll.data.insert_many(
-        [{"image_title": n, "image": b64(images[n]), "image_hash": b64(images[n])} for n in names]
-    )
+    with clip_load(stack.clip_url, list(images.values())) as others:
+        result = coll.data.insert_many(
+            [{"image_title": n, "image": b64(images[n]), "image_hash": b64(images[n])}
+             for n in names]
+        )  # fmt: skip
     assert not result.has_errors, result.errors
+    assert others and set(others) == {200}, others
     ids = [result.uuids[i] for i in range(len(names))]
 
     def vectors() -> dict[str, dict[str, np.ndarray]]:
@@ -125,9 +131,12 @@ def test_weaviates_blobhash_case_two_named_vectors_of_one_image_are_equal(client
         assert vecs["blob"].shape == (512,)
         assert np.array_equal(vecs["blob"], vecs["blobhash"]), uid
 
-    for uid, n in zip(ids, names, strict=True):
-        img = b64(images[n])
-        coll.data.replace(uid, {"image_title": f"updated {n}", "image": img, "image_hash": img})
+    with clip_load(stack.clip_url, list(images.values())) as others:
+        for uid, n in zip(ids, names, strict=True):
+            img = b64(images[n])
+            update = {"image_title": f"updated {n}", "image": img, "image_hash": img}
+            coll.data.replace(uid, update)
+    assert others and set(others) == {200}, others
     after = vectors()
     for uid in before:
         assert np.array_equal(after[uid]["blob"], before[uid]["blob"]), uid
