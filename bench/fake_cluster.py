@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -43,7 +44,6 @@ FAST = {
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.2",
     "AUTOSCALER_UPDATE_INTERVAL_S": "1",
     "RAY_FAKE_CLUSTER": "1",
-    "RAY_AUTH_MODE": "disabled",  # a loopback test cluster; the token would be one more file
 }
 
 
@@ -119,20 +119,36 @@ def cluster_config(port: int) -> dict:
     return config
 
 
+def auth_env(token: str | None) -> dict[str, str]:
+    """Ray's token authentication as KubeRay's `authOptions: {mode: token}` sets it on every
+    pod (RAY_AUTH_MODE and RAY_AUTH_TOKEN), or off (None)."""
+    if token is None:
+        return {"RAY_AUTH_MODE": "disabled"}
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+
+
 class FakeCluster:
     """Stopped by signals (there is no `ray stop` that ends only this cluster), so its head's
     record (`ray_current_cluster`) would outlive it: it lives in a Ray temp dir of its own."""
 
-    def __init__(self, tmp: Path, ray_tmp: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, tmp: Path, ray_tmp: str, env: dict[str, str] | None = None, token: str | None = None
+    ) -> None:
         self.marker = uuid.uuid4().hex
         self.gcs_port = free_port()
+        dashboard_port = free_port()
+        self.dashboard_url = f"http://{LOOPBACK}:{dashboard_port}"
+        self.token = token
         config = tmp / "autoscaler.json"
         config.write_text(json.dumps(autoscaler_config(self.gcs_port)))
-        self.env = {**os.environ, **(env or {}), **FAST}
+        self.env = {**os.environ, **(env or {}), **FAST, **auth_env(token)}
         self.env.update({MARKER_VAR: self.marker, "RAY_TMPDIR": ray_tmp})
         head = [RAY, "start", "--head", f"--node-ip-address={LOOPBACK}", f"--port={self.gcs_port}"]
         head += ["--num-cpus=0", "--num-gpus=0", f"--autoscaling-config={config}"]
-        head += ["--include-dashboard=false", "--disable-usage-stats"]
+        # The dashboard (its job API) on loopback, as the RayService's head serves it to the
+        # cluster; the Prometheus and Grafana parts stay off.
+        head += [f"--dashboard-host={LOOPBACK}", f"--dashboard-port={dashboard_port}"]
+        head += ["--disable-usage-stats"]
         subprocess.run(head, env=self.env, check=True, capture_output=True)
 
     def stop(self) -> list[int]:
@@ -147,7 +163,7 @@ class FakeCluster:
 
 
 def deploy(config: dict) -> None:
-    """What `serve deploy` does, from this driver (the test cluster runs no dashboard)."""
+    """What `serve deploy` does, from this driver (no REST round trip through the dashboard)."""
     from ray.serve._private.api import serve_start
     from ray.serve.schema import ServeDeploySchema
 
@@ -160,13 +176,16 @@ def rayservice(
 ) -> Iterator[tuple[FakeCluster, str]]:
     """The cluster started, `config` (default `cluster_config`) deployed and answering; then
     everything it started stopped, or an error naming what was left. `env`: process settings
-    for every node (the RayService's container env, serve.env, for the benchmark)."""
+    for every node (the RayService's container env, serve.env, for the benchmark). Ray's
+    token authentication is on, with a token of this cluster's own, as the RayService's
+    `authOptions` has it."""
     import ray
     from ray.serve._private.api import serve_start
 
-    # The driver's side of the quick autoscaling, for as long as the cluster runs.
-    with mock.patch.dict(os.environ, FAST), own_ray_tmpdir() as ray_tmp:
-        fake = FakeCluster(tmp, ray_tmp, env)
+    token = secrets.token_hex(16)
+    # The driver's side of the quick autoscaling and of the token, while the cluster runs.
+    with mock.patch.dict(os.environ, {**FAST, **auth_env(token)}), own_ray_tmpdir() as ray_tmp:
+        fake = FakeCluster(tmp, ray_tmp, env, token)
         try:
             ray.init(address=f"{LOOPBACK}:{fake.gcs_port}", log_to_driver=False)
             if config is None:

@@ -36,16 +36,25 @@ LOOPBACK = "127.0.0.1"
 PORT_RANGE = (20000, 30000)
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port free on the loopback interface right now, outside the ranges Ray uses."""
+    """A TCP port free on every interface right now (HAProxy binds its stats and metrics
+    ports on all of them: a port free on loopback alone was seen taken there), outside the
+    ranges Ray uses, and never one this process handed out before (two listeners of one
+    launch must not draw the same port)."""
     for _ in range(200):
         port = random.randrange(*PORT_RANGE)
+        if port in _GIVEN:
+            continue
         with socket.socket() as s:
             try:
-                s.bind((LOOPBACK, port))
+                s.bind(("", port))
             except OSError:
                 continue
-            return port
+        _GIVEN.add(port)
+        return port
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         return s.getsockname()[1]

@@ -39,8 +39,8 @@ BatchInvariance = Annotated[
     bool,
     Field(
         description="every vector the same bits as its input alone, whatever it is batched "
-        "with (checked at start; CLIP texts run per length; an engine that needs it runs fixed "
-        "passes); false: faster where an engine needs that, vectors then differ by ~1e-7",
+        "with (checked at start; an engine that needs it runs fixed passes); false: no fixed "
+        "passes, faster on such an engine, whose vectors then differ by ~1e-7",
     ),
 ]
 

@@ -6,12 +6,16 @@ Shown here: the Embedder replica runs on a GPU worker and the API answers throug
 proxy; a user_config change applies under load without a failed request; load raises the
 Embedder from 1 to 2 replicas, whose second GPU brings up a new node, and idleness takes both
 back; no request fails throughout. With no physical GPU the Embedder falls back to CPU and
-says so.
+says so. Ray's token authentication is on (as the RayService's `authOptions`): without the
+token, a job submission and a driver joining through the GCS are refused.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -151,3 +155,47 @@ def test_load_adds_a_model_replica_and_a_gpu_node_and_idleness_removes_both(clus
         timeout=60,
     )
     assert r.status_code == 200
+
+
+# What an attacker on the cluster's network tries first (the "ShadowRay" class): a job, which is
+# arbitrary code on every node, and a Ray client joining the cluster.
+ATTACK = "import ray; ray.init(address='{address}'); print('joined', flush=True)"
+
+
+def test_without_the_token_ray_refuses_jobs_and_clients_and_the_service_still_serves(cluster):
+    """Ray's token authentication, on as the RayService's `authOptions` turns it on: the job
+    API answers 401 to a submission without the token (and lists jobs with it: the refusal is
+    the lock, not a missing API); a driver without the token, or with another one, cannot
+    join through the GCS; meanwhile the service answers."""
+    fake, url = cluster
+    assert fake.token
+    jobs = fake.dashboard_url + "/api/jobs/"
+    r = httpx.post(jobs, json={"entrypoint": "touch /tmp/img2vec-shadowray"}, timeout=30)
+    assert r.status_code == 401, (r.status_code, r.text[:200])
+    r = httpx.get(jobs, headers={"Authorization": f"Bearer {fake.token}"}, timeout=30)
+    assert r.status_code == 200 and r.json() == [], r.text[:200]
+
+    address = f"127.0.0.1:{fake.gcs_port}"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    for label, auth in (
+        ("no token", {"RAY_AUTH_MODE": "disabled"}),
+        ("another token", {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 32}),
+    ):
+        env = {**base, **auth, "RAY_TMPDIR": fake.env["RAY_TMPDIR"]}
+        try:
+            run = subprocess.run(
+                [sys.executable, "-c", ATTACK.format(address=address)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=90,
+            )
+            out, code = run.stdout + run.stderr, run.returncode
+        except subprocess.TimeoutExpired as exc:
+            out, code = str(exc.stdout or "") + str(exc.stderr or ""), None
+        assert "joined" not in out and code != 0, (label, code, out[-1500:])
+        print(f"{label}: refused ({'exit ' + str(code) if code is not None else 'timed out'})")
+
+    body = json.dumps({"id": "locked_0", "image": b64(encode(photo("astronaut"), "PNG"))})
+    r = httpx.post(url + "/vectors", content=body, timeout=60)
+    assert r.status_code == 200 and r.json()["dim"] == 2048

@@ -157,6 +157,22 @@ def test_the_cluster_launcher_config_is_valid_for_ray_up():
         assert any("serve.env" in c and "--metrics-export-port=8080" in c for c in commands)
 
 
+def test_the_cluster_launcher_starts_every_node_with_rays_token_and_a_loopback_dashboard():
+    """Ray 2.60 leaves token authentication off for clusters started with `ray start`: every
+    node's start command turns it on, with the token file that file_mounts puts on every node,
+    and the head's dashboard (its job API) listens on loopback only."""
+    config = load("launcher/aws-gpu.yaml")
+    (path, source), *_ = config["file_mounts"].items()
+    assert source == "~/.ray/auth_token" and path == "~/.ray/auth_token"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        (start,) = [c for c in config[key] if "ray start" in c]
+        before = start[: start.index("ray start")]
+        assert "RAY_AUTH_MODE=token" in before, (key, start)
+        assert "RAY_AUTH_TOKEN_PATH=$HOME/.ray/auth_token" in before, (key, start)
+    (head,) = [c for c in config["head_start_ray_commands"] if "ray start" in c]
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
+
+
 def test_no_discontinued_ray_ml_image_anywhere():
     for path in CLUSTER.rglob("*.y*ml"):
         images = [line for line in path.read_text().splitlines() if "image:" in line]

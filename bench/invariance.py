@@ -1,0 +1,167 @@
+"""What "the same input, the same bits" costs: each protocol's service with `batch_invariance`
+on (the default) and off, side by side in one run, at concurrency 1 and 32.
+
+- img2vec-neural (serve_config.yaml, the random ResNet50, its default engine): 640x480 JPEGs
+  to /vectors. On CPU its engines are invariant as they are (/meta `fixed_pass` null), so
+  the two differ only by the warm-up check.
+- multi2vec-clip (serve_config.clip.yaml, a random ViT-B/32): Weaviate-like objects (one
+  image, one short text) and nearText texts of 4 to 8 words to /vectorize; on the default
+  engine (OpenVINO: texts run per token length) and eager (where the warm-up check finds the
+  towers batch-dependent and they run fixed passes of one input).
+
+    python -m bench.invariance [--duration 10]    (make bench runs it; make bench-invariance)
+
+Rewrites the invariance section of docs/benchmarks.md, writes bench/results/invariance-*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+import yaml
+
+from bench.clip import bodies, write_vit_b32
+from bench.images import image_sets, request_bodies
+from bench.loadgen import run_load
+from bench.processes import launched
+from bench.report import cpu_tag, replace_section
+from bench.run import machine
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- invariance:begin -->", "<!-- invariance:end -->"
+CONCURRENCY = (1, 32)
+
+
+def measure(
+    protocol: str, graph: str, invariance: bool, sets: dict, env: dict, args: argparse.Namespace
+) -> list[dict]:
+    """One service, launched as `make serve` / `make serve-clip` launch it, driven with each
+    request set at each concurrency."""
+    config_name = "serve_config.yaml" if protocol == "img2vec-neural" else "serve_config.clip.yaml"
+    config = yaml.safe_load((ROOT / config_name).read_text())
+    env = {**env, "IMG2VEC_GRAPH": graph, "IMG2VEC_BATCH_INVARIANCE": str(invariance).lower()}
+    path = "/vectors" if protocol == "img2vec-neural" else "/vectorize"
+    rows = []
+    with (
+        tempfile.TemporaryDirectory(prefix="img2vec-bench-inv-") as tmp,
+        launched(config, Path(tmp), ROOT, extra_env=env) as (url, _),
+    ):
+        meta = httpx.get(url + "/meta", timeout=30).json()
+        for kind, payloads in sets.items():
+            for c in CONCURRENCY:
+                result = run_load(
+                    url + path,
+                    payloads,
+                    concurrency=c,
+                    duration_s=args.duration,
+                    warmup_s=args.warmup,
+                    max_requests=args.max_requests,
+                    content_type=True,
+                )
+                row = {
+                    "protocol": protocol,
+                    "graph": graph,
+                    "batch_invariance": invariance,
+                    "kind": kind,
+                    "batch_invariant": _find(meta, "batch_invariant"),
+                    "fixed_pass": _find(meta, "fixed_pass"),
+                    **result.as_dict(),
+                }
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return rows
+
+
+def _find(meta: object, key: str) -> object:
+    """A key anywhere in /meta's answer (the two protocols nest their model's info apart)."""
+    if isinstance(meta, dict):
+        if key in meta:
+            return meta[key]
+        for value in meta.values():
+            if (found := _find(value, key)) is not None:
+                return found
+    return None
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    rows = {
+        (r["protocol"], r["graph"], r["kind"], r["concurrency"], r["batch_invariance"]): r
+        for r in results["load"]
+    }
+    lines = [
+        f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores), torch {m['torch']}.",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        "| protocol | engine | requests | concurrency | on: req/s | off: req/s | ratio on/off "
+        "| on: p50 ms | off: p50 ms | fixed pass (on) | invariant on / off |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for protocol, graph, kind, c, inv in rows:
+        if not inv or (protocol, graph, kind, c, False) not in rows:
+            continue
+        on, off = rows[(protocol, graph, kind, c, True)], rows[(protocol, graph, kind, c, False)]
+        ratio = f"{on['images_per_s'] / off['images_per_s']:.2f}" if off["images_per_s"] else "-"
+        lines.append(
+            f"| {protocol} | {graph} | {kind} | {c} | {on['images_per_s']} | "
+            f"{off['images_per_s']} | {ratio} | {on['p50_ms']} | {off['p50_ms']} | "
+            f"{on['fixed_pass'] or '-'} | {on['batch_invariant']} / {off['batch_invariant']} |"
+        )
+    lines += [
+        "",
+        "on: `batch_invariance: true` (the default: every vector the same bits as its input "
+        "alone); off: `IMG2VEC_BATCH_INVARIANCE=false`. req/s counts requests answered 200. "
+        "`invariant`: what each replica's warm-up check found (/meta `batch_invariant`).",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--max-requests", type=int, default=2000)
+    parser.add_argument(
+        "--cases",
+        default="img2vec-neural:auto,multi2vec-clip:auto,multi2vec-clip:eager",
+        help="protocol:graph,...",
+    )
+    parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--no-docs", action="store_true")
+    args = parser.parse_args()
+    results: dict = {
+        "command": ("python -m bench.invariance " + " ".join(sys.argv[1:])).strip(),
+        "machine": machine(),
+        "args": vars(args),
+        "load": [],
+    }
+    photos = image_sets("640x480")["640x480"]
+    with tempfile.TemporaryDirectory(prefix="img2vec-bench-inv-model-") as tmp:
+        clip = write_vit_b32(Path(tmp))
+        for case in args.cases.split(","):
+            protocol, graph = case.split(":")
+            if protocol == "img2vec-neural":
+                sets, env = {"640x480": request_bodies(photos)}, {"IMG2VEC_WEIGHTS": "random"}
+            else:
+                sets = {"object": bodies("object", photos), "nearText": bodies("nearText", photos)}
+                env = {"IMG2VEC_WEIGHTS": str(clip)}
+            for invariance in (True, False):
+                results["load"] += measure(protocol, graph, invariance, sets, env, args)
+    out = ROOT / args.out
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"invariance-{results['machine']['date']}-{cpu_tag(results['machine'])}.json"
+    (out / name).write_text(json.dumps(results, indent=2))
+    text = markdown(results)
+    print(text)
+    if not args.no_docs:
+        replace_section(ROOT / "docs" / "benchmarks.md", BEGIN, END, text)
+
+
+if __name__ == "__main__":
+    main()
