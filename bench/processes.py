@@ -225,8 +225,20 @@ def launched(
     path.write_text(yaml.safe_dump(config))
     text = (root / "serve.env").read_text() if serve_env_text is None else serve_env_text
     (workdir / "serve.env").write_text(text)  # beside the copy, where the launcher looks
-    # Random weights unless the caller names others (extra_env wins over both).
-    env = {**os.environ, "IMG2VEC_WEIGHTS": "random", "RAY_ADDRESS": "local", **(extra_env or {})}
+    # Random weights unless the caller names others (extra_env wins over both). HAProxy as
+    # serve.env says, set explicitly: on loopback the launcher would otherwise run Serve's
+    # proxy (deployments/node.py: keep_on_loopback), and the tests and benchmarks measure the
+    # request path that the image and the systemd unit serve Weaviate with.
+    from deployments.node import HAPROXY, read_env_file
+
+    proxy = {k: v for k, v in read_env_file(workdir / "serve.env").items() if k == HAPROXY}
+    env = {
+        **os.environ,
+        "IMG2VEC_WEIGHTS": "random",
+        "RAY_ADDRESS": "local",
+        **proxy,
+        **(extra_env or {}),
+    }
     metrics = str(free_port())
     cmd = [sys.executable, "-m", "deployments.launch", str(path), "--metrics-port", metrics]
     log = workdir / "service.log"

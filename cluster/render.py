@@ -6,8 +6,11 @@ shape, plus a small overlay of documented differences (cluster/overlays/*.yaml):
     serve_config.clip.yaml          = serve_config.yaml + overlays/clip.yaml (multi2vec-clip)
     serve_config.clip.gpu.yaml      = serve_config.yaml + overlays/gpu.yaml + overlays/clip.yaml
     cluster/kuberay/rayservice.yaml = kuberay/rayservice.template.yaml, whose serveConfigV2 is
-                                      serve_config.yaml + overlays/gpu.yaml + overlays/kuberay.yaml
+                                      serve_config.yaml + overlays/gpu.yaml + overlays/network.yaml
+                                      + overlays/kuberay.yaml
     cluster/kuberay/rayservice.clip.yaml   the same + overlays/clip.yaml (multi2vec-clip)
+    cluster/launcher/serve_config.gpu.yaml = serve_config.yaml + overlays/gpu.yaml
+                                      + overlays/network.yaml (what `serve deploy` sends there)
 
 `make cluster` (python -m cluster.render) writes them; `--check` fails when a committed file is
 not what rendering gives (the test suite runs it), so none is ever a hand-kept copy.
@@ -84,7 +87,7 @@ def rayservice(*extra: str) -> dict:
     from deployments.launch import read_env_file
 
     manifest = load(ROOT / "cluster" / "kuberay" / "rayservice.template.yaml")
-    config = serve_config("gpu", "kuberay", *extra)
+    config = serve_config("gpu", "network", "kuberay", *extra)
     if "clip" in extra:
         manifest["metadata"]["name"] += "-clip"
         text = yaml.safe_dump(manifest, sort_keys=False)
@@ -108,6 +111,7 @@ def rendered() -> dict[Path, str]:
         return HEADER.format(sources=" + ".join(sources)) + text
 
     gpu = ["serve_config.yaml", "cluster/overlays/gpu.yaml"]
+    network = "cluster/overlays/network.yaml"
     return {
         ROOT / "serve_config.gpu.yaml": dump(serve_config("gpu"), gpu),
         ROOT / "serve_config.models.yaml": dump(
@@ -121,16 +125,25 @@ def rendered() -> dict[Path, str]:
         ),
         ROOT / "cluster" / "kuberay" / "rayservice.yaml": dump(
             rayservice(),
-            ["cluster/kuberay/rayservice.template.yaml", *gpu, "cluster/overlays/kuberay.yaml"],
+            [
+                "cluster/kuberay/rayservice.template.yaml",
+                *gpu,
+                network,
+                "cluster/overlays/kuberay.yaml",
+            ],
         ),
         ROOT / "cluster" / "kuberay" / "rayservice.clip.yaml": dump(
             rayservice("clip"),
             [
                 "cluster/kuberay/rayservice.template.yaml",
                 *gpu,
+                network,
                 "cluster/overlays/kuberay.yaml",
                 "cluster/overlays/clip.yaml",
             ],
+        ),
+        ROOT / "cluster" / "launcher" / "serve_config.gpu.yaml": dump(
+            serve_config("gpu", "network"), [*gpu, network]
         ),
     }
 

@@ -8,7 +8,9 @@
 replaced containers' `ENABLE_CUDA` (`1`/`true` -> the GPU config
 and CUDA, `0`/`false` -> CPU), under our own settings: an `IMG2VEC_DEVICE` or
 `IMG2VEC_SERVE_CONFIG` set explicitly wins. It listens on 8080 (`IMG2VEC_PORT`), like the
-image it replaces, and replaces itself with the launcher, so that SIGTERM reaches it.
+image it replaces, on every interface of the container (`IMG2VEC_HOST`, default 0.0.0.0:
+Weaviate reaches it over Docker's network, where the launcher's own default, loopback, would
+shut it out), and replaces itself with the launcher, so that SIGTERM reaches it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import urllib.request
 from collections.abc import Mapping
 
 DEFAULT_PORT = "8080"
+ALL_INTERFACES = "0.0.0.0"
 CPU_CONFIG = "serve_config.yaml"
 GPU_CONFIG = "serve_config.gpu.yaml"
 # IMG2VEC_MODULE: which of Weaviate's modules the container answers, (CPU config, GPU config).
@@ -52,6 +55,7 @@ def settings(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
             index = env["CUDA_CORE"].removeprefix("cuda:")
             if index.isdigit():
                 add.setdefault("CUDA_VISIBLE_DEVICES", index)
+    add["IMG2VEC_HOST"] = ALL_INTERFACES
     for key in list(add):
         if key in env:  # our own explicit settings win
             del add[key]

@@ -46,6 +46,7 @@ import psutil
 
 from deployments.node import (
     clear_stale_record,
+    keep_on_loopback,
     load_config,
     object_store_bytes,
     ray_address,
@@ -187,14 +188,24 @@ def _drain(lifecycle: object, watch: _Watch, accept_s: float, grace_s: float, lo
     return False
 
 
-def _environment(args: argparse.Namespace, local: bool) -> str:
+def _environment(args: argparse.Namespace, local: bool, host: str | None) -> str:
     """serve.env, then (on its own local Ray) the single-node settings, into this process's
-    environment, which Ray's processes inherit; returns HAProxy's directory."""
+    environment, which Ray's processes inherit; returns HAProxy's directory. A service on
+    loopback runs without serve.env's HAProxy unless the environment asks for it
+    (`keep_on_loopback`)."""
     config_path = Path(args.config)
     env_file = Path(args.env_file) if args.env_file else config_path.parent / "serve.env"
+    explicit = set(os.environ)
     if env_file.is_file():
         for key, value in read_env_file(env_file).items():
             os.environ.setdefault(key, value)
+    if keep_on_loopback(os.environ, explicit, host):  # type: ignore[arg-type]
+        log.info(
+            "img2vec: on %s, Serve's proxy instead of HAProxy, whose stats and metrics ports "
+            "would listen on every interface (--host 0.0.0.0 / IMG2VEC_HOST to serve other "
+            "hosts, with HAProxy)",
+            host,
+        )
     haproxy_files = tempfile.mkdtemp(prefix="img2vec-haproxy-")
     for key, value in single_node_settings(haproxy_files, local).items():
         os.environ.setdefault(key, value)
@@ -263,8 +274,8 @@ def run(args: argparse.Namespace) -> int:
     as_server()
     address = ray_address(args.address)
     local = address == "local"
-    haproxy_files = _environment(args, local)
     config = load_config(Path(args.config), args.port, args.host)
+    haproxy_files = _environment(args, local, config["http_options"].get("host"))
 
     from deployments import lifecycle
 

@@ -5,6 +5,7 @@ single-node settings), the object store's size, and the config's port and host o
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 from pathlib import Path
@@ -143,6 +144,33 @@ def shm_free_bytes(path: str = "/dev/shm") -> int | None:
     except OSError:
         return None
     return stats.f_bavail * stats.f_frsize
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether `host` is an address of this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+HAPROXY = "RAY_SERVE_ENABLE_HA_PROXY"
+
+
+def keep_on_loopback(env: dict[str, str], explicit: set[str], host: str | None) -> bool:
+    """On a loopback address, HAProxy stays off unless the environment asked for it itself:
+    Ray 2.60's HAProxy binds its stats page and Prometheus port on every interface, whatever
+    the service's address (its template: `bind *:`), so serve.env's HAProxy would open two
+    ports to the network beside a service kept on loopback. Serve's own proxy then binds
+    where the service does. True where it turned HAProxy off."""
+    if not is_loopback(host) or HAPROXY in explicit or env.get(HAPROXY) != "1":
+        return False
+    env[HAPROXY] = "0"
+    return True
 
 
 def load_config(path: Path, port: int | None, host: str | None) -> dict:

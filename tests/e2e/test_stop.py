@@ -18,6 +18,7 @@ from signal import SIGKILL, SIGTERM
 import psutil
 
 from bench.processes import marked_pids, wait_ready
+from deployments.node import HAPROXY
 from tests.e2e.launcher import (
     ROOT,
     STOP_AFTER_DRAIN_S,
@@ -201,6 +202,36 @@ def _listeners(pids: list[int]) -> list[tuple[str, int, int, str]]:
 
 def _loopback(address: str) -> bool:
     return address in ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+
+
+def test_make_serve_as_it_is_listens_on_loopback_only_but_for_what_serve_forces(tmp_path):
+    """`make serve` with no host given (serve_config.yaml's 127.0.0.1, serve.env applied, no
+    IMG2VEC_HOST): the service, its metrics, Serve's proxy and replicas and every Ray process
+    listen on loopback, and HAProxy, whose stats and metrics ports Ray binds on every
+    interface, is left off. The one exception Ray Serve 2.60 forces: each replica's gRPC
+    server for calls between deployments, on [::] (docs/security.md#single-node)."""
+    port, metrics_port = free_port(), free_port()
+    env = {k: v for k, v in launcher_env().items() if k not in ("IMG2VEC_HOST", HAPROXY)}
+    log = tmp_path / "launch.log"
+    cmd = launch_cmd(port, metrics_port)
+    del cmd[cmd.index("--host") : cmd.index("--host") + 2]
+    proc, marker = start(cmd, env, log)
+    try:
+        wait_ready(f"http://{LOOPBACK}:{port}", timeout_s=240, proc=proc)
+        listeners = _listeners(marked_pids(marker))
+        proc.send_signal(SIGTERM)
+        code = proc.wait(60)
+    finally:
+        left = cleanup(proc, marker)
+    assert code == 0 and left == []
+    beyond = [
+        entry
+        for entry in listeners
+        if not _loopback(entry[0]) and not (entry[0] == "::" and "ServeReplica" in entry[3])
+    ]
+    assert {p for _, p, _, _ in listeners} >= {port, metrics_port}, listeners
+    assert not beyond, beyond
+    assert "Serve's proxy instead of HAProxy" in log.read_text()
 
 
 def test_only_the_service_and_metrics_ports_and_what_serve_forces_listen_beyond_loopback(

@@ -177,3 +177,22 @@ def test_no_discontinued_ray_ml_image_anywhere():
     for path in CLUSTER.rglob("*.y*ml"):
         images = [line for line in path.read_text().splitlines() if "image:" in line]
         assert not any("ray-ml" in line for line in images), path
+
+
+def test_local_configs_listen_on_loopback_and_cluster_configs_on_every_interface():
+    """Loopback unless asked: the configs `make serve` and `serve run` read keep the Serve port
+    on 127.0.0.1; what a cluster serves Weaviate from other machines with (the RayServices'
+    serveConfigV2, the config `serve deploy` sends to the cluster launcher's cluster) binds
+    every interface, each behind its own network's rules."""
+    for path in sorted(ROOT.glob("serve_config*.yaml")):
+        config = yaml.safe_load(path.read_text())
+        assert config["http_options"]["host"] == "127.0.0.1", path.name
+    clusters = {
+        variant or "rayservice": yaml.safe_load(rayservice(variant)["spec"]["serveConfigV2"])
+        for variant in ("", "clip")
+    }
+    clusters["launcher"] = load("launcher/serve_config.gpu.yaml")
+    for name, config in clusters.items():
+        assert config["http_options"]["host"] == "0.0.0.0", name
+    text = (CLUSTER / "launcher" / "aws-gpu.yaml").read_text()
+    assert "serve deploy cluster/launcher/serve_config.gpu.yaml" in text

@@ -20,11 +20,14 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def test_it_listens_on_8080_like_the_container_it_replaces():
+def test_it_listens_on_8080_on_every_interface_like_the_container_it_replaces():
+    """Weaviate reaches the container over Docker's network: the image opens what the
+    launcher alone keeps on loopback; an explicit IMG2VEC_HOST still wins."""
     add, command = settings({})
-    assert add == {}
+    assert add == {"IMG2VEC_HOST": "0.0.0.0"}
     assert command[1:] == ["-m", "deployments.launch", "serve_config.yaml", "--port", "8080"]
     assert settings({"IMG2VEC_PORT": "9000"})[1][-1] == "9000"
+    assert "IMG2VEC_HOST" not in settings({"IMG2VEC_HOST": "127.0.0.1"})[0]
 
 
 @pytest.mark.parametrize(

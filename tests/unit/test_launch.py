@@ -60,3 +60,20 @@ def test_a_dev_shm_below_rays_minimum_is_left_to_ray():
     """Docker's default 64 MB: below Ray's 75 MB minimum, nothing fits; Ray's fallback (and its
     warning, which names --shm-size) is the honest answer."""
     assert node.object_store_bytes(shm_free=64 * 2**20, memory=16 * GB) is None
+
+
+def test_on_loopback_serve_envs_haproxy_stays_off_unless_the_environment_asks_for_it():
+    """Ray's HAProxy binds its stats and metrics ports on every interface: a service kept on
+    loopback runs without it, unless HAProxy was asked for in the environment itself (not
+    only by serve.env); a service on every interface keeps it."""
+    on = {node.HAPROXY: "1"}
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        env = dict(on)
+        assert node.keep_on_loopback(env, set(), host) and env[node.HAPROXY] == "0", host
+    env = dict(on)
+    assert not node.keep_on_loopback(env, {node.HAPROXY}, "127.0.0.1") and env == on
+    for host in ("0.0.0.0", "::", "10.0.0.5", "img2vec.internal", None):
+        env = dict(on)
+        assert not node.keep_on_loopback(env, set(), host) and env == on, host
+    env = {node.HAPROXY: "0"}
+    assert not node.keep_on_loopback(env, set(), "127.0.0.1") and env[node.HAPROXY] == "0"
