@@ -24,7 +24,7 @@ import aiohttp
 import yaml
 
 from bench.images import image_sets, request_bodies
-from bench.processes import launched
+from bench.processes import env_pairs, launched
 from bench.report import replace_section
 from bench.run import machine
 
@@ -78,6 +78,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--rounds", type=int, default=2, help="bursts, one after the other")
+    parser.add_argument(
+        "--serve-env", default="", help="the service's environment, e.g. IMG2VEC_GRAPH=eager"
+    )
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
@@ -85,7 +88,7 @@ def main() -> None:
     rows = []
     with (
         tempfile.TemporaryDirectory(prefix="img2vec-bench-overload-") as tmp,
-        launched(config, Path(tmp), ROOT) as (url, _),
+        launched(config, Path(tmp), ROOT, extra_env=env_pairs(args.serve_env)) as (url, _),
     ):
         for i in range(args.rounds):
             results = asyncio.run(burst(url, body, args.requests, args.timeout))

@@ -35,6 +35,11 @@ class EmbedderHealth:
         self._last_answer = float("-inf")
 
     @property
+    def seconds_per_image(self) -> float:
+        """The model's cost of an image, as its last probe said (0: not known yet)."""
+        return float((self.info or {}).get("seconds_per_image") or 0.0)
+
+    @property
     def ready(self) -> bool:
         silent = time.monotonic() - self._last_answer
         return self.info is not None and silent <= self.unready_after_s

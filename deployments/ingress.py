@@ -73,7 +73,7 @@ class Ingress:
         self._metrics = IngressMetrics()
         self._pool = ImagePool(settings.decode_workers, self._metrics)
         self._health = EmbedderHealth(settings.unready_after_s)
-        self._link = ModelLink(embedder, on_answer=self._health.answered)
+        self._link = ModelLink(embedder, self._health)
         self._answer = Answering(settings, self._metrics)
         replica = serve.get_replica_context().replica_id.unique_id
         self._drain = self._answer.drain = Drain(replica, lambda: self._answer.inflight)
@@ -136,24 +136,22 @@ class Ingress:
     async def _vectorize(
         self, request: Request, held: Held, deadline: float, timing: Timing
     ) -> Response:
-        refused = self._link.refusal(deadline - time.time())
-        if refused is not None:
-            raise refused
-        body = await read_body(request, self._settings.max_body_bytes, held)
-        timing.nbytes = len(body)
-        req = self._parse(body)
-        del body
-        timing.id = req.id
-        pixels = await self._decode(req.image, timing)
-        # Nothing of what the client sent (body, base64 text, file bytes) is kept once
-        # decoded: what waits for the model is the id and 150 KB of pixels.
-        id_ = req.id
-        del req
-        started = time.perf_counter()
-        try:
-            vector = await self._link.embed(pixels, deadline)
-        finally:
-            timing.model_s = time.perf_counter() - started
+        with self._link.admission(deadline):
+            body = await read_body(request, self._settings.max_body_bytes, held)
+            timing.nbytes = len(body)
+            req = self._parse(body)
+            del body
+            timing.id = req.id
+            pixels = await self._decode(req.image, timing)
+            # Nothing of what the client sent (body, base64 text, file bytes) is kept once
+            # decoded: what waits for the model is the id and 150 KB of pixels.
+            id_ = req.id
+            del req
+            started = time.perf_counter()
+            try:
+                vector = await self._link.embed(pixels, deadline)
+            finally:
+                timing.model_s = time.perf_counter() - started
         # orjson writes each float32 in its shortest exact form: 20x faster than json on
         # 2048 floats, half the bytes, and the same float32 values once parsed.
         body = orjson.dumps(

@@ -22,13 +22,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import numpy as np
 from ray.serve.handle import DeploymentHandle
 
 from deployments.handoff import GroupAnswer
+from deployments.health import EmbedderHealth
 from deployments.http import embedder_error
 from img2vec.batching import Backlog
 from img2vec.errors import Img2VecError, Overloaded
@@ -52,10 +54,13 @@ class _Waiting:
 
 
 class ModelLink:
-    def __init__(self, embedder: DeploymentHandle, on_answer: Callable[[], None]) -> None:
+    def __init__(self, embedder: DeploymentHandle, health: EmbedderHealth) -> None:
         self._embedder = embedder
-        self._on_answer = on_answer
+        self._health = health
         self._waiting: deque[_Waiting] = deque()
+        # Requests let in at the door and not answered yet, wherever they are (being read,
+        # decoded, waiting here, at the model): each is ahead of the next one at the door.
+        self._admitted = 0
         self._in_flight = 0
         # The model's last word on its backlog, and when it said so (monotonic).
         self._backlog = Backlog(max_pass=GROUP_SIZE)
@@ -65,11 +70,30 @@ class ModelLink:
 
     def refusal(self, left_s: float, ahead: int | None = None) -> Overloaded | None:
         """Overloaded when, by the model's last answer (less the time since), a request with
-        `left_s` to go would not be answered in time: said before the request is read or
-        decoded, which is what makes refusing cheaper than serving. `ahead`: images waiting
-        here in front of it (default: all that wait now)."""
+        `left_s` to go would not be answered in time. `ahead`: images waiting here in front
+        of it (default: all that wait now). Before the model's first answer, its probe's cost
+        per image stands in (EmbedderHealth: measured at its warm-up)."""
         backlog = self._backlog.aged(time.monotonic() - self._said_at)
+        if backlog.per_image_s <= 0:
+            backlog = replace(backlog, per_image_s=self._health.seconds_per_image)
         return backlog.refusal(left_s, len(self._waiting) if ahead is None else ahead)
+
+    @contextmanager
+    def admission(self, deadline: float) -> Iterator[None]:
+        """The door: a request that the model, behind everything let in before it, would
+        not answer by `deadline` is refused now (Overloaded), before it is read or decoded,
+        which is what makes refusing cheap and prompt; one let in counts ahead of later
+        ones until it is answered. Requests still being read or decoded count too: in a
+        burst they are most of what is ahead, and counting only those waiting here let a
+        whole burst in, to be refused after its decoding, seconds later."""
+        refused = self.refusal(deadline - time.time(), ahead=self._admitted)
+        if refused is not None:
+            raise refused
+        self._admitted += 1
+        try:
+            yield
+        finally:
+            self._admitted -= 1
 
     async def embed(self, pixels: np.ndarray, deadline: float) -> np.ndarray:
         """One image's vector by `deadline` (epoch seconds), or its error raised. Cancelled
@@ -162,5 +186,5 @@ class ModelLink:
         # A group larger than the model's pass would be answered only after two passes:
         # `_pump` keeps groups within `max_pass`.
         self._backlog, self._said_at = answer.backlog, time.monotonic()
-        self._on_answer()
+        self._health.answered()
         return answer.results

@@ -26,7 +26,7 @@ import torch
 from ray import serve
 
 from deployments.metrics import EmbedderMetrics, keep_fresh
-from img2vec.batching import Batcher, BatchSettings
+from img2vec.batching import Batcher, BatchSettings, WarmUp
 from img2vec.cpus import available_cpus
 from img2vec.errors import INTERNAL_ERROR, Img2VecError
 from img2vec.model import is_out_of_memory
@@ -70,7 +70,7 @@ class ModelReplica:
 
     _gather: Any
 
-    def _start(self, run: Callable[[Any], Any], warm_up: Callable[[int], object]) -> None:
+    def _start(self, run: Callable[[Any], Any], warm_up: Callable[[int], WarmUp]) -> None:
         self._metrics = EmbedderMetrics(self._identity())
         self._batcher: Batcher[Any, np.ndarray] = Batcher(
             run, DEFAULTS, is_out_of_memory=is_out_of_memory, observer=self._metrics
@@ -91,14 +91,16 @@ class ModelReplica:
         settings = BatchSettings.from_user_config(user_config)
         started = time.perf_counter()
         warmed = await self._batcher.call(lambda: self._warm_up(settings.max_batch_size))
+        self._batcher.seed(warmed.seconds_per_image)
         # @serve.batch only gathers calls; its group size follows the one setting.
         self._gather.set_max_batch_size(settings.max_batch_size)
         self._batcher.reconfigure(settings)
         log.info(
-            "embedder batching: %s (warmed up %s in %.1f s)",
+            "embedder batching: %s (warmed up %s in %.1f s; %.1f ms per image in a full pass)",
             settings,
-            warmed,
+            warmed.sizes,
             time.perf_counter() - started,
+            1e3 * warmed.seconds_per_image,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -113,8 +115,9 @@ class ModelReplica:
         }
 
     def info(self) -> dict[str, Any]:
-        """Model identity only: the cheap readiness probe."""
-        return self._identity()
+        """Model identity, and the cost of an image (the ingress's estimate until its first
+        answer): the cheap readiness probe."""
+        return {**self._identity(), "seconds_per_image": self._batcher.seconds_per_image()}
 
     def __del__(self) -> None:
         batcher = getattr(self, "_batcher", None)

@@ -25,7 +25,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from img2vec.cpus import FORWARD_THREAD, name_this_thread
 from img2vec.errors import NotReady, Overloaded
@@ -101,6 +101,14 @@ class Backlog:
     def aged(self, elapsed_s: float) -> Backlog:
         """The same backlog `elapsed_s` later, with nothing added meanwhile."""
         return replace(self, behind_s=max(0.0, self.behind_s - elapsed_s))
+
+
+class WarmUp(NamedTuple):
+    """What a model's warm-up did: the batch sizes it ran, and the cost of one image in a
+    pass of the largest batch (seconds; the batcher's first estimate)."""
+
+    sizes: list[int]
+    seconds_per_image: float
 
 
 class PassObserver(Protocol):
@@ -218,6 +226,12 @@ class Batcher(Generic[T, R]):
     def seconds_per_image(self) -> float:
         """The recent cost of one image in a pass (0 until a pass has run)."""
         return self._s_per_image or 0.0
+
+    def seed(self, per_image_s: float) -> None:
+        """The cost of one image measured at warm-up, until a pass measures it: a burst that
+        arrives first is then admitted or refused on an estimate, not on nothing."""
+        if self._s_per_image is None and per_image_s > 0:
+            self._s_per_image = per_image_s
 
     async def submit(self, items: Iterable[T], deadline: float | None = None) -> list[R]:
         """Enqueue several items and wait for all their results."""

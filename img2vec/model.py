@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import torch
 import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from img2vec.batching import WarmUp
 from img2vec.engines import (
     OPENVINO,
     OPENVINO_PRECISIONS,
@@ -229,12 +231,12 @@ class Embedder:
             out = self._module(normalize(x, self._mean, self._std).to(self.dtype))
             return out[:n].to(device="cpu", dtype=torch.float32).numpy()
 
-    def warm_up(self, max_batch_size: int) -> list[int]:
+    def warm_up(self, max_batch_size: int) -> WarmUp:
         """Run every batch shape that can form up to `max_batch_size` once (the buckets when
         padding, else batch 1), so that no autotuning or first-call optimization lands on
         live traffic; then check that an image's vector does not depend on its batch, and,
         where it does and `batch_invariance` asks for it, run fixed passes (checked again).
-        Returns the sizes run now."""
+        Returns the sizes run now and the cost of one image in a full pass."""
         self.fixed_pass = None
         todo = self._warm(bucket_sizes(max_batch_size) if self.pad_to_buckets else [1])
         self.batch_invariant = self._invariant(max_batch_size)
@@ -244,7 +246,17 @@ class Embedder:
                      self.fixed_pass)  # fmt: skip
             todo += self._warm([self.fixed_pass] if self.pad_to_buckets else [1])
             self.batch_invariant = self._invariant(max_batch_size)
-        return todo
+        return WarmUp(todo, self._seconds_per_image(max_batch_size))
+
+    def _seconds_per_image(self, max_batch_size: int) -> float:
+        """One timed pass of blank images at the largest batch (at most 16)."""
+        n = min(max_batch_size, 16)
+        blank = np.zeros((n, *self.input_size, 3), dtype=np.uint8)
+        started = time.perf_counter()
+        self.embed(blank)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return (time.perf_counter() - started) / n
 
     def _warm(self, sizes: list[int]) -> list[int]:
         self.buckets = sizes if self.pad_to_buckets else []

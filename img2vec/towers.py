@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from img2vec.batching import WarmUp
 from img2vec.invariance import batch_invariant, fixed_pass_size, in_fixed_passes, probe_images
 from img2vec.model import normalize, pick_device
 from img2vec.multimodal import ClipSpec, st_modules
@@ -296,7 +297,7 @@ class Towers:
             x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         return x.cpu().numpy()
 
-    def warm_up(self, max_batch_size: int) -> list[int]:
+    def warm_up(self, max_batch_size: int) -> WarmUp:
         """One pass of each tower at one input and at `max_batch_size`; then the check that
         a vector does not depend on its batch, and, where it does and `batch_invariance` asks
         for it, fixed passes (checked again)."""
@@ -318,7 +319,11 @@ class Towers:
             )
             self._warm(max_batch_size)
             self.batch_invariant = batch_invariant(self.run, probes, max_batch_size)
-        return sizes
+        # The cost of an image (the larger input) in a full pass: the batcher's first guess.
+        n = min(max_batch_size, 16)
+        started = time.perf_counter()
+        self.embed_images(np.zeros((n, *self.input_size, 3), np.uint8))
+        return WarmUp(sizes, (time.perf_counter() - started) / n)
 
     def _vocabulary_size(self) -> int:
         config = (self._text if self._text is not None else self._model).config

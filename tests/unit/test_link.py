@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from deployments.handoff import GroupAnswer
+from deployments.health import EmbedderHealth
 from deployments.link import GROUPS_IN_FLIGHT, ModelLink
 from img2vec.batching import Backlog
 from img2vec.errors import Overloaded
@@ -39,7 +40,7 @@ class FakeEmbedder:
 
 def linked() -> tuple[FakeEmbedder, ModelLink]:
     fake = FakeEmbedder()
-    return fake, ModelLink(fake, on_answer=lambda: None)  # type: ignore[arg-type]
+    return fake, ModelLink(fake, EmbedderHealth(10.0))  # type: ignore[arg-type]
 
 
 def pixels(value: int) -> np.ndarray:
@@ -110,3 +111,38 @@ def test_a_cancelled_request_is_left_out_of_its_group():
         assert int((await tasks[3])[0]) == 3
 
     asyncio.run(scenario())
+
+
+def test_before_the_models_first_answer_its_probes_estimate_refuses_at_the_door():
+    """A burst that arrives first: the door counts every request let in before (still being
+    read or decoded, not waiting here yet) at the cost per image the model's probe reported
+    from its warm-up, and refuses the ones that would not make their deadline, at once."""
+
+    async def main() -> tuple[int, int, float]:
+        _, link = linked()
+        link._health.info = {"seconds_per_image": 0.1}
+        deadline = time.time() + 1.0  # room for ~10 images at 0.1 s each
+        held, refused = [], 0
+        for _ in range(30):
+            door = link.admission(deadline)
+            try:
+                door.__enter__()
+            except Overloaded:
+                refused += 1
+            else:
+                held.append(door)
+        for door in held:
+            door.__exit__(None, None, None)
+        return len(held), refused, link._admitted
+
+    admitted, refused, left = asyncio.run(main())
+    assert 8 <= admitted <= 11 and admitted + refused == 30 and left == 0, (admitted, refused)
+
+
+def test_without_any_estimate_the_door_lets_everything_in():
+    _, link = linked()
+    deadline = time.time() + 1.0
+    doors = [link.admission(deadline) for _ in range(30)]
+    for door in doors:
+        door.__enter__()
+    assert link._admitted == 30

@@ -172,8 +172,9 @@ def test_padding_to_warmed_buckets_changes_no_vector(mobilenet_v2_file, arrays):
     )
     plain = build_embedder(model="mobilenet_v2", weights=str(mobilenet_v2_file), device=TEST_DEVICE)
     padded.pad_to_buckets = True
-    assert padded.warm_up(6) == [1, 2, 4, 6]
-    assert padded.warm_up(6) == []  # nothing new to warm up
+    warmed = padded.warm_up(6)
+    assert warmed.sizes == [1, 2, 4, 6] and warmed.seconds_per_image > 0
+    assert padded.warm_up(6).sizes == []  # nothing new to warm up
     batch = [arrays[i % len(arrays)] for i in range(5)]  # runs padded to 6
     np.testing.assert_allclose(padded.embed(batch), plain.embed(batch), rtol=1e-5, atol=1e-6)
 
@@ -181,7 +182,7 @@ def test_padding_to_warmed_buckets_changes_no_vector(mobilenet_v2_file, arrays):
 @pytest.mark.skipif(TEST_DEVICE != "cpu", reason="on CUDA, batches are padded")
 def test_without_padding_only_batch_one_is_warmed(mobilenet):
     assert mobilenet.pad_to_buckets is False  # CPU: no cudnn autotuning to pay for
-    assert set(mobilenet.warm_up(16)) <= {1}
+    assert set(mobilenet.warm_up(16).sizes) <= {1}
 
 
 def test_the_graph_can_be_switched_to_eager(mobilenet_v2_file, mobilenet, arrays):
