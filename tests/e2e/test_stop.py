@@ -91,6 +91,29 @@ def test_sigterm_to_the_whole_process_group_drains_and_leaves_nothing(tmp_path):
     assert left == [], f"processes left behind: {left}"
 
 
+def test_sigkill_to_the_launcher_drains_and_leaves_nothing(tmp_path):
+    """`kill -9` of the launcher (an OOM kill, a careless operator): the kernel sends its
+    supervisor SIGTERM (PR_SET_PDEATHSIG), which drains and stops Ray as for a SIGTERM: the
+    requests in flight are answered and no process it started is left."""
+    port = free_port()
+    log = tmp_path / "launch.log"
+    proc, marker = start(launch_cmd(port, free_port()), launcher_env(), log)
+    url = f"http://{LOOPBACK}:{port}"
+    try:
+        wait_ready(url, timeout_s=240, proc=proc)
+        stopped = stop_under_load(proc, marker, url, 48, lambda: os.kill(proc.pid, SIGKILL))
+        killed = time.monotonic()
+        while marked_pids(marker) and time.monotonic() - killed < 40:
+            time.sleep(0.5)
+        gone_s = time.monotonic() - killed
+    finally:
+        left = cleanup(proc, marker)
+    statuses = _statuses(stopped.results)
+    print(f"launcher SIGKILLed with 48 in flight: {dict(statuses)}; all gone in {gone_s:.1f} s")
+    assert set(statuses) <= {200, 503} and statuses[200] > 0, statuses
+    assert left == [], f"processes left behind: {left}"
+
+
 def test_sigterm_to_every_process_at_once_says_what_was_lost_and_leaves_nothing(tmp_path):
     """A cgroup stop (every process signalled together): Ray goes down with the launcher, so
     the requests in flight cannot finish. The launcher notices within seconds (it waited 60 s

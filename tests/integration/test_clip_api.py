@@ -170,6 +170,35 @@ def test_concurrent_objects_share_the_towers_passes_and_each_gets_its_own_vector
     assert inputs == 64 and passes < 32
 
 
+def test_the_containers_smoke_test_holds_under_concurrent_load(clip_url):
+    """multi2vec-clip-inference's own smoke_test.py: two copies of one image (and of one
+    text) in one request get equal vectors. Here while 24 other requests of other images and
+    texts of other lengths run at once, and equal to what that image and text get alone."""
+    image = b64(encode(photo("astronaut"), "JPEG"))
+    text = "an astronaut on a horse"
+    alone = vectorize(clip_url, [text], [image]).json()
+    others = [
+        {"texts": ["a cup" + " of coffee" * i], "images": [b64(encode(photo(NAMES[i % 4]), "PNG"))]}
+        for i in range(24)
+    ]
+
+    async def together() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            pair = {"texts": [text, text], "images": [image, image]}
+            return await asyncio.gather(
+                *(client.post(clip_url + "/vectorize", json=b) for b in [*others[:12], pair,
+                                                                          *others[12:]])
+            )  # fmt: skip
+
+    answers = asyncio.run(together())
+    assert [r.status_code for r in answers] == [200] * 25
+    pair = answers[12].json()
+    for key in ("imageVectors", "textVectors"):
+        first, second = (np.asarray(v, np.float32) for v in pair[key])
+        assert np.array_equal(first, second), key
+        assert np.array_equal(first, np.asarray(alone[key][0], np.float32)), key
+
+
 def test_the_default_multilingual_model_serves_sentence_transformers_vectors(
     serve_base, tmp_path_factory
 ):
