@@ -60,6 +60,9 @@ class ModelLink:
         self._waiting: deque[_Waiting] = deque()
         # Requests let in at the door and not answered yet, wherever they are (being read,
         # decoded, waiting here, at the model): each is ahead of the next one at the door.
+        # Those at the model may be in its last backlog too; counting them again is the safe
+        # side, and measured better than leaving them out (the groups sent since that answer
+        # are not in it): bench/overload.py's second burst was refused in 0.16 s against 2 s.
         self._admitted = 0
         self._in_flight = 0
         # The model's last word on its backlog, and when it said so (monotonic).

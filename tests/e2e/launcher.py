@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.processes import MARKER_VAR, marked_pids, own_ports
+from deployments.node import HAPROXY, read_env_file
 from tests.helpers import in_flight
 from tests.service import LOOPBACK, free_port
 
@@ -40,7 +41,11 @@ def launch_cmd(port: int, metrics_port: int, config: Path = CONFIG) -> list[str]
 
 
 def launcher_env(**extra: str) -> dict[str, str]:
-    base = {**os.environ, **own_ports()}
+    """The launcher's environment as the image and the systemd unit run it: HAProxy in front
+    as serve.env says, set explicitly (on the tests' loopback address the launcher would
+    otherwise leave it off: deployments/node.py, keep_on_loopback)."""
+    proxy = {k: v for k, v in read_env_file(ROOT / "serve.env").items() if k == HAPROXY}
+    base = {**os.environ, **own_ports(), **proxy}
     return {**base, "IMG2VEC_WEIGHTS": "random", "RAY_ADDRESS": "local", **extra}
 
 

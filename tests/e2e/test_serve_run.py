@@ -55,7 +55,7 @@ def deployments(config: dict) -> dict[str, dict]:
 
 def test_config_is_the_documented_shape():
     config = load_config()
-    assert config["http_options"]["host"] == "0.0.0.0" and config["http_options"]["port"] == 8000
+    assert config["http_options"]["host"] == "127.0.0.1" and config["http_options"]["port"] == 8000
     # Serve's own timeout is a backstop above ours (20 s) and below Weaviate's (50 s).
     assert 20 < config["http_options"]["request_timeout_s"] < 50
     (app,) = config["applications"]
