@@ -26,7 +26,7 @@ import yaml
 from bench.images import image_sets
 from bench.loadgen import run_load
 from bench.processes import LOOPBACK, WORKER_NICE, free_port, launched, started, wait_ready
-from bench.report import cpu_tag, replace_section
+from bench.report import publish
 from bench.run import machine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,15 +186,8 @@ def main() -> None:
             else:
                 graph = system.removeprefix("service").removeprefix("-") or "auto"
                 results["load"] += service(model, sets, args, Path(tmp), graph)
-    out = ROOT / args.out
-    out.mkdir(parents=True, exist_ok=True)
-    name = f"clip-{results['machine']['date']}-{cpu_tag(results['machine'])}.json"
-    (out / name).write_text(json.dumps(results, indent=2))
-    text = markdown(results)
-    print(text)
-    docs = ROOT / "docs" / "benchmarks.md"
-    if not args.no_docs:
-        replace_section(docs, BEGIN, END, text)
+    docs = None if args.no_docs else ROOT / "docs" / "benchmarks.md"
+    publish(results, "clip", markdown(results), ROOT / args.out, docs, (BEGIN, END))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from bench.clip import bodies, write_vit_b32
 from bench.images import image_sets, request_bodies
 from bench.loadgen import run_load
 from bench.processes import launched
-from bench.report import cpu_tag, replace_section
+from bench.report import publish
 from bench.run import machine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,14 +153,8 @@ def main() -> None:
                 env = {"IMG2VEC_WEIGHTS": str(clip)}
             for invariance in (True, False):
                 results["load"] += measure(protocol, graph, invariance, sets, env, args)
-    out = ROOT / args.out
-    out.mkdir(parents=True, exist_ok=True)
-    name = f"invariance-{results['machine']['date']}-{cpu_tag(results['machine'])}.json"
-    (out / name).write_text(json.dumps(results, indent=2))
-    text = markdown(results)
-    print(text)
-    if not args.no_docs:
-        replace_section(ROOT / "docs" / "benchmarks.md", BEGIN, END, text)
+    docs = None if args.no_docs else ROOT / "docs" / "benchmarks.md"
+    publish(results, "invariance", markdown(results), ROOT / args.out, docs, (BEGIN, END))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import yaml
 
 from bench.images import image_sets, request_bodies
 from bench.processes import env_pairs, launched
-from bench.report import replace_section
+from bench.report import publish
 from bench.run import machine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument(
         "--serve-env", default="", help="the service's environment, e.g. IMG2VEC_GRAPH=eager"
     )
+    parser.add_argument("--out", default="bench/results")
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
@@ -96,8 +97,18 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
             time.sleep(5)
-    m = machine()
-    command = ("python -m bench.overload " + " ".join(sys.argv[1:])).strip()
+    results = {
+        "command": ("python -m bench.overload " + " ".join(sys.argv[1:])).strip(),
+        "machine": machine(),
+        "args": vars(args),
+        "bursts": rows,
+    }
+    docs = None if args.no_docs else ROOT / "docs" / "benchmarks.md"
+    publish(results, "overload", markdown(results), ROOT / args.out, docs, (BEGIN, END))
+
+
+def markdown(results: dict) -> str:
+    m, command = results["machine"], results["command"]
     lines = [
         f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores). Command: `{command}`",
         "",
@@ -105,15 +116,13 @@ def main() -> None:
         "| served p50 / max s | other |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    for r in rows:
+    for r in results["bursts"]:
         lines.append(
             f"| {r['round']} | {r['requests']} | {r['served']} | {r['refused']} | "
             f"{r['refused_after_prompt']} | {r['refused_p50_s']} / {r['refused_max_s']} | "
             f"{r['served_p50_s']} / {r['served_max_s']} | {len(r['other'])} |"
         )
-    if not args.no_docs:
-        replace_section(ROOT / "docs" / "benchmarks.md", BEGIN, END, "\n".join(lines))
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

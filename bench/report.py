@@ -227,6 +227,21 @@ def replace_section(docs: Path, begin: str, end: str, text: str) -> bool:
     return True
 
 
+def publish(
+    results: dict, kind: str, text: str, out_dir: Path, docs: Path | None, markers: tuple[str, str]
+) -> Path:
+    """A benchmark's results: `<kind>-<date>-<cpu>.json` in `out_dir`, its table printed and
+    written into its own section of `docs` (None: not written). Returns the JSON file."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    m = results["machine"]
+    path = out_dir / f"{kind}-{m['date']}-{cpu_tag(m)}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(text)
+    if docs is not None:
+        replace_section(docs, *markers, text)
+    return path
+
+
 def _slug(text: str) -> str:
     return re.sub(r"\W+", "-", text).strip("-").lower()
 

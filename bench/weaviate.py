@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 
 from bench.processes import LOOPBACK, WORKER_NICE, free_port, launched, started, wait_ready
-from bench.report import cpu_tag, replace_section
+from bench.report import publish
 from bench.run import machine
 from bench.weaviate_server import running
 
@@ -210,14 +210,8 @@ def main() -> None:
     for name in args.systems.split(","):
         with tempfile.TemporaryDirectory(prefix=f"i2v-weaviate-{name}-") as tmp:
             results["rows"].append(measure(name, objects, args, Path(tmp)))
-    out = ROOT / args.out
-    out.mkdir(parents=True, exist_ok=True)
-    file = out / f"weaviate-{results['machine']['date']}-{cpu_tag(results['machine'])}.json"
-    file.write_text(json.dumps(results, indent=2))
-    text = markdown(results)
-    print(text)
-    if not args.no_docs:
-        replace_section(ROOT / "docs" / "benchmarks.md", BEGIN, END, text)
+    docs = None if args.no_docs else ROOT / "docs" / "benchmarks.md"
+    publish(results, "weaviate", markdown(results), ROOT / args.out, docs, (BEGIN, END))
 
 
 if __name__ == "__main__":
