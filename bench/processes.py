@@ -67,6 +67,17 @@ def serve_env(root: Path) -> dict[str, str]:
     return read_env_file(root / "serve.env")
 
 
+def front_end_as_served(root: Path) -> dict[str, str]:
+    """serve.env's HAProxy setting, to set explicitly in a launcher's environment: on a
+    loopback address the launcher leaves serve.env's HAProxy off unless the environment asks
+    (deployments/node.py: keep_on_loopback), and the tests and benchmarks run the front end
+    that the image and the systemd unit serve Weaviate with."""
+    from deployments.node import HAPROXY
+
+    value = serve_env(root).get(HAPROXY)
+    return {} if value is None else {HAPROXY: value}
+
+
 def env_pairs(text: str) -> dict[str, str]:
     """`KEY=VAL,KEY2=VAL2` (the benchmarks' `--serve-env`) -> a dict."""
     return dict(kv.split("=", 1) for kv in text.split(",") if kv)
@@ -225,18 +236,13 @@ def launched(
     path.write_text(yaml.safe_dump(config))
     text = (root / "serve.env").read_text() if serve_env_text is None else serve_env_text
     (workdir / "serve.env").write_text(text)  # beside the copy, where the launcher looks
-    # Random weights unless the caller names others (extra_env wins over both). HAProxy as
-    # serve.env says, set explicitly: on loopback the launcher would otherwise run Serve's
-    # proxy (deployments/node.py: keep_on_loopback), and the tests and benchmarks measure the
-    # request path that the image and the systemd unit serve Weaviate with.
-    from deployments.node import HAPROXY, read_env_file
-
-    proxy = {k: v for k, v in read_env_file(workdir / "serve.env").items() if k == HAPROXY}
+    # Random weights unless the caller names others (extra_env wins over both); HAProxy as
+    # the serve.env written here says (`front_end_as_served`).
     env = {
         **os.environ,
         "IMG2VEC_WEIGHTS": "random",
         "RAY_ADDRESS": "local",
-        **proxy,
+        **front_end_as_served(workdir),
         **(extra_env or {}),
     }
     metrics = str(free_port())

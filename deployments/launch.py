@@ -199,7 +199,7 @@ def _environment(args: argparse.Namespace, local: bool, host: str | None) -> str
     if env_file.is_file():
         for key, value in read_env_file(env_file).items():
             os.environ.setdefault(key, value)
-    if keep_on_loopback(os.environ, explicit, host):  # type: ignore[arg-type]
+    if keep_on_loopback(os.environ, explicit, host):
         log.info(
             "img2vec: on %s, Serve's proxy instead of HAProxy, whose stats and metrics ports "
             "would listen on every interface (--host 0.0.0.0 / IMG2VEC_HOST to serve other "

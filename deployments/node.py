@@ -8,6 +8,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+from collections.abc import MutableMapping
 from pathlib import Path
 
 import yaml
@@ -161,7 +162,7 @@ def is_loopback(host: str | None) -> bool:
 HAPROXY = "RAY_SERVE_ENABLE_HA_PROXY"
 
 
-def keep_on_loopback(env: dict[str, str], explicit: set[str], host: str | None) -> bool:
+def keep_on_loopback(env: MutableMapping[str, str], explicit: set[str], host: str | None) -> bool:
     """On a loopback address, HAProxy stays off unless the environment asked for it itself:
     Ray 2.60's HAProxy binds its stats page and Prometheus port on every interface, whatever
     the service's address (its template: `bind *:`), so serve.env's HAProxy would open two

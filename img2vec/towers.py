@@ -136,8 +136,9 @@ class Towers:
         self._engine = self._openvino(graph, "image")
         self._text_engine = self._openvino(graph, "text") if self._engine is not None else None
         self.graph = "openvino" if self._engine is not None else "eager"
-        # Keep every vector the same bits as its input alone: texts run per length, and an
-        # engine that is not invariant as it is runs in fixed passes (img2vec/invariance.py).
+        # Keep every vector the same bits as its input alone: texts run in padded-length
+        # bands (embed_texts), and an engine that is not invariant as it is runs in fixed
+        # passes (img2vec/invariance.py).
         self.batch_invariance = batch_invariance
         self.fixed_pass: int | None = None  # set by warm_up() where the engine needs it
         self.batch_invariant: bool | None = None  # checked by warm_up()

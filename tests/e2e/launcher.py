@@ -16,8 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.processes import MARKER_VAR, marked_pids, own_ports
-from deployments.node import HAPROXY, read_env_file
+from bench.processes import MARKER_VAR, front_end_as_served, marked_pids, own_ports
 from tests.helpers import in_flight
 from tests.service import LOOPBACK, free_port
 
@@ -42,10 +41,8 @@ def launch_cmd(port: int, metrics_port: int, config: Path = CONFIG) -> list[str]
 
 def launcher_env(**extra: str) -> dict[str, str]:
     """The launcher's environment as the image and the systemd unit run it: HAProxy in front
-    as serve.env says, set explicitly (on the tests' loopback address the launcher would
-    otherwise leave it off: deployments/node.py, keep_on_loopback)."""
-    proxy = {k: v for k, v in read_env_file(ROOT / "serve.env").items() if k == HAPROXY}
-    base = {**os.environ, **own_ports(), **proxy}
+    as serve.env says (`front_end_as_served`)."""
+    base = {**os.environ, **own_ports(), **front_end_as_served(ROOT)}
     return {**base, "IMG2VEC_WEIGHTS": "random", "RAY_ADDRESS": "local", **extra}
 
 
