@@ -23,5 +23,5 @@ for model in $models; do
         img2vec weights fetch "$model"
     fi
     img2vec weights verify "$model"
-    python -m img2vec.engines "$model"
+    img2vec weights convert "$model"
 done

@@ -103,6 +103,15 @@ class Backlog:
         return replace(self, behind_s=max(0.0, self.behind_s - elapsed_s))
 
 
+class Pending(NamedTuple, Generic[T]):
+    """One request's inputs, to be admitted whole or refused whole, and its deadline (epoch
+    seconds, `time.time()`: the caller's clock, so that the time its call spent in queues
+    counts; None: no deadline)."""
+
+    inputs: Sequence[T]
+    deadline: float | None
+
+
 class WarmUp(NamedTuple):
     """What a model's warm-up did: the batch sizes it ran, and the cost of one image in a
     pass of the largest batch (seconds; the batcher's first estimate)."""
@@ -220,8 +229,31 @@ class Batcher(Generic[T, R]):
         self._pending.append(_Job(item, future, time.monotonic(), deadline))
         self._arrived.set()
         if self._worker is None or self._worker.done():
-            self._worker = loop.create_task(self._drain())
+            self._worker = loop.create_task(self._work())
         return future
+
+    def admit(self, requests: Sequence[Pending[T]]) -> list[list[asyncio.Future[R] | Overloaded]]:
+        """The one admission step, for requests that arrived together, oldest first: each
+        request's inputs go into the queue, or, when the model, behind everything queued
+        (those admitted before it here included), would not answer its last input by its
+        deadline, every input of it is refused (`Overloaded`, as a value). One backlog
+        estimate for them all."""
+        backlog = self.backlog()
+        now, local_now = time.time(), time.monotonic()
+        queued = 0
+        admitted: list[list[asyncio.Future[R] | Overloaded]] = []
+        for request in requests:
+            n = len(request.inputs)
+            local_deadline = None
+            if request.deadline is not None:
+                refused = backlog.refusal(request.deadline - now, ahead=queued + max(0, n - 1))
+                if refused is not None:
+                    admitted.append([refused] * n)
+                    continue
+                local_deadline = local_now + (request.deadline - now)
+            admitted.append([self.enqueue(x, local_deadline) for x in request.inputs])
+            queued += n
+        return admitted
 
     def seconds_per_image(self) -> float:
         """The recent cost of one image in a pass (0 until a pass has run)."""
@@ -282,7 +314,7 @@ class Batcher(Generic[T, R]):
 
     # -- the worker ------------------------------------------------------------------
 
-    async def _drain(self) -> None:
+    async def _work(self) -> None:
         while self._pending:
             await self._fill()
             jobs = self._take()

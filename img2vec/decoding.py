@@ -14,9 +14,11 @@ import io
 import re
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from img2vec.errors import ImageTooLarge, InvalidImage, brief
+from img2vec.preprocessing import Preprocess
 
 # Pillow's own bomb guard (Image.MAX_IMAGE_PIXELS) is process-wide and only warns below 2x
 # its value; we check our configurable limit from the header ourselves and keep Pillow's as
@@ -180,3 +182,26 @@ def available_formats() -> tuple[str, ...]:
 def _too_many_pixels(size: tuple[int, int] | None, max_pixels: int) -> ImageTooLarge:
     what = f"is {size[0]}x{size[1]} = {size[0] * size[1]} pixels" if size else "has too many pixels"
     return ImageTooLarge(f"image {what}; the limit is {max_pixels} pixels (max_image_pixels)")
+
+
+@dataclass(frozen=True)
+class ImageReader:
+    """base64 text -> a model's uint8 input (H, W, 3): decoded within `limits`, then
+    `preset`. With `jpeg_draft`, a JPEG is decoded at a reduced scale that still keeps at
+    least twice the model's input size, so the final resize averages over several source
+    pixels. What each ingress runs in its decode pool, per image."""
+
+    preset: Preprocess
+    limits: ImageLimits = ImageLimits()
+    exif_transpose: bool = False
+    jpeg_draft: bool = False
+
+    def __call__(self, text: str) -> np.ndarray:
+        h, w = self.preset.output_size
+        image = decode_image(
+            text,
+            limits=self.limits,
+            exif_transpose=self.exif_transpose,
+            jpeg_draft=(2 * w, 2 * h) if self.jpeg_draft else None,
+        )
+        return self.preset.to_array(image)

@@ -1,9 +1,11 @@
-"""The engines that run a backbone's forward pass on CPU besides PyTorch itself.
+"""The engines that run a backbone's forward pass, chosen by the `graph` setting
+(`resolve_graph`).
 
-One contract for every engine: a uint8 batch (N, H, W, 3), the ingress's pixels as they
-arrive, in; float32 vectors (N, dim) out. The normalization is part of the graph
-(`Normalized`), the same operations in the same order as `img2vec.model.normalize`, so that
-the parity test that holds for PyTorch holds for the engine (tests/unit/test_engines.py).
+One contract for every engine (`Engine`): a uint8 batch (N, H, W, 3), the ingress's pixels as
+they arrive, in; float32 vectors (N, dim) out; the one `normalize` inside. `TorchEngine`:
+PyTorch as `torchscript`, `eager` or `compiled`, on the model's device. `OpenVINOEngine`: the
+CPU engine, normalization part of the converted graph (`Normalized`), so that the parity test
+that holds for PyTorch holds for it (tests/unit/test_engines.py).
 
 OpenVINO (`graph: openvino`): the backbone converted from the loaded PyTorch module by
 `openvino.convert_model` (no ONNX file in between), compiled for the CPU with the precision
@@ -30,20 +32,166 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from img2vec.errors import ConfigError, brief
+from img2vec.options import DTYPES, GRAPHS
 from img2vec.weights import cache_dir
 
 log = logging.getLogger(__name__)
 
+# GRAPHS (img2vec/options.py): `auto` is OpenVINO on CPU where it is installed (1.3-1.6x
+# the frozen graph, the same vectors: docs/benchmarks.md#engines), the frozen TorchScript
+# graph elsewhere. `compiled` (CUDA only): torch.compile with CUDA graphs at the padded batch
+# sizes, prepared for a GPU lease (bench/gpu.sh measures it; nothing is claimed for it before
+# that run).
 OPENVINO = "openvino"
+# Storage dtype, and whether float32 math may use TF32 tensor cores. `float32` is what
+# img2vec-pytorch computes, and it means IEEE float32 on every device: cuDNN would otherwise
+# run convolutions in TF32 on Ampere and later GPUs. The others are named options whose drift
+# from float32 `make bench-drift` measures (docs/benchmarks.md).
+PRECISIONS: dict[str, tuple[torch.dtype, bool]] = {
+    "float32": (torch.float32, False),
+    "tf32": (torch.float32, True),
+    "float16": (torch.float16, False),
+    "bfloat16": (torch.bfloat16, False),
+}
+
 # What the `dtype` setting asks of OpenVINO's CPU plugin.
+assert tuple(PRECISIONS) == DTYPES, "every dtype setting has its precision"
 OPENVINO_PRECISIONS = {"float32": "f32", "bfloat16": "bf16"}
 CACHE_FORMAT = 1
+
+
+def precision(dtype: str) -> tuple[torch.dtype, bool]:
+    """The storage dtype and TF32 flag of a `dtype` setting, or a ConfigError naming them."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return PRECISIONS[dtype]
+
+
+def configure_precision(dtype: str) -> dict[str, str]:
+    """Set torch's float32 math for `dtype` (IEEE unless 'tf32'), process-wide, through
+    torch's fp32_precision API (mixing it with the legacy allow_tf32 flags is an error in
+    torch >= 2.9). Returns the flags as set."""
+    mode = "tf32" if precision(dtype)[1] else "ieee"
+    for backend in _fp32_backends():
+        backend.fp32_precision = mode
+    return precision_flags()
+
+
+def _fp32_backends() -> list[Any]:
+    cudnn: Any = torch.backends.cudnn
+    return [cudnn.conv, cudnn.rnn, torch.backends.cuda.matmul]
+
+
+def precision_flags() -> dict[str, str]:
+    conv, _, matmul = _fp32_backends()
+    return {"cudnn.conv": conv.fp32_precision, "cuda.matmul": matmul.fp32_precision}
+
+
+class Engine(Protocol):
+    """The one contract: uint8 images (N, H, W, 3) in, float32 vectors (N, dim) out, the
+    normalization inside. Called from one thread at a time (the batcher's forward thread)."""
+
+    name: str  # the `graph` it is: openvino, torchscript, eager or compiled
+
+    def __call__(self, batch: np.ndarray, /) -> np.ndarray: ...
+
+
+class TorchEngine:
+    """PyTorch runs the pass on the model's device: `torchscript` (a frozen graph), `eager`
+    (the module as torchvision builds it) or `compiled` (torch.compile with CUDA graphs,
+    each batch size captured at warm-up). Normalization runs on the device, batched."""
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        graph: str,
+        device: torch.device,
+        dtype: torch.dtype,
+        mean: Sequence[float],
+        std: Sequence[float],
+        input_size: tuple[int, int],
+    ) -> None:
+        self.device, self.dtype = device, dtype
+        self._mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        module = module.to(device, dtype).to(memory_format=torch.channels_last)
+        if graph == "compiled":
+            # Each padded batch size is compiled and its CUDA graph captured at warm-up, on
+            # the batcher's forward thread, before the replica reports ready.
+            self.module: Any = torch.compile(module, mode="reduce-overhead", dynamic=False)
+            self.name = "compiled"
+            return
+        if graph == "torchscript":
+            example = torch.zeros((1, 3, *input_size), device=device, dtype=dtype)
+            module = _freeze(module, example.contiguous(memory_format=torch.channels_last))
+        self.module = module
+        self.name = "torchscript" if isinstance(module, torch.jit.ScriptModule) else "eager"
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.from_numpy(batch)
+            if self.device.type == "cuda":
+                x = x.pin_memory().to(self.device, non_blocking=True)
+            out = self.module(normalize(x, self._mean, self._std).to(self.dtype))
+            return out.to(device="cpu", dtype=torch.float32).numpy()
+
+
+def resolve_graph(graph: str, device: torch.device, dtype: str) -> str:
+    """The graph `graph` names on this device: `auto` is OpenVINO on CPU where it is installed
+    and runs this dtype, else the frozen TorchScript graph. OpenVINO is CPU only."""
+    if graph not in GRAPHS:
+        raise ConfigError(f"graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
+    if graph == "auto":
+        usable = device.type == "cpu" and dtype in OPENVINO_PRECISIONS and openvino_available()
+        return OPENVINO if usable else "torchscript"
+    if graph == "compiled" and device.type != "cuda":
+        raise ConfigError(
+            "graph compiled (torch.compile with CUDA graphs) is for CUDA GPUs; on CPU use auto"
+        )
+    if graph == OPENVINO:
+        if device.type != "cpu":
+            raise ConfigError("graph openvino runs on CPU; on a GPU use torchscript or eager")
+        if not openvino_available():
+            raise ConfigError("graph openvino needs the openvino package: pip install openvino")
+    return graph
+
+
+def bucket_sizes(max_batch_size: int) -> list[int]:
+    """Powers of two below `max_batch_size`, and `max_batch_size` itself."""
+    sizes, size = [], 1
+    while size < max_batch_size:
+        sizes.append(size)
+        size *= 2
+    return [*sizes, max_batch_size]
+
+
+def bucket_for(n: int, buckets: list[int]) -> int:
+    """The smallest warmed-up size that holds n images (n itself if none does)."""
+    return next((size for size in buckets if size >= n), n)
+
+
+def _freeze(module: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
+    """Trace and freeze the model into a TorchScript graph. A frozen graph runs without the
+    GIL (an eager forward takes it back between every op, so a busy event loop in the same
+    process stalls it: measured 5x slower under contention, 2.8x frozen), folds BatchNorm
+    into the convolutions, and is ~8% faster on CPU. Vectors agree to cosine 0.9999999.
+    torch.jit is deprecated but present in every torch this project supports (2.11-2.14);
+    where it fails, the eager module is kept (and /meta says `graph: eager`)."""
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frozen = torch.jit.freeze(torch.jit.trace(module, example).eval())
+            frozen(example)  # the first call optimizes the graph; pay for it at start-up
+        return frozen
+    except Exception as exc:  # pragma: no cover - depends on the torch build
+        log.warning("TorchScript tracing failed (%s); running the model eagerly", exc)
+        return module
 
 
 def openvino_available() -> bool:
@@ -61,6 +209,22 @@ def engine_cache_dir() -> Path:
     return Path(override) if override else cache_dir().parent.parent / "img2vec-engines"
 
 
+def normalize(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W), scaled to [0, 1] then normalized: the one
+    normalization, run by every engine (inside the converted graph for OpenVINO).
+
+    The same operations in the same order as `ToTensor()` + `Normalize()`, so the result is
+    bit-identical to the reference. The permuted view is already channels_last in memory,
+    which is what the convolutions want."""
+    if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
+        raise ValueError(f"expected uint8 (N, H, W, 3), got {batch.dtype} {tuple(batch.shape)}")
+    return _scaled(batch, mean, std)
+
+
+def _scaled(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return batch.permute(0, 3, 1, 2).to(torch.float32).div(255).sub(mean).div(std)
+
+
 class Normalized(torch.nn.Module):
     """uint8 (N, H, W, 3) -> the backbone's embedding, normalization inside the graph."""
 
@@ -75,8 +239,7 @@ class Normalized(torch.nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 3, 1, 2).to(torch.float32).div(255)
-        out: torch.Tensor = self.features(x.sub(self.mean).div(self.std))
+        out: torch.Tensor = self.features(_scaled(x, self.mean, self.std))
         return out
 
 
@@ -147,6 +310,8 @@ class OpenVINOEngine:
     `input_size`); `example` and `inputs` (OpenVINO's shapes and types) describe any other
     module, e.g. a text tower taking token ids of any length."""
 
+    name = OPENVINO
+
     def __init__(
         self,
         module: torch.nn.Module,
@@ -216,29 +381,3 @@ class OpenVINOEngine:
         out = self._request.infer(dict(enumerate(arrays)))
         # A copy: the output tensor is the request's own memory, overwritten by the next call.
         return np.array(out[0], dtype=np.float32, copy=True)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m img2vec.engines MODEL [WEIGHTS] [--dtype D]`: convert and cache the CPU
-    engine's model now (the image's build does, beside its baked weights), so that the first
-    start finds it."""
-    import argparse
-
-    from img2vec.model import build_embedder
-
-    parser = argparse.ArgumentParser(description="convert and cache the CPU engine's model")
-    parser.add_argument("model")
-    parser.add_argument("weights", nargs="?", default="download")
-    parser.add_argument("--dtype", default="float32", choices=sorted(OPENVINO_PRECISIONS))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    embedder = build_embedder(
-        model=args.model, weights=args.weights, device="cpu", graph=OPENVINO, dtype=args.dtype
-    )
-    assert embedder._engine is not None
-    print(f"{args.model}: {embedder._engine.entry} ({embedder._engine.precision})")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

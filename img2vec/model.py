@@ -1,8 +1,8 @@
 """The embedder: uint8 image arrays in, float32 vectors out, one batched forward pass.
 
-Everything torch lives here: building the architecture and loading its weights, taking the
-embedding at the spec's feature node, normalization on the model's device, precision, and
-the warm-up of every batch shape that can run.
+Building the architecture and loading its weights, taking the embedding at the spec's
+feature node, the device and precision, the warm-up of every batch shape that can run and
+the batch-invariance check. The forward pass itself is an engine's (img2vec/engines.py).
 """
 
 from __future__ import annotations
@@ -10,10 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,13 +21,19 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from img2vec.batching import WarmUp
 from img2vec.engines import (
     OPENVINO,
-    OPENVINO_PRECISIONS,
+    Engine,
     Normalized,
     OpenVINOEngine,
-    openvino_available,
+    TorchEngine,
+    bucket_for,
+    bucket_sizes,
+    configure_precision,
+    precision,
+    resolve_graph,
 )
 from img2vec.errors import ConfigError, WeightsError, brief
 from img2vec.invariance import batch_invariant, fixed_pass_size, in_fixed_passes, probe_images
+from img2vec.options import DEVICES
 from img2vec.preprocessing import Preprocess, get_preset
 from img2vec.weights import (
     DEFAULT_DOWNLOAD_TIMEOUT_S,
@@ -45,23 +49,7 @@ from img2vec.weights import (
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")
-# `auto`: OpenVINO on CPU where it is installed (1.3-1.6x the frozen graph, the same vectors:
-# docs/benchmarks.md#engines), the frozen TorchScript graph elsewhere.
-# `compiled` (CUDA only): torch.compile with CUDA graphs at the padded batch sizes, prepared
-# for a GPU lease (bench/gpu.sh measures it; nothing is claimed for it before that run).
-GRAPHS = ("auto", "torchscript", "eager", "openvino", "compiled")
 RANDOM_SEED = 0
-# Storage dtype, and whether float32 math may use TF32 tensor cores. `float32` is what
-# img2vec-pytorch computes, and it means IEEE float32 on every device: cuDNN would otherwise
-# run convolutions in TF32 on Ampere and later GPUs. The others are named options whose drift
-# from float32 `make bench-drift` measures (docs/benchmarks.md).
-PRECISIONS: dict[str, tuple[torch.dtype, bool]] = {
-    "float32": (torch.float32, False),
-    "tf32": (torch.float32, True),
-    "float16": (torch.float16, False),
-    "bfloat16": (torch.bfloat16, False),
-}
 
 
 VECTORS_OF = {"float32": "float32: the vectors of img2vec-pytorch; existing indexes stay valid"}
@@ -69,13 +57,6 @@ VECTORS_OTHER = (
     "changed by the faster precision (docs/benchmarks.md#engines): for new indexes only, "
     "never mixed with float32 vectors"
 )
-
-
-def precision(dtype: str) -> tuple[torch.dtype, bool]:
-    """The storage dtype and TF32 flag of a `dtype` setting, or a ConfigError naming them."""
-    if dtype not in PRECISIONS:
-        raise ConfigError(f"dtype must be one of {', '.join(PRECISIONS)}, got {dtype!r}")
-    return PRECISIONS[dtype]
 
 
 @dataclass(frozen=True)
@@ -129,8 +110,6 @@ class Embedder:
         # With cudnn.benchmark every new input shape is autotuned on first sight: batches are
         # padded to a few sizes, and those are warmed up before the replica reports ready.
         self.pad_to_buckets = device.type == "cuda" if pad_to_buckets is None else pad_to_buckets
-        self._mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1)
-        self._std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
         self.warmed: set[int] = set()
         self.buckets: list[int] = []  # the padded batch sizes, set by warm_up()
         # Keep every vector the same bits as its image alone: an engine that is not invariant
@@ -139,7 +118,7 @@ class Embedder:
         self.fixed_pass: int | None = None
         self.batch_invariant: bool | None = None  # checked by warm_up()
         asked, graph = graph, resolve_graph(graph, device, dtype)
-        self._engine: OpenVINOEngine | None = None
+        self._engine: Engine | None = None
         if graph == OPENVINO:
             try:
                 self._engine = self._openvino(module, dtype)
@@ -150,20 +129,12 @@ class Embedder:
                 log.warning("OpenVINO could not take %s (%s): graph torchscript", spec.name, exc)
                 graph = "torchscript"
         if self._engine is not None:
-            self._module = module
-            self.graph = OPENVINO
             self.pad_to_buckets = False
-            return
-        module = module.to(device, self.dtype).to(memory_format=torch.channels_last)
-        if graph == "compiled":
-            # Each padded batch size is compiled and its CUDA graph captured in warm_up(), on
-            # the batcher's forward thread, before the replica reports ready.
-            compiled: Any = torch.compile(module, mode="reduce-overhead", dynamic=False)
-            self._module = compiled
-            self.graph = "compiled"
-            return
-        self._module = _freeze(module, self._example(1)) if graph == "torchscript" else module
-        self.graph = "torchscript" if isinstance(self._module, torch.jit.ScriptModule) else "eager"
+        else:
+            self._engine = TorchEngine(
+                module, graph, device, self.dtype, preprocess.mean, preprocess.std, self.input_size
+            )
+        self.graph = self._engine.name
 
     def _openvino(self, module: torch.nn.Module, dtype: str) -> OpenVINOEngine:
         identity = {
@@ -182,9 +153,11 @@ class Embedder:
             threads=torch.get_num_threads(),
         )
 
-    def _example(self, n: int) -> torch.Tensor:
-        x = torch.zeros((n, 3, *self.input_size), device=self.device, dtype=self.dtype)
-        return x.contiguous(memory_format=torch.channels_last)
+    @property
+    def engine(self) -> Engine:
+        """What runs the forward pass (img2vec/engines.py)."""
+        assert self._engine is not None
+        return self._engine
 
     @property
     def dim(self) -> int:
@@ -219,17 +192,11 @@ class Embedder:
         return self._forward(batch)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        if self._engine is not None:
-            return self._engine(batch)
+        """One pass; on a GPU padded with blank images to the smallest warmed-up size."""
         n = batch.shape[0]
-        with torch.inference_mode():
-            x = torch.from_numpy(batch)
-            if self.pad_to_buckets and (size := _bucket_for(n, self.buckets)) > n:
-                x = torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))])
-            if self.device.type == "cuda":
-                x = x.pin_memory().to(self.device, non_blocking=True)
-            out = self._module(normalize(x, self._mean, self._std).to(self.dtype))
-            return out[:n].to(device="cpu", dtype=torch.float32).numpy()
+        if self.pad_to_buckets and (size := bucket_for(n, self.buckets)) > n:
+            batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]), batch.dtype)])
+        return self.engine(batch)[:n]
 
     def warm_up(self, max_batch_size: int) -> WarmUp:
         """Run every batch shape that can form up to `max_batch_size` once (the buckets when
@@ -275,52 +242,6 @@ class Embedder:
             probe_images(self.input_size),
             max_batch_size,
         )
-
-
-def normalize(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W), scaled to [0, 1] then normalized.
-
-    The same operations in the same order as `ToTensor()` + `Normalize()`, so the result is
-    bit-identical to the reference. The permuted view is already channels_last in memory,
-    which is what the convolutions want."""
-    if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
-        raise ValueError(f"expected uint8 (N, H, W, 3), got {batch.dtype} {tuple(batch.shape)}")
-    x = batch.permute(0, 3, 1, 2).to(torch.float32).div(255)
-    return x.sub_(mean).div_(std)
-
-
-def resolve_graph(graph: str, device: torch.device, dtype: str) -> str:
-    """The graph `graph` names on this device: `auto` is OpenVINO on CPU where it is installed
-    and runs this dtype, else the frozen TorchScript graph. OpenVINO is CPU only."""
-    if graph not in GRAPHS:
-        raise ConfigError(f"graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
-    if graph == "auto":
-        usable = device.type == "cpu" and dtype in OPENVINO_PRECISIONS and openvino_available()
-        return OPENVINO if usable else "torchscript"
-    if graph == "compiled" and device.type != "cuda":
-        raise ConfigError(
-            "graph compiled (torch.compile with CUDA graphs) is for CUDA GPUs; on CPU use auto"
-        )
-    if graph == OPENVINO:
-        if device.type != "cpu":
-            raise ConfigError("graph openvino runs on CPU; on a GPU use torchscript or eager")
-        if not openvino_available():
-            raise ConfigError("graph openvino needs the openvino package: pip install openvino")
-    return graph
-
-
-def bucket_sizes(max_batch_size: int) -> list[int]:
-    """Powers of two below `max_batch_size`, and `max_batch_size` itself."""
-    sizes, size = [], 1
-    while size < max_batch_size:
-        sizes.append(size)
-        size *= 2
-    return [*sizes, max_batch_size]
-
-
-def _bucket_for(n: int, buckets: list[int]) -> int:
-    """The smallest warmed-up size that holds n images (n itself if none does)."""
-    return next((size for size in buckets if size >= n), n)
 
 
 class _Features(torch.nn.Module):
@@ -381,24 +302,6 @@ def _read_state(weights: ResolvedWeights) -> dict[str, torch.Tensor]:
     return state
 
 
-def _freeze(module: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
-    """Trace and freeze the model into a TorchScript graph. A frozen graph runs without the
-    GIL (an eager forward takes it back between every op, so a busy event loop in the same
-    process stalls it: measured 5x slower under contention, 2.8x frozen), folds BatchNorm
-    into the convolutions, and is ~8% faster on CPU. Vectors agree to cosine 0.9999999.
-    torch.jit is deprecated but present in every torch this project supports (2.11-2.14);
-    where it fails, the eager module is kept (and /meta says `graph: eager`)."""
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            frozen = torch.jit.freeze(torch.jit.trace(module, example).eval())
-            frozen(example)  # the first call optimizes the graph; pay for it at start-up
-        return frozen
-    except Exception as exc:  # pragma: no cover - depends on the torch build
-        log.warning("TorchScript tracing failed (%s); running the model eagerly", exc)
-        return module
-
-
 def _weights_name(spec: ModelSpec, weights: ResolvedWeights) -> str:
     if weights.source == RANDOM:
         return "random"
@@ -440,26 +343,6 @@ def pick_device(requested: str = "auto") -> torch.device:
         if requested == "cpu":
             log.info("device auto: no CUDA device visible to this process; running on CPU")
     return torch.device(requested)
-
-
-def configure_precision(dtype: str) -> dict[str, str]:
-    """Set torch's float32 math for `dtype` (IEEE unless 'tf32'), process-wide, through
-    torch's fp32_precision API (mixing it with the legacy allow_tf32 flags is an error in
-    torch >= 2.9). Returns the flags as set."""
-    mode = "tf32" if precision(dtype)[1] else "ieee"
-    for backend in _fp32_backends():
-        backend.fp32_precision = mode
-    return precision_flags()
-
-
-def _fp32_backends() -> list[Any]:
-    cudnn: Any = torch.backends.cudnn
-    return [cudnn.conv, cudnn.rnn, torch.backends.cuda.matmul]
-
-
-def precision_flags() -> dict[str, str]:
-    conv, _, matmul = _fp32_backends()
-    return {"cudnn.conv": conv.fp32_precision, "cuda.matmul": matmul.fp32_precision}
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

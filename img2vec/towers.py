@@ -23,9 +23,11 @@ import numpy as np
 import torch
 
 from img2vec.batching import WarmUp
+from img2vec.engines import normalize
 from img2vec.invariance import batch_invariant, fixed_pass_size, in_fixed_passes, probe_images
-from img2vec.model import normalize, pick_device
+from img2vec.model import pick_device
 from img2vec.multimodal import ClipSpec, st_modules
+from img2vec.options import CLIP_GRAPHS
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,6 @@ class Input:
     data: np.ndarray
 
 
-GRAPHS = ("auto", "openvino", "eager")
 # Texts are padded to a multiple of this many tokens (img2vec-towers' one text shape per
 # length band: Towers.embed_texts).
 TEXT_STEP = 8
@@ -151,8 +152,8 @@ class Towers:
         from img2vec.engines import Normalized, OpenVINOEngine, openvino_available
         from img2vec.errors import ConfigError
 
-        if graph not in GRAPHS:
-            raise ConfigError(f"graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
+        if graph not in CLIP_GRAPHS:
+            raise ConfigError(f"graph must be one of {', '.join(CLIP_GRAPHS)}, got {graph!r}")
         usable = self.device.type == "cpu" and openvino_available()
         if graph == "eager" or (graph == "auto" and not usable):
             return None

@@ -206,6 +206,27 @@ def weights_fetch(models: tuple[str, ...], source: str | None, timeout: float) -
         click.echo(f"{name}: {path} (verified)")
 
 
+@weights.command("convert")
+@click.argument("models", nargs=-1)
+@click.option(
+    "--weights",
+    "source",
+    default="download",
+    show_default=True,
+    help="the weights to convert: 'download' (the cache), 'random' or a file (one model)",
+)
+@click.option(
+    "--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16"])
+)
+def weights_convert(models: tuple[str, ...], source: str, dtype: str) -> None:
+    """Convert MODELS' weights (default: resnet50) for the CPU engine (OpenVINO) and cache the
+    result, so that a replica's first start finds it (the image's build does this)."""
+    from img2vec_cli.weights import convert
+
+    for name in models or (DEFAULT_MODEL,):
+        click.echo(f"{name}: {convert(name, source, dtype)}")
+
+
 @weights.command("verify")
 @click.argument("models", nargs=-1)
 @click.option(
@@ -238,7 +259,7 @@ def serve(ctx: click.Context) -> None:
     The launcher's options (see `img2vec serve --help-launcher`): serve.env applied, the
     port overridden, metrics on a fixed port, a drain on SIGTERM.
     """
-    from deployments.launch import main as launch
+    from deployments.ops.launch import main as launch
 
     args = ["--help" if a == "--help-launcher" else a for a in ctx.args]
     sys.exit(launch(args))

@@ -35,3 +35,18 @@ def verify(name: str, file: Path | None) -> tuple[bool, str]:
     if spec.matches(digest):
         return True, f"{path} sha256 {digest}"
     return False, f"{path} sha256 {digest} is not the published {spec.pinned}"
+
+
+def convert(name: str, weights: str, dtype: str) -> str:
+    """Build `name` on the CPU engine (converting and caching it, or finding it cached):
+    where the converted model is, and its precision."""
+    from img2vec.engines import OpenVINOEngine
+    from img2vec.model import build_embedder
+
+    embedder = build_embedder(
+        model=name, weights=weights, device="cpu", graph="openvino", dtype=dtype
+    )
+    engine = embedder.engine
+    if not isinstance(engine, OpenVINOEngine):
+        raise click.ClickException(f"{name} did not convert for OpenVINO")
+    return f"{engine.entry} ({engine.precision})"

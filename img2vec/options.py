@@ -1,0 +1,22 @@
+"""The allowed values of the model settings, declared once. The library checks them
+(img2vec/model.py, engines.py, towers.py) and the service's settings take their types from
+here (deployments/settings.py). No torch: the ingress imports the settings."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+# Where a model runs: `auto` is CUDA when a GPU is visible to the process, else CPU.
+Device = Literal["auto", "cpu", "cuda"]
+# Storage dtype and float32 math: `float32` is IEEE float32 on every device (the vectors of
+# img2vec-pytorch); the others change vectors (docs/benchmarks.md#engines).
+Dtype = Literal["float32", "tf32", "float16", "bfloat16"]
+# The engine of an image backbone (img2vec/engines.py).
+Graph = Literal["auto", "torchscript", "eager", "openvino", "compiled"]
+# The engine of a CLIP-style model's towers (img2vec/towers.py).
+ClipGraph = Literal["auto", "openvino", "eager"]
+
+DEVICES: tuple[str, ...] = get_args(Device)
+DTYPES: tuple[str, ...] = get_args(Dtype)
+GRAPHS: tuple[str, ...] = get_args(Graph)
+CLIP_GRAPHS: tuple[str, ...] = get_args(ClipGraph)
