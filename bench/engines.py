@@ -32,7 +32,7 @@ Run = Callable[[np.ndarray], np.ndarray]
 
 
 def _photos() -> np.ndarray:
-    from tests.conftest import MORE_PHOTO_NAMES, PHOTO_NAMES, photo
+    from tests.support.images import MORE_PHOTO_NAMES, PHOTO_NAMES, photo
 
     return np.stack([STRETCH_224.to_array(photo(n)) for n in PHOTO_NAMES + MORE_PHOTO_NAMES])
 
@@ -85,7 +85,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["IMG2VEC_ENGINE_CACHE"] = tmp
         weights = Path(tmp) / "weights.pth"
-        from tests.conftest import calibrated_resnet50_state
+        from tests.support.weights import calibrated_resnet50_state
 
         torch.save(calibrated_resnet50_state(), weights)
         common = {"model": args.model, "weights": str(weights), "device": "cpu"}

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 _PROBE = """
 import resource, sys, time
 t = time.perf_counter()
-import deployments.ingress
+import deployments.edge.neural
 took = time.perf_counter() - t
 print({"import_s": took, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
        "torch_imported": "torch" in sys.modules})
@@ -42,7 +42,7 @@ def import_cost(repeats: int = 5) -> dict:
 
 
 def _app_config(ingress_replicas: int) -> object:
-    from tests.service import small_app_config
+    from tests.support.service import small_app_config
 
     return small_app_config(
         "footprint", "/", [{"name": "Ingress", "num_replicas": ingress_replicas}]
@@ -70,7 +70,7 @@ def live_replica() -> dict:
     from ray import serve
     from ray.serve._private.api import serve_start
 
-    from tests.service import ray_serve, rss_mb, wait_ready
+    from tests.support.service import ray_serve, rss_mb, wait_ready
 
     img = io.BytesIO()
     Image.new("RGB", (64, 48), (10, 200, 30)).save(img, "PNG")

@@ -62,7 +62,7 @@ def free_port() -> int:
 
 def serve_env(root: Path) -> dict[str, str]:
     """Ray Serve's process settings from serve.env, as the launcher applies them."""
-    from deployments.node import read_env_file
+    from deployments.ops.node import read_env_file
 
     return read_env_file(root / "serve.env")
 
@@ -70,9 +70,9 @@ def serve_env(root: Path) -> dict[str, str]:
 def front_end_as_served(root: Path) -> dict[str, str]:
     """serve.env's HAProxy setting, to set explicitly in a launcher's environment: on a
     loopback address the launcher leaves serve.env's HAProxy off unless the environment asks
-    (deployments/node.py: keep_on_loopback), and the tests and benchmarks run the front end
+    (deployments/ops/node.py: keep_on_loopback), and the tests and benchmarks run the front end
     that the image and the systemd unit serve Weaviate with."""
-    from deployments.node import HAPROXY
+    from deployments.ops.node import HAPROXY
 
     value = serve_env(root).get(HAPROXY)
     return {} if value is None else {HAPROXY: value}
@@ -220,7 +220,7 @@ def launched(
     marker: str | None = None,
     wait: bool = True,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """The service as `make serve` runs it (`python -m deployments.launch`, serve.env beside
+    """The service as `make serve` runs it (`python -m deployments.ops.launch`, serve.env beside
     the config), on a copy of `config` bound to a free loopback port, with random weights;
     yields (url, process) once it is ready (at once without `wait`: the caller waits)."""
     import sys
@@ -246,7 +246,7 @@ def launched(
         **(extra_env or {}),
     }
     metrics = str(free_port())
-    cmd = [sys.executable, "-m", "deployments.launch", str(path), "--metrics-port", metrics]
+    cmd = [sys.executable, "-m", "deployments.ops.launch", str(path), "--metrics-port", metrics]
     log = workdir / "service.log"
     with started(cmd, env, log, root, marker=marker) as proc:
         url = f"http://{LOOPBACK}:{port}"

@@ -162,7 +162,7 @@ def run_service(
     config: dict | None = None,
     name: str = "service",
 ) -> list[dict]:
-    """The service as `make serve` runs it (`python -m deployments.launch`, serve.env
+    """The service as `make serve` runs it (`python -m deployments.ops.launch`, serve.env
     applied), on a copy of the config bound to a free loopback port."""
     config = _service_config(args) if config is None else config
     env_text = "" if args.ray_defaults else None

@@ -58,7 +58,7 @@ def _role(cmdline: list[str]) -> str:
         ("ProxyActor", "proxy"),
         ("raylet", "raylet"),
         ("gcs_server", "gcs"),
-        ("deployments.launch", "launcher"),
+        ("deployments.ops.launch", "launcher"),
         ("dashboard", "dashboard"),
         ("log_monitor", "log_monitor"),
     ):

@@ -44,8 +44,8 @@ def photo_objects(n: int) -> list[dict]:
     """`n` distinct real images (scikit-image's photos and altered copies), JPEG, base64."""
     import base64
 
-    from tests.conftest import MORE_PHOTO_NAMES, PHOTO_NAMES, encode, photo
-    from tests.helpers import augmented
+    from tests.support.helpers import augmented
+    from tests.support.images import MORE_PHOTO_NAMES, PHOTO_NAMES, encode, photo
 
     rng = np.random.default_rng(0)
     out: list[dict] = []

@@ -174,7 +174,7 @@ def main() -> None:
     link_before, link_after = meta_before.get("ingress"), meta_after.get("ingress")
     if link_before and link_after:  # one ingress replica's calls to the model
         calls = link_after["calls_to_model"] - link_before["calls_to_model"]
-        sent = link_after["images_to_model"] - link_before["images_to_model"]
+        sent = link_after["inputs_to_model"] - link_before["inputs_to_model"]
         line += f"; mean call to the model (one ingress replica): {sent / max(calls, 1):.1f} images"
     print(line)
 

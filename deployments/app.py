@@ -19,11 +19,11 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 from ray.serve import Application
 
-from deployments.clip import ClipIngress
-from deployments.clip_model import ClipEmbedderDeployment
-from deployments.embedder import EmbedderDeployment
-from deployments.ingress import Ingress
-from deployments.settings import ClipModelSettings, EmbedderSettings, IngressSettings
+from deployments.edge.clip import ClipIngress
+from deployments.edge.neural import NeuralIngress
+from deployments.model.clip import ClipModel
+from deployments.model.image import ImageModel
+from deployments.settings import ClipModelSettings, ImageModelSettings, IngressSettings
 from img2vec.errors import ConfigError, Img2VecError
 from img2vec.multimodal import ClipSpec
 from img2vec.weights import DOWNLOAD, check_source, get_spec, preset_of, resolve_weights
@@ -32,7 +32,7 @@ build_log = logging.getLogger("img2vec.build")
 ENV_PREFIX = "IMG2VEC_"
 
 
-class AppArgs(IngressSettings, EmbedderSettings):
+class AppArgs(IngressSettings, ImageModelSettings):
     """Arguments of the application: the model replica's settings and the ingress's, each
     defined once in deployments/settings.py. Every field `foo` can be overridden by
     `IMG2VEC_FOO`."""
@@ -117,8 +117,8 @@ def build_app(args: AppArgs) -> Application:
         except Img2VecError as exc:
             build_log.error("cannot start: %s", exc.message)
             raise
-    embedder = EmbedderDeployment.bind(EmbedderSettings.part_of(args))
-    return Ingress.bind(embedder, IngressSettings.part_of(args), preset_of(args.model))
+    model = ImageModel.bind(ImageModelSettings.part_of(args))
+    return NeuralIngress.bind(model, IngressSettings.part_of(args), preset_of(args.model))
 
 
 def build_clip_app(args: ClipArgs) -> Application:
@@ -131,5 +131,5 @@ def build_clip_app(args: ClipArgs) -> Application:
         except Img2VecError as exc:
             build_log.error("cannot start: %s", exc.message)
             raise
-    embedder = ClipEmbedderDeployment.bind(ClipModelSettings.part_of(args))
-    return ClipIngress.bind(embedder, IngressSettings.part_of(args))
+    model = ClipModel.bind(ClipModelSettings.part_of(args))
+    return ClipIngress.bind(model, IngressSettings.part_of(args))

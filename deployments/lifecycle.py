@@ -1,5 +1,5 @@
 """Graceful shutdown across replicas: a tiny named actor through which the launcher
-(`deployments/launch.py`) tells every ingress replica to drain, and learns when they hold no
+(`deployments/ops/launch.py`) tells every ingress replica to drain, and learns when they hold no
 more requests.
 
 Why not Serve's own shutdown: in Ray 2.60, `serve.shutdown()` (what `serve run` does on

@@ -67,7 +67,7 @@ class IngressMetrics:
         self.latency.observe(seconds, tags={"route": route})
 
 
-class EmbedderMetrics:
+class ModelMetrics:
     """Also the batcher's observer (img2vec.batching.PassObserver)."""
 
     def __init__(self, info: dict[str, Any]) -> None:

@@ -1,16 +1,17 @@
 """The application's settings, each defined once: what the model replica takes
-(`EmbedderSettings`, exactly the library's `build_embedder` arguments) and what an ingress
+(`ImageModelSettings`, exactly the library's `build_embedder` arguments) and what an ingress
 replica takes (`IngressSettings`). `AppArgs` (deployments/app.py) is both, read from the
 YAML's `args:` and `IMG2VEC_*`; the builder hands each deployment its own part of it as is.
 No torch here: the ingress imports this module."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from img2vec.decoding import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from img2vec.options import ClipGraph, Device, Dtype, Graph
 from img2vec.weights import DEFAULT_DOWNLOAD_TIMEOUT_S, DEFAULT_MODEL, DOWNLOAD
 
 
@@ -24,7 +25,6 @@ class _Settings(BaseModel):
 
 
 # Where a model replica runs its model, and on how many threads (both model replicas).
-Device = Literal["auto", "cpu", "cuda"]
 TorchThreads = Annotated[
     int | None,
     Field(
@@ -45,7 +45,7 @@ BatchInvariance = Annotated[
 ]
 
 
-class EmbedderSettings(_Settings):
+class ImageModelSettings(_Settings):
     """The model replica's structure, fixed for its life."""
 
     model: str = Field(
@@ -58,12 +58,12 @@ class EmbedderSettings(_Settings):
     # img2vec replaces. The others change vectors (`make bench-drift`, docs/benchmarks.md):
     # float16 (GPU) kept cosine >= 0.99995 with real MobileNetV2 weights; bfloat16 (CPU fast
     # mode, OpenVINO on AMX / AVX512-BF16) is for new indexes only, never the default.
-    dtype: Literal["float32", "tf32", "float16", "bfloat16"] = Field(
+    dtype: Dtype = Field(
         "float32",
         description="float32 matches img2vec-pytorch; tf32, float16 (GPU) and bfloat16 (CPU "
         "fast mode) change vectors",
     )
-    graph: Literal["auto", "openvino", "torchscript", "eager", "compiled"] = Field(
+    graph: Graph = Field(
         "auto",
         description="auto: OpenVINO on CPU, frozen TorchScript on GPU; or one of them, eager, "
         "or compiled (torch.compile with CUDA graphs, GPU only, not yet measured)",
@@ -76,7 +76,7 @@ class EmbedderSettings(_Settings):
 
 
 class ClipModelSettings(_Settings):
-    """The multi2vec-clip model replica's structure (deployments/clip_model.py)."""
+    """The multi2vec-clip model replica's structure (deployments/model/clip.py)."""
 
     weights: str = Field(
         description="a CLIP or SigLIP model directory in Hugging Face's save_pretrained layout, "
@@ -84,7 +84,7 @@ class ClipModelSettings(_Settings):
     )
     device: Device = "auto"
     torch_threads: TorchThreads = None
-    graph: Literal["auto", "openvino", "eager"] = Field(
+    graph: ClipGraph = Field(
         "auto",
         description="auto: the image tower on OpenVINO on CPU (the same vectors, ~2.5x), else "
         "eager; the text tower is eager",

@@ -10,15 +10,18 @@ protocol, `{"images": [...]}`, and this is not it.)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 
-from deployments.http import status_of
+from deployments.edge.http import status_of
 from img2vec.errors import ImageTooLarge, Img2VecError, InvalidRequest
+
+if TYPE_CHECKING:
+    from deployments.edge.edge import Exchange
 
 
 @dataclass
@@ -38,7 +41,7 @@ class BulkItem:
             self.vector = result
 
 
-def parse_bulk(body: bytes, max_items: int, max_id_length: int) -> list[BulkItem]:
+def parse(body: bytes, max_items: int, max_id_length: int) -> list[BulkItem]:
     """The body's items, each valid or carrying its own error. What makes the whole request
     unusable (not JSON, no `items` list, too many items) raises."""
     try:
@@ -70,40 +73,44 @@ def _item(entry: Any, max_id_length: int) -> BulkItem:
     return BulkItem(id_, image)
 
 
-async def vectorize_items(
-    items: list[BulkItem],
-    decode: Callable[[BulkItem], Awaitable[None]],
-    embed: Callable[[list[np.ndarray]], Awaitable[list[np.ndarray | Img2VecError]]],
-    chunk: int,
+async def vectorize(
+    items: list[BulkItem], ex: Exchange, read_image: Callable[[str], np.ndarray], chunk: int
 ) -> None:
-    """Every item's vector or its own error. All items are handed to `decode` at once (the
-    decode pool takes them in order), and each run of `chunk` items goes to `embed` as soon
+    """Every item's vector or its own error. Every image is handed to the decode pool at
+    once (it takes them in order), and each run of `chunk` items goes to the model as soon
     as it is decoded: the model works on the first images while the rest still decode,
     instead of waiting for the last one."""
-    decodes = [asyncio.ensure_future(decode(item)) for item in items]
+    decodes = [asyncio.ensure_future(_decode(item, ex, read_image)) for item in items]
     sends: list[asyncio.Future[None]] = []
     try:
         for start in range(0, len(items), chunk):
             await asyncio.gather(*decodes[start : start + chunk])
             ready = [item for item in items[start : start + chunk] if item.pixels is not None]
             if ready:
-                sends.append(asyncio.ensure_future(_settle(ready, embed)))
+                sends.append(asyncio.ensure_future(_embed(ready, ex)))
         await asyncio.gather(*sends)
     finally:  # the client went away, or a call failed: nothing left running for it
         for task in decodes + sends:
             task.cancel()
 
 
-async def _settle(
-    ready: list[BulkItem],
-    embed: Callable[[list[np.ndarray]], Awaitable[list[np.ndarray | Img2VecError]]],
-) -> None:
-    results = await embed([item.pixels for item in ready if item.pixels is not None])
+async def _decode(item: BulkItem, ex: Exchange, read_image: Callable[[str], np.ndarray]) -> None:
+    if item.image is None:
+        return
+    image, item.image = item.image, None
+    try:
+        item.pixels = await ex.decode(read_image, image)
+    except Img2VecError as exc:
+        item.error = exc
+
+
+async def _embed(ready: list[BulkItem], ex: Exchange) -> None:
+    results = await ex.embed_many([item.pixels for item in ready if item.pixels is not None])
     for item, result in zip(ready, results, strict=True):
         item.settle(result)
 
 
-def bulk_body(items: list[BulkItem]) -> bytes:
+def encode(items: list[BulkItem]) -> bytes:
     out: list[dict[str, Any]] = []
     for item in items:
         if item.vector is not None:

@@ -1,7 +1,9 @@
-"""The ingress's one path to the model: the requests an ingress replica holds travel to the
-Embedder together, as one call per group, and the model's answers say how far behind it is
-(a `Backlog`), so that the ingress can refuse what cannot make its deadline before decoding
-anything.
+"""The model client: an ingress replica's one path to the model replicas, for both protocols.
+img2vec-neural requests travel together, as one call per group (`embed`); a bulk request's
+images in chunks (`embed_many`); a multi2vec-clip request as one call (`vectorize`: Weaviate
+sends one object per request, and the model replica's `@serve.batch` gathers those calls).
+Every answer says how far behind the model is (a `Backlog`), so that the door (`admit`) can
+refuse what cannot make its deadline before anything is read or decoded.
 
 Why groups: every call into a replica costs its event loop (Serve's request bookkeeping, the
 gRPC message, the pickled arguments) and the caller's, per call. One call per image made the
@@ -22,16 +24,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 
 import numpy as np
 from ray.serve.handle import DeploymentHandle
 
+from deployments.edge.health import ModelHealth
+from deployments.edge.http import model_error
 from deployments.handoff import GroupAnswer
-from deployments.health import EmbedderHealth
-from deployments.http import embedder_error
 from img2vec.batching import Backlog
 from img2vec.errors import Img2VecError, Overloaded
 
@@ -53,9 +54,9 @@ class _Waiting:
     future: asyncio.Future[Result]
 
 
-class ModelLink:
-    def __init__(self, embedder: DeploymentHandle, health: EmbedderHealth) -> None:
-        self._embedder = embedder
+class ModelClient:
+    def __init__(self, model: DeploymentHandle, health: ModelHealth) -> None:
+        self._model = model
         self._health = health
         self._waiting: deque[_Waiting] = deque()
         # Requests let in at the door and not answered yet, wherever they are (being read,
@@ -68,35 +69,34 @@ class ModelLink:
         # The model's last word on its backlog, and when it said so (monotonic).
         self._backlog = Backlog(max_pass=GROUP_SIZE)
         self._said_at = 0.0
-        self.groups = 0  # calls made, and the images they carried: /meta reports them
-        self.images = 0
+        self.calls = 0  # calls made, and the inputs they carried: /meta reports them
+        self.inputs = 0
 
     def refusal(self, left_s: float, ahead: int | None = None) -> Overloaded | None:
         """Overloaded when, by the model's last answer (less the time since), a request with
         `left_s` to go would not be answered in time. `ahead`: images waiting here in front
         of it (default: all that wait now). Before the model's first answer, its probe's cost
-        per image stands in (EmbedderHealth: measured at its warm-up)."""
+        per image stands in (ModelHealth: measured at its warm-up)."""
         backlog = self._backlog.aged(time.monotonic() - self._said_at)
         if backlog.per_image_s <= 0:
             backlog = replace(backlog, per_image_s=self._health.seconds_per_image)
         return backlog.refusal(left_s, len(self._waiting) if ahead is None else ahead)
 
-    @contextmanager
-    def admission(self, deadline: float) -> Iterator[None]:
+    def admit(self, deadline: float) -> None:
         """The door: a request that the model, behind everything let in before it, would
         not answer by `deadline` is refused now (Overloaded), before it is read or decoded,
         which is what makes refusing cheap and prompt; one let in counts ahead of later
         ones until it is answered. Requests still being read or decoded count too: in a
         burst they are most of what is ahead, and counting only those waiting here let a
-        whole burst in, to be refused after its decoding, seconds later."""
+        whole burst in, to be refused after its decoding, seconds later. Each request
+        admitted is `release`d once answered."""
         refused = self.refusal(deadline - time.time(), ahead=self._admitted)
         if refused is not None:
             raise refused
         self._admitted += 1
-        try:
-            yield
-        finally:
-            self._admitted -= 1
+
+    def release(self) -> None:
+        self._admitted -= 1
 
     async def embed(self, pixels: np.ndarray, deadline: float) -> np.ndarray:
         """One image's vector by `deadline` (epoch seconds), or its error raised. Cancelled
@@ -174,18 +174,41 @@ class ModelLink:
             self._shed()
             self._pump()
 
+    async def vectorize(
+        self, images: np.ndarray, texts: list[np.ndarray], deadline: float
+    ) -> list[np.ndarray]:
+        """One multi2vec-clip request's vectors, images first then texts, in one call; the
+        first error raised (the model admits or refuses a request whole)."""
+        refused = self.refusal(deadline - time.time())
+        if refused is not None:
+            raise refused
+        results = await self._answer(
+            self._model.vectorize.remote(images, texts, deadline), len(images) + len(texts)
+        )
+        vectors: list[np.ndarray] = []
+        for result in results:
+            if isinstance(result, Img2VecError):
+                raise result
+            vectors.append(result)
+        return vectors
+
     async def _call(self, pixels: list[np.ndarray], deadlines: list[float]) -> list[Result]:
-        self.groups += 1
-        self.images += len(pixels)
+        return await self._answer(
+            self._model.embed_group.remote(np.stack(pixels), deadlines), len(pixels)
+        )
+
+    async def _answer(self, call: Awaitable[GroupAnswer], n: int) -> list[Result]:
+        """A call's results, its backlog kept for the door; a failed call (a replica
+        restarting, Serve's queue full) is each input's error, or raised if ours."""
+        self.calls += 1
+        self.inputs += n
         try:
-            answer: GroupAnswer = await self._embedder.embed_group.remote(
-                np.stack(pixels), deadlines
-            )
+            answer = await call
         except Exception as exc:
-            err = embedder_error(exc)
+            err = model_error(exc)
             if err is None:
                 raise
-            return [err] * len(pixels)
+            return [err] * n
         # A group larger than the model's pass would be answered only after two passes:
         # `_pump` keeps groups within `max_pass`.
         self._backlog, self._said_at = answer.backlog, time.monotonic()

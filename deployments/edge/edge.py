@@ -1,8 +1,18 @@
-"""What every route of every protocol shares, from a request's arrival to its answer: the
-drain check, the deadline, the byte budget, errors made JSON, the metrics and the access-log
-line (`Answering`), readiness (`readiness`), and the decode pool (`ImagePool`). The
-img2vec-neural ingress (deployments/ingress.py) and the multi2vec-clip one
-(deployments/clip.py) each hold one of these and add only their routes.
+"""The edge: one `Edge` per ingress replica, whatever the protocol. It owns what every request
+shares, so that a protocol's route reads top-down and owns only its wire format:
+
+    async with self._edge.exchange(route, request) as ex:   # drain, deadline, errors -> JSON
+        body = await ex.read(limit)                          # door, byte budget, bounded read
+        ... parse (the protocol's schema) ...
+        pixels = await ex.decode(prepare, image)             # the decode pool
+        vector = await ex.embed(pixels)                      # the model client
+        ex.answer(encoded)
+    return ex.response
+
+What the `Edge` holds: the byte budget, the deadline (`request_timeout_s`), the door (early
+refusal, deployments/edge/client.py), drain (graceful stop), the model's health (readiness),
+the metrics and the access-log line, the decode pool, and the model client; and the
+`/.well-known/live|ready` and `/meta` answers both protocols give.
 
 No torch here (ingress replicas scale with request rate, docs/benchmarks.md#ingress).
 """
@@ -15,15 +25,27 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeVar
 
+import numpy as np
 from fastapi import Request, Response
+from fastapi.responses import JSONResponse
+from ray.serve.handle import DeploymentHandle
 
-from deployments.health import Drain, EmbedderHealth
-from deployments.http import ByteBudget, Held, embedder_error, error_response, json_error
-from deployments.metrics import IngressMetrics
+import img2vec
+from deployments.edge.client import ModelClient, Result
+from deployments.edge.health import Drain, ModelHealth
+from deployments.edge.http import (
+    ByteBudget,
+    Held,
+    error_response,
+    json_error,
+    model_error,
+    read_body,
+)
+from deployments.metrics import IngressMetrics, keep_fresh
 from deployments.settings import IngressSettings
 from img2vec.cpus import DECODE_THREAD, name_this_thread
 from img2vec.errors import INTERNAL_ERROR, Img2VecError, NotReady, Overloaded
@@ -48,109 +70,197 @@ class Timing:
         self.nbytes = 0
 
 
-# A route's work: the request, what it holds of the byte budget, its deadline (epoch seconds).
-Handler: TypeAlias = Callable[[Request, Held, float, Timing], Awaitable[Response]]
+class Edge:
+    """Everything one ingress replica's requests share. Created in the ingress's
+    `__init__`, inside the replica (its metrics and tasks need Serve's context)."""
 
-
-class Answering:
-    """One request, from arrival to answer: refused while draining, bounded in time and in
-    bytes held, whatever goes wrong made its JSON answer, then counted and logged."""
-
-    def __init__(
-        self, settings: IngressSettings, metrics: IngressMetrics, drain: Drain | None = None
-    ) -> None:
+    def __init__(self, model: DeploymentHandle, settings: IngressSettings, replica: str) -> None:
         self.settings = settings
-        self.metrics = metrics
+        self.metrics = IngressMetrics()
         self.budget = ByteBudget(settings.max_inflight_bytes)
-        self.drain = drain
+        self.health = ModelHealth(settings.unready_after_s)
+        self.client = ModelClient(model, self.health)
+        self.drain = Drain(replica, self.count_inflight)
         self.inflight = 0
+        self._model = model
+        self._pool = ThreadPoolExecutor(
+            settings.decode_workers, thread_name_prefix="decode", initializer=_lower_priority
+        )
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self.health.watch(model)),
+            loop.create_task(self.drain.watch()),
+            loop.create_task(keep_fresh(self._refresh_metrics)),
+        ]
 
-    async def __call__(self, route: str, handler: Handler, request: Request) -> Response:
-        timing = Timing()
+    def count_inflight(self) -> int:
+        return self.inflight
+
+    def _refresh_metrics(self) -> None:
+        self.metrics.refresh(self.budget.held)
+
+    @contextlib.asynccontextmanager
+    async def exchange(
+        self, route: str, request: Request, *, door: bool = False
+    ) -> AsyncIterator[Exchange]:
+        """One request, from arrival to answer: bounded in time (`request_timeout_s`) and in
+        bytes held; whatever goes wrong inside is made its JSON answer (`ex.response`); then
+        counted and logged. `door`: this route's requests pass the early refusal
+        (`ModelClient.admission`) when their body is read."""
+        ex = Exchange(self, request, door)
         timeout = self.settings.request_timeout_s
         self.inflight += 1
         try:
-            if self.drain is not None and self.drain.refusing:
-                raise NotReady("the service is shutting down; retry elsewhere")
             # The budget covers the request until it is answered, not only until decoded:
             # Serve's receive path keeps its own copies of the body for the request's life
             # (measured: ~3x the body per waiting request), so only this bounds memory.
             async with asyncio.timeout(timeout):
-                with Held(self.budget) as held:
-                    self.metrics.inflight_bytes.set(self.budget.held)
-                    response = await handler(request, held, time.time() + timeout, timing)
+                with Held(self.budget) as ex.held:
+                    yield ex
         except TimeoutError:
-            response = error_response(Overloaded(f"not answered within {timeout:g} s; retry"))
+            ex.response = error_response(Overloaded(f"not answered within {timeout:g} s; retry"))
         except Img2VecError as exc:
-            response = error_response(exc)
+            ex.response = error_response(exc)
         except Exception:
             log.exception("%s failed", route)
-            response = json_error(INTERNAL_ERROR, 500)
+            ex.response = json_error(INTERNAL_ERROR, 500)
         finally:
+            if ex.admitted:
+                self.client.release()
             self.inflight -= 1
             self.metrics.inflight_bytes.set(self.budget.held)
+        self._account(route, ex)
+
+    def _account(self, route: str, ex: Exchange) -> None:
+        timing = ex.timing
         took = time.perf_counter() - timing.started
-        self.metrics.answered(route, response.status_code, took)
+        self.metrics.answered(route, ex.response.status_code, took)
         if self.settings.access_log:
             access.info(
                 "%s %d id=%s bytes=%d total_ms=%.1f decode_ms=%.1f model_ms=%.1f",
                 route,
-                response.status_code,
+                ex.response.status_code,
                 _loggable(timing.id),
                 timing.nbytes,
                 1e3 * took,
                 1e3 * timing.decode_s,
                 1e3 * timing.model_s,
             )
-        return response
 
+    # -- what both protocols answer besides vectors ------------------------------------
 
-def readiness(drain: Drain, health: EmbedderHealth) -> Response:
-    """204 while the model answers; a JSON 503 saying why not (loading, stuck, draining)."""
-    if drain.unready:
-        return error_response(NotReady("the service is shutting down"))
-    if health.info is None:
-        return error_response(NotReady("model is loading"))
-    if not health.ready:
-        return error_response(
-            NotReady(f"the model has not answered for over {health.unready_after_s} s")
+    def ready(self, *, loading: bool = False) -> Response:
+        """204 while the model answers; a JSON 503 saying why not (loading, stuck, draining)."""
+        if self.drain.unready:
+            return error_response(NotReady("the service is shutting down"))
+        if loading or self.health.info is None:
+            return error_response(NotReady("model is loading"))
+        if not self.health.ready:
+            return error_response(
+                NotReady(f"the model has not answered for over {self.health.unready_after_s} s")
+            )
+        return Response(status_code=204)
+
+    async def meta(self, protocol: str, limits: dict[str, Any]) -> Response:
+        """/meta: the model's identity (what every stored vector depends on) and batching,
+        from the one model replica that answered (no answer within 5 s: 503; a replica
+        restarting: 503; our fault: 500, logged), with this replica's limits and calls."""
+        try:
+            described: dict[str, Any] = await asyncio.wait_for(self._model.describe.remote(), 5)
+        except TimeoutError:
+            return error_response(Overloaded("the model did not answer within 5 s"))
+        except Exception as exc:
+            err = model_error(exc)
+            if err is None:
+                log.error("/meta failed: %r", exc)
+                return json_error(INTERNAL_ERROR, 500)
+            return error_response(err)
+        # This ingress replica's calls to the model: each carries a group of inputs.
+        calls = {"calls_to_model": self.client.calls, "inputs_to_model": self.client.inputs}
+        return JSONResponse(
+            {
+                "version": img2vec.__version__,
+                "protocol": protocol,
+                **described,
+                "limits": limits,
+                "ingress": calls,
+            }
         )
-    return Response(status_code=204)
 
 
-async def describe_model(embedder: Any) -> dict[str, Any] | Response:
-    """One model replica's `describe()` for /meta, or the JSON error saying why there is none
-    (no answer within 5 s: 503; a replica restarting: 503; our fault: 500, logged)."""
-    try:
-        described: dict[str, Any] = await asyncio.wait_for(embedder.describe.remote(), 5)
-    except TimeoutError:
-        return error_response(Overloaded("the model did not answer within 5 s"))
-    except Exception as exc:
-        err = embedder_error(exc)
-        if err is None:
-            log.error("/meta failed: %r", exc)
-            return json_error(INTERNAL_ERROR, 500)
-        return error_response(err)
-    return described
+class Exchange:
+    """One request's way through the edge; each step is one method, called in order by the
+    route. Its `response` is the answer, set by `answer()` or by the error that ended it."""
 
+    def __init__(self, edge: Edge, request: Request, door: bool) -> None:
+        self.timing = Timing()
+        self.deadline = time.time() + edge.settings.request_timeout_s  # epoch seconds
+        self.held: Held
+        self.response: Response = json_error(INTERNAL_ERROR, 500)  # until answered
+        self.admitted = False  # let in at the door, and counted there until answered
+        self._door = door
+        self._edge = edge
+        self._request = request
+        self._first_sent: float | None = None
 
-class ImagePool:
-    """The decode threads: CPU work off the event loop, each item's time added to its
-    request's and recorded in the decode metric."""
+    async def read(
+        self,
+        limit: int,
+        setting: str = "max_body_bytes",
+        expected: str = '{"id": ..., "image": ...}',
+    ) -> bytes:
+        """The body, once the request is let in: refused while draining (503), refused at
+        the door when the model cannot answer it in time (503, before anything is read),
+        its declared size taken from the byte budget (503 if it does not fit, 413 past
+        `limit`), then read, bounded."""
+        edge = self._edge
+        if edge.drain.refusing:
+            raise NotReady("the service is shutting down; retry elsewhere")
+        if self._door and not self.admitted:
+            edge.client.admit(self.deadline)
+            self.admitted = True
+        body = await read_body(self._request, limit, self.held, setting, expected)
+        edge.metrics.inflight_bytes.set(edge.budget.held)
+        self.timing.nbytes = len(body)
+        return body
 
-    def __init__(self, workers: int, metrics: IngressMetrics) -> None:
-        self._pool = ThreadPoolExecutor(
-            workers, thread_name_prefix="decode", initializer=_lower_priority
-        )
-        self._metrics = metrics
-
-    async def run(self, fn: Callable[..., T], *args: Any, timing: Timing) -> T:
+    async def decode(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` in the decode pool (CPU work off the event loop), its time added to
+        this request's and recorded in the decode metric."""
         started = time.perf_counter()
-        result = await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        result = await asyncio.get_running_loop().run_in_executor(self._edge._pool, fn, *args)
         took = time.perf_counter() - started
-        timing.decode_s += took
-        self._metrics.decode.observe(took)
+        self.timing.decode_s += took
+        self._edge.metrics.decode.observe(took)
         return result
+
+    async def embed(self, pixels: np.ndarray) -> np.ndarray:
+        """One image's vector from the model, in a group with other requests' images."""
+        started = time.perf_counter()
+        try:
+            return await self._edge.client.embed(pixels, self.deadline)
+        finally:
+            self.timing.model_s += time.perf_counter() - started
+
+    async def embed_many(self, pixels: list[np.ndarray]) -> list[Result]:
+        """Several images of this request: each its vector or its own error. The model's
+        time runs from the first images sent (decoding and the model overlap)."""
+        if self._first_sent is None:
+            self._first_sent = time.perf_counter()
+        results = await self._edge.client.embed_many(pixels, self.deadline)
+        self.timing.model_s = time.perf_counter() - self._first_sent
+        return results
+
+    async def vectorize(self, images: np.ndarray, texts: list[np.ndarray]) -> list[np.ndarray]:
+        """A multi2vec-clip request's vectors, images first then texts, in one call."""
+        started = time.perf_counter()
+        try:
+            return await self._edge.client.vectorize(images, texts, self.deadline)
+        finally:
+            self.timing.model_s += time.perf_counter() - started
+
+    def answer(self, body: bytes) -> None:
+        self.response = Response(body, media_type="application/json")
 
 
 def _lower_priority() -> None:

@@ -1,5 +1,5 @@
 """What the ingress knows about the rest of the service, kept fresh in the background so that
-no request waits for it: is the Embedder making progress (readiness), and has the launcher
+no request waits for it: is the model making progress (readiness), and has the launcher
 asked this replica to drain (graceful shutdown, deployments/lifecycle.py)."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from deployments import lifecycle
 log = logging.getLogger("ray.serve")
 
 
-class EmbedderHealth:
-    """Is the Embedder making progress? Busy is not down: any answer (a probe or a vector)
-    within `unready_after_s` counts. A hung or dead Embedder stops answering, and readiness
+class ModelHealth:
+    """Is the model making progress? Busy is not down: any answer (a probe or a vector)
+    within `unready_after_s` counts. A hung or dead model replica stops answering, and readiness
     turns 503 within that bound; it turns back once an answer comes."""
 
     def __init__(self, unready_after_s: float) -> None:
@@ -44,17 +44,17 @@ class EmbedderHealth:
         silent = time.monotonic() - self._last_answer
         return self.info is not None and silent <= self.unready_after_s
 
-    async def watch(self, embedder: DeploymentHandle) -> None:
-        """Probe the Embedder forever: often while not ready, every second once it is."""
+    async def watch(self, model: DeploymentHandle) -> None:
+        """Probe the model forever: often while not ready, every second once it is."""
         while True:
             try:
-                self.info = await asyncio.wait_for(embedder.info.remote(), self.unready_after_s)
+                self.info = await asyncio.wait_for(model.info.remote(), self.unready_after_s)
                 self.answered()
             except (TimeoutError, BackPressureError):
                 pass  # no answer is not an answer: `ready` goes stale on its own
             except Exception as exc:
                 if self.ready:
-                    log.warning("embedder not answering, reporting not ready: %r", exc)
+                    log.warning("model not answering, reporting not ready: %r", exc)
                 self.failed()
             await asyncio.sleep(1.0 if self.ready else 0.25)
 

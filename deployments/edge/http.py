@@ -1,7 +1,7 @@
 """HTTP mechanics of the edge: the FastAPI app and its JSON error handlers, the wire schemas,
 the one table from error to status, JSON error bodies, the bounded body reader and the byte
 budget that keeps an ingress replica's memory bounded however many clients send large images.
-(The routes are the Ingress deployment's methods, in deployments/ingress.py.)"""
+(The routes are the ingress deployments' methods: deployments/edge/neural.py, clip.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 import ray.exceptions
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
@@ -17,7 +17,7 @@ from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import img2vec
-from deployments.proxy import RETRY_AFTER_S
+from deployments.edge.proxy import RETRY_AFTER_S
 from img2vec.errors import (
     INTERNAL_ERROR,
     ImageTooLarge,
@@ -98,9 +98,9 @@ def error_response(exc: Img2VecError) -> JSONResponse:
     return json_error(exc.message, status_of(exc))
 
 
-def embedder_error(exc: BaseException) -> Img2VecError | None:
-    """What a failed call to the Embedder means for the client, or None if it is our fault.
-    Errors raised in the Embedder replica arrive wrapped in RayTaskError."""
+def model_error(exc: BaseException) -> Img2VecError | None:
+    """What a failed call to a model replica means for the client, or None if it is our
+    fault. Errors raised in the model replica arrive wrapped in RayTaskError."""
     # First: a RayTaskError wrapping one of ours is also an instance of it (Ray derives a
     # class from both), but without its attributes; the original is its `cause`.
     if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, Img2VecError):
@@ -207,28 +207,29 @@ async def read_body(
     return b"".join(chunks)
 
 
-# The FastAPI app the ingress serves: its OpenAPI description and JSON error handlers.
-VECTORS_ROUTE: dict[str, Any] = {
-    "response_model": VectorResponse,
-    "responses": ERRORS,
-    "openapi_extra": {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": VectorRequest.model_json_schema()}},
-        }
-    },
-}
+def post_route(request: type[BaseModel], response: type[BaseModel]) -> dict[str, Any]:
+    """A POST route's OpenAPI description: the body is read from bytes by the route itself
+    (Weaviate sends no Content-Type), so its schema is declared here."""
+    return {
+        "response_model": response,
+        "responses": ERRORS,
+        "openapi_extra": {
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": request.model_json_schema()}},
+            }
+        },
+    }
 
-BULK_ROUTE: dict[str, Any] = {
-    "response_model": BulkResponse,
-    "responses": ERRORS,
-    "openapi_extra": {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": BulkRequest.model_json_schema()}},
-        }
-    },
+
+VECTORS_ROUTE = post_route(VectorRequest, VectorResponse)
+BULK_ROUTE = post_route(BulkRequest, BulkResponse)
+LIVE_ROUTE: dict[str, Any] = {"status_code": 204, "response_class": Response}
+READY_ROUTE: dict[str, Any] = {
+    **LIVE_ROUTE,
+    "responses": {503: {"model": ErrorResponse, "description": "not loaded, stuck or draining"}},
 }
+META_ROUTE: dict[str, Any] = {"responses": {503: {"model": ErrorResponse}}}
 
 
 def new_app(title: str, description: str) -> FastAPI:
@@ -249,8 +250,3 @@ def new_app(title: str, description: str) -> FastAPI:
         return json_error(INTERNAL_ERROR, 500)
 
     return api
-
-
-app = new_app(
-    "img2vec", "Images to vectors; a drop-in for Weaviate's img2vec-neural inference API."
-)

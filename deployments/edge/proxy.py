@@ -5,7 +5,7 @@ passed (408), no route matched while the app deploys (404), a replica died mid-r
 proxy sends nothing and the HTTP server a bare 500). Serve writes those as plain text, and
 Weaviate parses every body as JSON before it looks at the status. This ASGI middleware,
 which Serve installs in every proxy when serve.env sets
-`RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=deployments.proxy:middlewares`, rewrites any
+`RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=deployments.edge.proxy:middlewares`, rewrites any
 non-JSON error body into `{"error": "<the proxy's text>"}`, with `Retry-After` on 503, and
 answers a request the proxy dropped with a JSON 503. Responses that are already JSON (all of
 ours) pass untouched.

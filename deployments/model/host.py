@@ -1,11 +1,12 @@
-"""What both model deployments share: `EmbedderDeployment` (img2vec-neural,
-deployments/embedder.py) and `ClipEmbedderDeployment` (multi2vec-clip, deployments/clip_model.py).
+"""What every model replica runs besides its model: `ModelHost`, composed by both model
+deployments (`ImageModel`, deployments/model/image.py; `ClipModel`, deployments/model/clip.py).
 
-Each owns how its calls are checked and admitted (its `@serve.batch` `_gather`: per image for
-img2vec-neural, a whole request for multi2vec-clip). This base owns the rest: the batcher and
-its metrics, the batch settings applied live (`reconfigure`), what `/meta` and readiness ask
-(`describe`, `info`), the torch threads a replica runs, and how an admitted input's answer
-becomes a result.
+A model deployment owns its model and the shape of its calls (what it checks, how a call's
+inputs become requests). The host owns the rest: the batcher and its metrics, admission
+(`admit`, what the deployment's `@serve.batch` method returns), the answer to a call
+(`answer`: each input's vector or error, and how far behind the model is), the batch
+settings applied live (`reconfigure`), and what `/meta` and readiness ask (`describe`,
+`info`).
 
 Where a caller goes away, its inputs leave the batcher's queue: awaiting their futures with
 `asyncio.gather`, cancelled with the call, cancels each of them, and the batcher drops
@@ -25,10 +26,11 @@ import ray
 import torch
 from ray import serve
 
-from deployments.metrics import EmbedderMetrics, keep_fresh
-from img2vec.batching import Batcher, BatchSettings, WarmUp
+from deployments.handoff import GroupAnswer
+from deployments.metrics import ModelMetrics, keep_fresh
+from img2vec.batching import Batcher, BatchSettings, Pending, WarmUp
 from img2vec.cpus import available_cpus
-from img2vec.errors import INTERNAL_ERROR, Img2VecError
+from img2vec.errors import INTERNAL_ERROR, Img2VecError, Overloaded
 from img2vec.model import is_out_of_memory
 
 log = logging.getLogger("ray.serve")
@@ -63,40 +65,67 @@ def as_result(answer: object) -> np.ndarray | Img2VecError:
     return Img2VecError(INTERNAL_ERROR)
 
 
-class ModelReplica:
-    """A model replica's shared half. A deployment calls `_start` from its `__init__` once
-    its model is loaded, defines `_identity` (what every vector depends on) and a
-    `@serve.batch` method `_gather`, whose group size follows `max_batch_size`."""
+# One input's place in the batcher, or why it was refused before it got one.
+Admitted = asyncio.Future[np.ndarray] | Overloaded
 
-    _gather: Any
 
-    def _start(self, run: Callable[[Any], Any], warm_up: Callable[[int], WarmUp]) -> None:
-        self._metrics = EmbedderMetrics(self._identity())
+class ModelHost:
+    """Created in a model deployment's `__init__`, once its model is loaded, with the
+    model's forward pass (`run`: a list of inputs -> their vectors), its warm-up and its
+    identity (what every vector depends on; asked again after each warm-up)."""
+
+    def __init__(
+        self,
+        *,
+        run: Callable[[Any], Any],
+        warm_up: Callable[[int], WarmUp],
+        identity: Callable[[], dict[str, Any]],
+    ) -> None:
+        self._identity = identity
+        self._warm_up = warm_up
+        self._metrics = ModelMetrics(identity())
         self._batcher: Batcher[Any, np.ndarray] = Batcher(
             run, DEFAULTS, is_out_of_memory=is_out_of_memory, observer=self._metrics
         )
-        self._warm_up = warm_up
         # Calls received, and the gatherings `@serve.batch` made of them: /meta reports both.
         self._calls = 0
         self._gatherings = 0
         self._replica = serve.get_replica_context().replica_id.unique_id
         self._fresh = asyncio.get_running_loop().create_task(keep_fresh(self._metrics.refresh))
 
-    def _identity(self) -> dict[str, Any]:
-        raise NotImplementedError
+    def admit(self, calls: list[list[Pending[Any]]]) -> list[list[list[Admitted]]]:
+        """Every request of every call gathered now, into the batcher in one step (one
+        backlog estimate): each input's future, or each refused request's error."""
+        self._gatherings += 1
+        admitted = iter(self._batcher.admit([request for call in calls for request in call]))
+        return [[next(admitted) for _ in call] for call in calls]
 
-    async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """The batch settings, live: Serve calls this before the replica takes traffic and
-        on every `user_config` change. New batch shapes are warmed up first."""
+    async def answer(self, admitted: list[list[Admitted]]) -> GroupAnswer:
+        """One call's answer: each input's vector or error, in order, and the backlog."""
+        self._calls += 1
+        entries = [entry for request in admitted for entry in request]
+        queued = [entry for entry in entries if isinstance(entry, asyncio.Future)]
+        # Cancelled with the call, gather cancels every future: those inputs leave the queue.
+        answered = iter(await asyncio.gather(*queued, return_exceptions=True))
+        results = [
+            as_result(next(answered)) if isinstance(entry, asyncio.Future) else entry
+            for entry in entries
+        ]
+        return GroupAnswer(results, self._batcher.backlog())
+
+    async def reconfigure(self, user_config: dict[str, Any], gather: Any) -> None:
+        """The batch settings, live (Serve calls the deployment's `reconfigure` before the
+        replica takes traffic and on every `user_config` change): new batch shapes are
+        warmed up first, then `gather` (the deployment's `@serve.batch` method) follows
+        `max_batch_size`."""
         settings = BatchSettings.from_user_config(user_config)
         started = time.perf_counter()
         warmed = await self._batcher.call(lambda: self._warm_up(settings.max_batch_size))
         self._batcher.seed(warmed.seconds_per_image)
-        # @serve.batch only gathers calls; its group size follows the one setting.
-        self._gather.set_max_batch_size(settings.max_batch_size)
+        gather.set_max_batch_size(settings.max_batch_size)
         self._batcher.reconfigure(settings)
         log.info(
-            "embedder batching: %s (warmed up %s in %.1f s; %.1f ms per image in a full pass)",
+            "model batching: %s (warmed up %s in %.1f s; %.1f ms per image in a full pass)",
             settings,
             warmed.sizes,
             time.perf_counter() - started,
@@ -119,7 +148,21 @@ class ModelReplica:
         answer): the cheap readiness probe."""
         return {**self._identity(), "seconds_per_image": self._batcher.seconds_per_image()}
 
-    def __del__(self) -> None:
-        batcher = getattr(self, "_batcher", None)
-        if batcher is not None:
-            batcher.close()
+    def close(self) -> None:
+        self._batcher.close()
+
+
+def check_images(images: object, input_size: tuple[int, int], count: int | None = None) -> None:
+    """A malformed call is refused whole, before any of it can join (and break) a pass:
+    uint8 images (N, H, W, 3) at the model's input size (N = `count` where given)."""
+    expected = (*input_size, 3)
+    if (
+        not isinstance(images, np.ndarray)
+        or images.dtype != np.uint8
+        or images.shape[1:] != expected
+        or images.ndim != 4
+        or (count is not None and len(images) != count)
+    ):
+        got = (images.dtype, images.shape) if isinstance(images, np.ndarray) else type(images)
+        want = (count if count is not None else "N", *expected)
+        raise ValueError(f"expected a uint8 array of shape {want}, got {got}")

@@ -1,17 +1,17 @@
-"""The model deployment: one backbone per replica.
+"""The img2vec-neural model deployment (`ImageModel`): one image backbone per replica.
 
 Every call arrives with a group of images already decoded and resized (uint8 N x H x W x 3):
-from an ingress replica (deployments/link.py), a bulk request's chunk, or a single image from
-another Serve app composing the Embedder (`embed()`). Everything that can fail because of one
-client's bytes has failed before here; each call's array is checked once more before any of
-it may join a pass.
+from an ingress replica (the model client, deployments/edge/client.py), a bulk request's
+chunk, or a single image from another Serve app composing the model (`embed()`). Everything
+that can fail because of one client's bytes has failed before here; each call's array is
+checked once more before any of it may join a pass.
 
 Two stages, each with one job:
 - `@serve.batch` (`_gather`) gathers the calls that reach this replica at the same moment,
-  from every ingress replica, and admits their images into the batcher in one step: one
-  backlog estimate per gathering, not per call. It never waits (`batch_wait_timeout_s` 0)
-  and returns as soon as the images are queued, so the next gathering forms while the model
-  runs.
+  from every ingress replica, and admits their images into the batcher in one step
+  (`ModelHost.admit`): one backlog estimate per gathering, not per call. It never waits
+  (`batch_wait_timeout_s` 0) and returns as soon as the images are queued, so the next
+  gathering forms while the model runs.
 - The batcher (img2vec/batching.py) decides what runs in each forward pass. Not
   `@serve.batch`: in Ray 2.60 it forms the next batch before it waits for the running one,
   so under load its passes were small and ran back to back (measured, docs/architecture.md).
@@ -19,30 +19,24 @@ Two stages, each with one job:
 
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import asdict
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 from ray import serve
 
 from deployments.handoff import GroupAnswer
-from deployments.replica import DEFAULTS, ModelReplica, as_result, default_torch_threads
-from deployments.settings import EmbedderSettings
+from deployments.model.host import (
+    DEFAULTS,
+    Admitted,
+    ModelHost,
+    check_images,
+    default_torch_threads,
+)
+from deployments.settings import ImageModelSettings
+from img2vec.batching import Pending
 from img2vec.errors import Img2VecError
 from img2vec.model import Embedder, build_embedder
-
-
-class _Call(NamedTuple):
-    """One call's images and their deadlines (epoch seconds), as `@serve.batch` gathers it."""
-
-    images: np.ndarray
-    deadlines: list[float | None]
-
-
-# One image's place in the batcher, or why it was refused before it got one.
-Admitted = asyncio.Future[np.ndarray] | Img2VecError
 
 
 @serve.deployment(
@@ -52,12 +46,14 @@ Admitted = asyncio.Future[np.ndarray] | Img2VecError
     max_queued_requests=256,
     user_config=DEFAULTS.as_dict(),
 )
-class EmbedderDeployment(ModelReplica):
-    def __init__(self, settings: EmbedderSettings) -> None:
+class ImageModel:
+    def __init__(self, settings: ImageModelSettings) -> None:
         options = settings.model_dump()
         threads = options.pop("torch_threads") or default_torch_threads(settings.device)
         self._embedder: Embedder = build_embedder(**options, torch_threads=threads)
-        self._start(self._embedder.embed, self._embedder.warm_up)
+        self._host = ModelHost(
+            run=self._embedder.embed, warm_up=self._embedder.warm_up, identity=self._identity
+        )
 
     def _identity(self) -> dict[str, Any]:
         return asdict(self._embedder.info())
@@ -68,58 +64,34 @@ class EmbedderDeployment(ModelReplica):
         counts; None: no deadline). Each image is answered with its vector or its own error:
         `Overloaded` at once when the model is already further behind than its time left,
         or when its deadline passes before its forward pass starts."""
-        self._check(images, (len(deadlines),))
-        self._calls += 1
-        admitted = await self._gather(_Call(images, deadlines))
-        queued = [entry for entry in admitted if isinstance(entry, asyncio.Future)]
-        # Cancelled with the call, gather cancels every future: those images leave the queue.
-        answered = iter(await asyncio.gather(*queued, return_exceptions=True))
-        results = [
-            as_result(next(answered)) if isinstance(entry, asyncio.Future) else entry
-            for entry in admitted
-        ]
-        return GroupAnswer(results, self._batcher.backlog())
+        check_images(images, self._embedder.input_size, len(deadlines))
+        requests = [Pending([image], d) for image, d in zip(images, deadlines, strict=True)]
+        return await self._host.answer(await self._gather(requests))
 
     async def embed(self, image: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """One uint8 image (H, W, 3) -> its float32 vector (dim,), or its error raised: for
-        other Serve apps that compose the Embedder through its handle."""
-        self._check(image, ())
-        result = (await self.embed_group(image[np.newaxis], [deadline])).results[0]
+        other Serve apps that compose the model through its handle."""
+        batch = image[np.newaxis] if isinstance(image, np.ndarray) else image
+        result = (await self.embed_group(batch, [deadline])).results[0]
         if isinstance(result, Img2VecError):
             raise result
         return result
 
     @serve.batch(max_batch_size=DEFAULTS.max_batch_size, batch_wait_timeout_s=0.0)
-    async def _gather(self, calls: list[_Call]) -> list[list[Admitted]]:
-        """Admit the images of every call gathered now, oldest first: each one the model
-        can still answer in time goes into the batcher's queue, the others are refused."""
-        self._gatherings += 1
-        backlog = self._batcher.backlog()
-        now, local_now = time.time(), time.monotonic()
-        queued = 0
-        admitted: list[list[Admitted]] = []
-        for call in calls:
-            entries: list[Admitted] = []
-            for image, deadline in zip(call.images, call.deadlines, strict=True):
-                local_deadline = None
-                if deadline is not None:
-                    refused = backlog.refusal(deadline - now, ahead=queued)
-                    if refused is not None:
-                        entries.append(refused)
-                        continue
-                    local_deadline = local_now + (deadline - now)
-                entries.append(self._batcher.enqueue(image, local_deadline))
-                queued += 1
-            admitted.append(entries)
-        return admitted
+    async def _gather(self, calls: list[list[Pending[np.ndarray]]]) -> list[list[list[Admitted]]]:
+        """Admit the images of every call gathered now, oldest first."""
+        return self._host.admit(calls)
 
-    def _check(self, images: object, leading: tuple[int, ...]) -> None:
-        """A malformed call is refused whole, before any of it can join (and break) a pass."""
-        expected = (*leading, *self._embedder.input_size, 3)
-        if (
-            not isinstance(images, np.ndarray)
-            or images.dtype != np.uint8
-            or images.shape != expected
-        ):
-            got = (images.dtype, images.shape) if isinstance(images, np.ndarray) else type(images)
-            raise ValueError(f"expected a uint8 array of shape {expected}, got {got}")
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        await self._host.reconfigure(user_config, self._gather)
+
+    def describe(self) -> dict[str, Any]:
+        return self._host.describe()
+
+    def info(self) -> dict[str, Any]:
+        return self._host.info()
+
+    def __del__(self) -> None:
+        host = getattr(self, "_host", None)
+        if host is not None:
+            host.close()

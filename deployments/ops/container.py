@@ -1,7 +1,7 @@
 """What the Docker image runs, as a module the tests run too:
 
-    python -m deployments.container            the entrypoint: settings -> the launcher (exec)
-    python -m deployments.container health     the HEALTHCHECK: readiness on the local port
+    python -m deployments.ops.container            the entrypoint: settings -> the launcher (exec)
+    python -m deployments.ops.container health     the HEALTHCHECK: readiness on the local port
 
 `IMG2VEC_MODULE` picks the API: `img2vec-neural` (the default, POST /vectors) or
 `multi2vec-clip` (POST /vectorize, the model from IMG2VEC_WEIGHTS). The entrypoint honours the
@@ -63,7 +63,7 @@ def settings(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
     command = [
         sys.executable,
         "-m",
-        "deployments.launch",
+        "deployments.ops.launch",
         config or cpu_config,
         "--port",
         port,
@@ -84,7 +84,7 @@ def main(argv: list[str]) -> int:
     if argv[1:] == ["health"]:
         return health(os.environ)
     if argv[1:]:
-        print("usage: python -m deployments.container [health]", file=sys.stderr)
+        print("usage: python -m deployments.ops.container [health]", file=sys.stderr)
         return 2
     try:
         add, command = settings(os.environ)

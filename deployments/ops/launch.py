@@ -1,9 +1,9 @@
 """Run img2vec on this machine the way `make serve` and the Docker image do:
-`python -m deployments.launch [serve_config.yaml] [--port 8080]`.
+`python -m deployments.ops.launch [serve_config.yaml] [--port 8080]`.
 
 What it adds to `serve run serve_config.yaml` (which it otherwise mirrors):
 - serve.env's Ray process settings are applied before Ray starts (variables already set in
-  the environment win), so the proxy's errors are JSON too (deployments/proxy.py);
+  the environment win), so the proxy's errors are JSON too (deployments/edge/proxy.py);
 - one config, several ports: `--port` / IMG2VEC_PORT overrides `http_options.port` (the image
   listens on 8080 like the container it replaces; a workstation keeps 8000);
 - Prometheus metrics on a fixed port, `--metrics-port` / IMG2VEC_METRICS_PORT (8081);
@@ -17,7 +17,7 @@ What it adds to `serve run serve_config.yaml` (which it otherwise mirrors):
   first) are noticed within a second and end it with a line that says what was lost;
 - however a service manager stops it (SIGTERM to this process, to its process group, or to
   every process of its cgroup) it leaves nothing running: Ray runs in a session of its own
-  under a small supervisor process (deployments/supervisor.py), so that a signal to the
+  under a small supervisor process (deployments/ops/supervisor.py), so that a signal to the
   group reaches only the supervisor, which passes it on;
 - on its own local Ray, Ray's processes listen on loopback only, and the metrics port is
   served by the supervisor where the HTTP port is (`--metrics-host` to choose);
@@ -44,7 +44,7 @@ from types import FrameType
 
 import psutil
 
-from deployments.node import (
+from deployments.ops.node import (
     clear_stale_record,
     keep_on_loopback,
     load_config,
@@ -54,7 +54,7 @@ from deployments.node import (
     shm_free_bytes,
     single_node_settings,
 )
-from deployments.supervisor import (
+from deployments.ops.supervisor import (
     as_server,
     end_processes,
     is_server,

@@ -1,6 +1,6 @@
 """The launcher's two processes, so that a service manager can stop it however it stops things.
 
-`python -m deployments.launch` starts as the *supervisor*: a small process (no Ray) that runs
+`python -m deployments.ops.launch` starts as the *supervisor*: a small process (no Ray) that runs
 the *server* (the same module, which starts Ray and Serve and drains them) in a session of its
 own, forwards the stop signals to it, serves the public metrics port, and exits with its code.
 
@@ -45,11 +45,11 @@ _PR_SET_CHILD_SUBREAPER = 36
 
 
 def supervise(argv: Sequence[str], metrics: tuple[str, int, int] | None) -> int:
-    """Run the server (`python -m deployments.launch argv`) in a new session and wait for it;
+    """Run the server (`python -m deployments.ops.launch argv`) in a new session and wait for it;
     `metrics`: (host, public port, the server's loopback port) to forward scrapes between.
     Returns the server's exit code (128 + N if a signal N ended it)."""
     server = subprocess.Popen(
-        [sys.executable, "-m", "deployments.launch", *argv],
+        [sys.executable, "-m", "deployments.ops.launch", *argv],
         env={**os.environ, SERVER_ENV: str(os.getpid())},
         start_new_session=True,
     )
@@ -115,7 +115,7 @@ class _Scrapes(http.server.BaseHTTPRequestHandler):
 
 def serve_metrics(host: str, port: int, upstream_port: int) -> None:
     """The node's Prometheus metrics on host:port, from the Ray agent's loopback port: Ray's
-    own processes all listen on loopback on a single node (deployments/launch.py), and the
+    own processes all listen on loopback on a single node (deployments/ops/launch.py), and the
     metrics port is the one of them that a scraper elsewhere may need. One scrape every few
     seconds: a thread of its own is plenty."""
     handler = type("Scrapes", (_Scrapes,), {"upstream_port": upstream_port})
@@ -148,7 +148,7 @@ def wait_for_descendants(before: set[int], timeout_s: float = 20, say: bool = Tr
 
 def _reap(me: psutil.Process) -> None:
     """Collect the exit of every child that has exited: as a subreaper this process inherits
-    the orphans of Ray's processes (deployments/supervisor.py), and Ray is done with them."""
+    the orphans of Ray's processes (deployments/ops/supervisor.py), and Ray is done with them."""
     for child in me.children():
         with contextlib.suppress(psutil.Error, ChildProcessError):
             if child.status() == psutil.STATUS_ZOMBIE:

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from bench.fake_cluster import FakeCluster, cluster_config, deploy, rayservice
-from tests.conftest import b64, encode, photo
+from tests.support.images import b64, encode, photo
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.processes import MARKER_VAR, front_end_as_served, marked_pids, own_ports
-from tests.helpers import in_flight
-from tests.service import LOOPBACK, free_port
+from tests.support.helpers import in_flight
+from tests.support.service import LOOPBACK, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "serve_config.yaml"
@@ -28,7 +28,7 @@ def launch_cmd(port: int, metrics_port: int, config: Path = CONFIG) -> list[str]
     return [
         sys.executable,
         "-m",
-        "deployments.launch",
+        "deployments.ops.launch",
         str(config),
         "--host",
         LOOPBACK,
@@ -127,8 +127,8 @@ def stop_under_load(
     settle_s: float = 0.5,
     timeout_s: float = 90,
 ) -> Stopped:
-    """`n` requests in flight (tests/helpers.in_flight), then `stop()` after `settle_s`; waits
-    for the launcher's exit and for every request's answer."""
+    """`n` requests in flight (tests/support/helpers.in_flight), then `stop()` after
+    `settle_s`; waits for the launcher's exit and for every request's answer."""
     threads, results = in_flight(url, n)
     time.sleep(settle_s)
     stop()

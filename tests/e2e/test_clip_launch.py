@@ -13,9 +13,9 @@ from collections import Counter
 import httpx
 
 from bench.processes import wait_ready
-from tests.conftest import b64, encode, photo
 from tests.e2e.launcher import ROOT, cleanup, launch_cmd, launcher_env, start
-from tests.service import LOOPBACK, free_port
+from tests.support.images import b64, encode, photo
+from tests.support.service import LOOPBACK, free_port
 
 CONFIG = ROOT / "serve_config.clip.yaml"
 

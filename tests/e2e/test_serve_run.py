@@ -1,4 +1,4 @@
-"""The main commands, as users run them, in their own processes: `python -m deployments.launch`
+"""The main commands, as users run them, in their own processes: `python -m deployments.ops.launch`
 (what `make serve` and the Docker image run) and plain `serve run serve_config.yaml`."""
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from bench.processes import (
     started,
     wait_ready,
 )
-from tests.conftest import b64, encode, one_pixel_png, photo
 from tests.e2e.launcher import (
     CONFIG,
     RAY_STOP_BOUND_S,
@@ -39,7 +38,8 @@ from tests.e2e.launcher import (
     start,
     stop_under_load,
 )
-from tests.service import LOOPBACK, free_port
+from tests.support.images import b64, encode, one_pixel_png, photo
+from tests.support.service import LOOPBACK, free_port
 
 SERVE_CLI = str(Path(sys.executable).with_name("serve"))
 
@@ -242,7 +242,7 @@ def test_an_application_that_cannot_start_ends_the_launcher_with_its_reason(tmp_
 
 def test_serve_env_is_what_the_launcher_applies():
     env = serve_env(ROOT)
-    assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "deployments.proxy:middlewares"
+    assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "deployments.edge.proxy:middlewares"
     # The C front end in place of Serve's Python proxy (docs/benchmarks.md#where).
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
 
@@ -258,12 +258,12 @@ def test_the_image_entrypoint_serves_on_its_port_and_stops_cleanly(tmp_path):
         IMG2VEC_METRICS_PORT=str(free_port()),
     )
     log = tmp_path / "entrypoint.log"
-    proc, marker = start([sys.executable, "-m", "deployments.container"], env, log)
+    proc, marker = start([sys.executable, "-m", "deployments.ops.container"], env, log)
     try:
         url = f"http://{LOOPBACK}:{port}"
         wait_ready(url, timeout_s=240, proc=proc)
         health = subprocess.run(
-            [sys.executable, "-m", "deployments.container", "health"], env=env, cwd=ROOT
+            [sys.executable, "-m", "deployments.ops.container", "health"], env=env, cwd=ROOT
         )
         assert health.returncode == 0
         assert httpx.get(url + "/meta").json()["device"] == "cpu"

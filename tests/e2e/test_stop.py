@@ -18,7 +18,7 @@ from signal import SIGKILL, SIGTERM
 import psutil
 
 from bench.processes import marked_pids, wait_ready
-from deployments.node import HAPROXY
+from deployments.ops.node import HAPROXY
 from tests.e2e.launcher import (
     ROOT,
     STOP_AFTER_DRAIN_S,
@@ -28,7 +28,7 @@ from tests.e2e.launcher import (
     start,
     stop_under_load,
 )
-from tests.service import LOOPBACK, free_port
+from tests.support.service import LOOPBACK, free_port
 
 UNIT = ROOT / "cluster" / "systemd" / "img2vec.service"
 UNIT_ENV = ROOT / "cluster" / "systemd" / "img2vec.env"
@@ -179,7 +179,7 @@ def test_the_systemd_unit_stops_the_launcher_alone_and_it_drains_within_the_time
     command = shlex.split(service["ExecStart"])
     workdir = Path(service["WorkingDirectory"])
     assert Path(command[0]).parts[-3:] == (".venv", "bin", "python")
-    assert command[1:4] == ["-m", "deployments.launch", "serve_config.yaml"]
+    assert command[1:4] == ["-m", "deployments.ops.launch", "serve_config.yaml"]
     assert (ROOT / command[3]).is_file() and workdir.name == "img2vec"
 
     port, metrics_port = free_port(), free_port()

@@ -23,10 +23,10 @@ import httpx
 import pytest
 
 from bench.processes import LOOPBACK, free_port, wait_ready
-from tests.conftest import b64, one_pixel_png
-from tests.helpers import in_flight
-from tests.parity import check_parity
-from tests.reference import ReferenceImg2Vec
+from tests.support.helpers import in_flight
+from tests.support.images import b64, one_pixel_png
+from tests.support.parity import check_parity
+from tests.support.reference import ReferenceImg2Vec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -151,7 +151,7 @@ def test_the_object_store_fits_the_documented_shm_size(container):
 
 def test_enable_cuda_picks_the_config_in_the_image(image):
     code = (
-        "import os; from deployments.container import settings; "
+        "import os; from deployments.ops.container import settings; "
         "print(settings(os.environ)[1][3], settings(os.environ)[0].get('IMG2VEC_DEVICE'))"
     )
     for value, expected in (("0", "serve_config.yaml cpu"), ("1", "serve_config.gpu.yaml cuda")):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.service import ServeInstance, deploy, ray_serve
+from tests.support.service import ServeInstance, deploy, ray_serve
 
 # Small limits so that the 413 paths are cheap to reach over loopback.
 MAX_BODY_BYTES = 2_000_000

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import b64, encode, one_pixel_png
-from tests.helpers import png_header_claiming
 from tests.integration.conftest import (
     MAX_BODY_BYTES,
     MAX_ID_LENGTH,
     MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,
 )
-from tests.parity import relative_error
+from tests.support.helpers import png_header_claiming
+from tests.support.images import b64, encode, one_pixel_png
+from tests.support.parity import relative_error
 
 
 def post(url: str, body: bytes | str, path: str = "/vectors", **headers: str) -> httpx.Response:
@@ -233,8 +233,8 @@ def test_16_concurrent_requests_are_answered_correctly_in_batches(resnet_url, ph
     }
     assert max(size for size, n in formed.items() if n > 0) > 1, formed
     assert after["passes"] - before["passes"] < 16
-    # ...and they reached the model in fewer calls than requests (deployments/link.py).
-    assert link_after["images_to_model"] - link_before["images_to_model"] == 16
+    # ...and they reached the model in fewer calls than requests (deployments/edge/client.py).
+    assert link_after["inputs_to_model"] - link_before["inputs_to_model"] == 16
     assert link_after["calls_to_model"] - link_before["calls_to_model"] < 16, link_after
 
 
@@ -315,5 +315,5 @@ def test_model_replicas_start_without_serves_batching_warning(resnet_url):
     time.sleep(1)
     logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
     texts = [p.read_text(errors="replace") for p in logs.glob("replica_resnet50_Embedder_*.log")]
-    assert texts and all("embedder batching" in t for t in texts)  # the replica's own start line
+    assert texts and all("model batching" in t for t in texts)  # the replica's own start line
     assert not any("is larger than `max_ongoing_requests`" in t for t in texts)

@@ -9,9 +9,9 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import b64, encode, one_pixel_png
 from tests.integration.conftest import MAX_BULK_BYTES, MAX_BULK_ITEMS, MAX_ID_LENGTH
-from tests.parity import relative_error
+from tests.support.images import b64, encode, one_pixel_png
+from tests.support.parity import relative_error
 
 
 def bulk(url: str, body: bytes | str) -> httpx.Response:

@@ -7,8 +7,8 @@ import json
 import httpx
 import numpy as np
 
-from tests.conftest import b64, encode
-from tests.helpers import run_cli as run
+from tests.support.helpers import run_cli as run
+from tests.support.images import b64, encode
 
 
 def test_check_passes_against_our_service_with_its_vectors_matching_a_local_reference(

@@ -1,5 +1,5 @@
 """Weaviate's multi2vec-clip protocol through real Ray Serve and real HTTP: the routes, the
-vectors (the independent reference's, tests/clip_reference.py), the errors, long texts, and
+vectors (the independent reference's, tests/support/clip_reference.py), the errors, long texts, and
 concurrent requests sharing the towers' passes. Requests are sent as Weaviate's module client
 sends them: JSON with a Content-Type, one object's texts and images per request."""
 
@@ -15,10 +15,10 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.clip_reference import ReferenceClip
-from tests.conftest import b64, encode, photo
-from tests.parity import min_separation, relative_error
-from tests.service import deploy
+from tests.support.clip_reference import ReferenceClip
+from tests.support.images import b64, encode, photo
+from tests.support.parity import min_separation, relative_error
+from tests.support.service import deploy
 
 BOUND = 1e-3  # the issue's bound for the OpenAI CLIP path (tests/unit/test_clip.py)
 MAX_INPUTS = 8
@@ -208,7 +208,7 @@ def test_the_default_multilingual_model_serves_sentence_transformers_vectors(
     from ray import serve
     from sentence_transformers import SentenceTransformer
 
-    from tests.clip_models import write_multilingual
+    from tests.support.clip_models import write_multilingual
 
     root = write_multilingual(tmp_path_factory.mktemp("multilingual"))
     env = {"IMG2VEC_WEIGHTS": str(root), "IMG2VEC_TORCH_THREADS": "2"}

@@ -12,8 +12,8 @@ import time
 import httpx
 import numpy as np
 
-from tests.conftest import b64, encode
-from tests.parity import assert_same_vector, min_separation
+from tests.support.images import b64, encode
+from tests.support.parity import assert_same_vector, min_separation
 
 BURST = 64
 

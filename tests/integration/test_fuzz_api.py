@@ -8,8 +8,8 @@ import json
 import httpx
 from hypothesis import given
 
-from tests.conftest import b64, one_pixel_png
-from tests.fuzzing import fuzz_settings, request_bodies
+from tests.support.fuzzing import fuzz_settings, request_bodies
+from tests.support.images import b64, one_pixel_png
 
 CLIENT_ERRORS = {400, 413, 422}
 

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import b64, encode, one_pixel_png
-from tests.service import deploy, proxy_request_timeout_s, rss_mb
+from tests.support.images import b64, encode, one_pixel_png
+from tests.support.service import deploy, proxy_request_timeout_s, rss_mb
 
 UNREADY_AFTER_S = 3.0
 REQUEST_TIMEOUT_S = 5.0
@@ -251,7 +251,7 @@ def test_an_ingress_replica_killed_under_load_is_replaced_and_no_request_hangs(
     codes = Counter(status for _, _, status, _ in load.results)
     print(f"ingress killed: {dict(codes)}; vectors again {back:.1f} s after the kill")
     # Requests inside the dead process are answered by Serve's proxy (500 or 503, JSON
-    # through deployments/proxy.py); the rest wait in the proxy for the replacement, which
+    # through deployments/edge/proxy.py); the rest wait in the proxy for the replacement, which
     # our deadline (it starts in the ingress) cannot bound: Serve's request_timeout_s does.
     _check_every_answer(load, {200, 500, 503}, proxy_request_timeout_s() + 3)
     assert back is not None and back < 60

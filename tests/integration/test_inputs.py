@@ -16,11 +16,11 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import b64, encode, one_pixel_png
-from tests.formats import SAMPLES, sample
 from tests.integration.conftest import MAX_BODY_BYTES, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
-from tests.parity import assert_same_vector, min_separation
-from tests.reference import ReferenceImg2Vec
+from tests.support.formats import SAMPLES, sample
+from tests.support.images import b64, encode, one_pixel_png
+from tests.support.parity import assert_same_vector, min_separation
+from tests.support.reference import ReferenceImg2Vec
 
 
 def post_image(url: str, image: bytes, id_: str = "x") -> httpx.Response:
@@ -35,7 +35,7 @@ def reference(resnet50_file):
 
 @pytest.fixture(scope="module")
 def separation(reference, photos) -> float:
-    """How far apart the reference puts different photos (tests/parity.py)."""
+    """How far apart the reference puts different photos (tests/support/parity.py)."""
     return min_separation({name: reference.vector_of(img) for name, img in photos.items()})
 
 

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from deployments.metrics import NAMES
-from tests.conftest import b64, one_pixel_png
+from tests.support.images import b64, one_pixel_png
 
 ROOT = Path(__file__).resolve().parents[2]
 

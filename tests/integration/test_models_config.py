@@ -15,8 +15,8 @@ from ray.serve._private.api import serve_start
 from ray.serve.schema import ServeDeploySchema
 
 from img2vec.weights import get_spec, preset_of
-from tests.conftest import b64, one_pixel_png
-from tests.service import wait_ready
+from tests.support.images import b64, one_pixel_png
+from tests.support.service import wait_ready
 
 CONFIG = Path(__file__).resolve().parents[2] / "serve_config.models.yaml"
 
@@ -55,8 +55,10 @@ def test_each_application_answers_with_its_own_model(serve_instance, clip_dir):
     apps = {app["name"]: dict(app) for app in config["applications"]}
     client = serve_start()
     schema = ServeDeploySchema.model_validate(on_this_machine(config, clip_dir))
-    client.deploy_apps(schema, _blocking=True)
     try:
+        # Not `_blocking`: Ray's client gives three applications 60 s to start, and on two
+        # cores their warm-ups together take longer; each app's readiness is awaited below.
+        client.deploy_apps(schema, _blocking=False)
         for name, app in apps.items():
             url = serve_instance.base_url + PREFIX + app["route_prefix"].rstrip("/")
             wait_ready(url, timeout_s=180)

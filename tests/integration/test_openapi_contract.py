@@ -14,7 +14,7 @@ from hypothesis import given
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.fuzzing import fuzz_settings
+from tests.support.fuzzing import fuzz_settings
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])

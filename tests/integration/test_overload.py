@@ -12,8 +12,8 @@ from collections import Counter
 import httpx
 import pytest
 
-from tests.conftest import b64, encode, photo
-from tests.service import deploy, rss_mb
+from tests.support.images import b64, encode, photo
+from tests.support.service import deploy, rss_mb
 
 TIMEOUT_S = 4.0
 # Slack for the HTTP hops, the proxy and the client itself on a loaded 2-core machine.

@@ -1,14 +1,14 @@
 """Same vectors as img2vec-pytorch: the service against an independent reference pipeline,
 from the same weights file, on real photos of several sizes, judged by the parity measure
-of tests/parity.py (an error far below the distance between different photos)."""
+of tests/support/parity.py (an error far below the distance between different photos)."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
-from tests.parity import check_parity
-from tests.reference import ReferenceImg2Vec
+from tests.support.parity import check_parity
+from tests.support.reference import ReferenceImg2Vec
 
 
 @pytest.fixture(scope="module")

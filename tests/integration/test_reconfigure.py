@@ -9,7 +9,7 @@ import httpx
 from ray import serve
 from ray.serve._private.api import serve_start
 
-from tests.service import small_app_config, wait_ready
+from tests.support.service import small_app_config, wait_ready
 
 
 def config(user_config: dict) -> object:

@@ -9,8 +9,8 @@ import json
 import httpx
 import numpy as np
 
-from tests.conftest import b64, encode
-from tests.helpers import augmented
+from tests.support.helpers import augmented
+from tests.support.images import b64, encode
 
 
 def vectors(url: str, images: list[bytes]) -> np.ndarray:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from tests.conftest import encode, photo
+from tests.support.images import encode, photo
 
 
 def _base() -> Image.Image:

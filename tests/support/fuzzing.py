@@ -11,7 +11,7 @@ import os
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from tests.formats import SAMPLES, sample
+from tests.support.formats import SAMPLES, sample
 
 
 def examples(default: int) -> int:

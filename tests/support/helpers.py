@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from img2vec.weights import SPECS
-from tests.conftest import b64, encode, photo
+from tests.support.images import b64, encode, photo
 
 IMG2VEC = str(Path(sys.executable).with_name("img2vec"))
 

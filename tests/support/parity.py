@@ -18,10 +18,10 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from tests.conftest import b64, encode, one_pixel_png
+from tests.support.images import b64, encode, one_pixel_png
 
 if TYPE_CHECKING:
-    from tests.reference import ReferenceImg2Vec
+    from tests.support.reference import ReferenceImg2Vec
 
 # Measured on this suite's models (CPU, float32): a frozen TorchScript graph differs from the
 # eager reference by at most 1.1e-5 of a vector's norm. The smallest mistake we must catch,

@@ -18,7 +18,7 @@ from unittest import mock
 
 from bench.processes import LOOPBACK, free_port, wait_ready
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def proxy_request_timeout_s() -> float:
@@ -123,7 +123,7 @@ def ray_serve(num_cpus: int = 16) -> Iterator[ServeInstance]:
     marker = uuid.uuid4().hex
     # As serve.env does: Serve's proxy (started below, inheriting this environment) writes its
     # own few errors as JSON too.
-    proxy_env = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "deployments.proxy:middlewares"}
+    proxy_env = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "deployments.edge.proxy:middlewares"}
     with (
         tempfile.TemporaryDirectory(prefix="img2vec-workers-tmp-") as tmpdir,
         tempfile.TemporaryDirectory(prefix="img2vec-engines-") as engines,

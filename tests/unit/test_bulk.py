@@ -1,20 +1,22 @@
-"""`vectorize_items` (deployments/bulk.py): a bulk request's images go to the model a chunk at a
-time, each chunk as soon as its images are decoded, while the rest still decode. Decodes and
+"""`bulk.vectorize` (deployments/edge/bulk.py): a bulk request's images go to the model a chunk
+at a time, each chunk as soon as its images are decoded, while the rest still decode. Decodes and
 model calls here complete when the test says so. (The route over real Serve, its order and
 per-item errors: tests/integration/test_bulk.py.)"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import numpy as np
 
-from deployments.bulk import BulkItem, vectorize_items
+from deployments.edge.bulk import BulkItem, vectorize
 from img2vec.errors import Img2VecError, InvalidImage, InvalidRequest, Overloaded
 
 
 class Stage:
-    """Decodes that finish when `decoded(i)` is called, and model calls answered by `answer`."""
+    """What `bulk.vectorize` asks of the request's Exchange: decodes that finish when
+    `decoded(i)` is called, and model calls answered by `answer`."""
 
     def __init__(self) -> None:
         self.gates: dict[str, asyncio.Event] = {}
@@ -22,23 +24,18 @@ class Stage:
         self.cancelled: list[str] = []
         self.calls: list[tuple[list[int], asyncio.Future]] = []
 
-    async def decode(self, item: BulkItem) -> None:
-        if item.image is None:  # refused while parsing: nothing to decode
-            return
-        assert item.id is not None
-        self.started.append(item.id)
-        gate = self.gates.setdefault(item.id, asyncio.Event())
+    async def decode(self, read: Callable[[str], np.ndarray], image: str) -> np.ndarray:
+        id_ = image.split(":")[1]
+        self.started.append(id_)
+        gate = self.gates.setdefault(id_, asyncio.Event())
         try:
             await gate.wait()
         except asyncio.CancelledError:
-            self.cancelled.append(item.id)
+            self.cancelled.append(id_)
             raise
-        if item.image == "corrupt":
-            item.error = InvalidImage("image data is truncated or corrupt")
-        else:
-            item.pixels = np.full((2, 2, 3), int(item.id), dtype=np.uint8)
+        return read(image)
 
-    async def embed(self, pixels: list[np.ndarray]) -> list[np.ndarray | Img2VecError]:
+    async def embed_many(self, pixels: list[np.ndarray]) -> list[np.ndarray | Img2VecError]:
         future = asyncio.get_running_loop().create_future()
         self.calls.append(([int(p[0, 0, 0]) for p in pixels], future))
         return await future
@@ -64,13 +61,25 @@ async def settle() -> None:
 
 
 def items(*images: str | None) -> list[BulkItem]:
-    return [BulkItem(str(i), image) for i, image in enumerate(images)]
+    """Items whose image text says what it is and which item it belongs to."""
+    return [
+        BulkItem(str(i), None if image is None else f"{image}:{i}")
+        for i, image in enumerate(images)
+    ]
+
+
+def read_image(image: str) -> np.ndarray:
+    """What the decode pool runs per image: a corrupt one raises, as decode_image does."""
+    kind, id_ = image.split(":")
+    if kind == "corrupt":
+        raise InvalidImage("image data is truncated or corrupt")
+    return np.full((2, 2, 3), int(id_), dtype=np.uint8)
 
 
 def test_each_chunk_goes_to_the_model_as_soon_as_it_is_decoded():
     async def scenario() -> None:
         stage, bulk = Stage(), items(*["photo"] * 6)
-        task = asyncio.create_task(vectorize_items(bulk, stage.decode, stage.embed, chunk=2))
+        task = asyncio.create_task(vectorize(bulk, stage, read_image, 2))
         await settle()
         assert stage.started == [str(i) for i in range(6)]  # every decode handed over at once
         assert stage.sent() == []
@@ -103,7 +112,7 @@ def test_bad_items_keep_their_own_errors_and_are_never_sent():
         stage = Stage()
         bulk = items("photo", "corrupt", "photo", None, "photo")
         bulk[3].error = InvalidRequest("image: a base64 string is required")
-        task = asyncio.create_task(vectorize_items(bulk, stage.decode, stage.embed, chunk=2))
+        task = asyncio.create_task(vectorize(bulk, stage, read_image, 2))
         stage.decoded(0, 1, 2, 4)
         await settle()
         assert stage.sent() == [[0], [2], [4]]  # per chunk, only what decoded
@@ -122,9 +131,7 @@ def test_bad_items_keep_their_own_errors_and_are_never_sent():
 def test_a_client_that_goes_away_leaves_no_decode_or_call_behind():
     async def scenario() -> None:
         stage = Stage()
-        task = asyncio.create_task(
-            vectorize_items(items(*["photo"] * 4), stage.decode, stage.embed, chunk=2)
-        )
+        task = asyncio.create_task(vectorize(items(*["photo"] * 4), stage, read_image, 2))
         stage.decoded(0, 1)
         await settle()
         assert stage.sent() == [[0, 1]]

@@ -14,8 +14,8 @@ import pytest
 
 from img2vec.model import build_embedder
 from img2vec.weights import SPECS, sha256_of
-from tests.conftest import encode
-from tests.helpers import QuietHandler, loopback_server, run_cli, serving
+from tests.support.helpers import QuietHandler, loopback_server, run_cli, serving
+from tests.support.images import encode
 
 
 def test_help_explains_every_command():

@@ -1,5 +1,5 @@
 """The multi2vec-clip library path (img2vec/multimodal.py, img2vec/towers.py) against the
-independent reference (transformers' own processor and model, tests/clip_reference.py): the
+independent reference (transformers' own processor and model, tests/support/clip_reference.py): the
 tokenizer's ids, and each tower's vectors, with random towers and OpenAI CLIP's real
 tokenizer; SigLIP's padding and pooling with a small tokenizer."""
 
@@ -13,9 +13,9 @@ import pytest
 
 from img2vec.multimodal import ClipSpec, TextTokenizer
 from img2vec.towers import IMAGE, TEXT, Input, Towers
-from tests.clip_reference import ReferenceClip
-from tests.conftest import photo
-from tests.parity import min_separation, relative_error
+from tests.support.clip_reference import ReferenceClip
+from tests.support.images import photo
+from tests.support.parity import min_separation, relative_error
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera")  # rocket: an odd crop margin
 TEXTS = [
@@ -166,7 +166,7 @@ def test_the_default_multilingual_layout_matches_sentence_transformers(tmp_path)
     reference is sentence-transformers itself, loading the same two directories."""
     from sentence_transformers import SentenceTransformer
 
-    from tests.clip_models import write_multilingual
+    from tests.support.clip_models import write_multilingual
 
     root = write_multilingual(tmp_path)
     spec = ClipSpec.from_dir(root)
@@ -193,7 +193,7 @@ def test_the_default_hub_name_joins_its_two_towers_from_the_cache_offline(
     """`sentence-transformers/clip-ViT-B-32-multilingual-v1` names the text model; its image
     tower is fetched with it and the two are joined as clip/ + text/. Here both sit in a
     Hugging Face cache laid out as the hub client leaves it, and the hub is offline."""
-    from tests.clip_models import write_multilingual
+    from tests.support.clip_models import write_multilingual
 
     built = write_multilingual(tmp_path / "src")
     cache = tmp_path / "hub"

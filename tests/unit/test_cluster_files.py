@@ -10,7 +10,7 @@ import jsonschema
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from deployments.node import read_env_file
+from deployments.ops.node import read_env_file
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.processes import free_port
-from deployments.container import settings
+from deployments.ops.container import settings
 from img2vec.weights import SPECS, sha256_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +25,7 @@ def test_it_listens_on_8080_on_every_interface_like_the_container_it_replaces():
     launcher alone keeps on loopback; an explicit IMG2VEC_HOST still wins."""
     add, command = settings({})
     assert add == {"IMG2VEC_HOST": "0.0.0.0"}
-    assert command[1:] == ["-m", "deployments.launch", "serve_config.yaml", "--port", "8080"]
+    assert command[1:] == ["-m", "deployments.ops.launch", "serve_config.yaml", "--port", "8080"]
     assert settings({"IMG2VEC_PORT": "9000"})[1][-1] == "9000"
     assert "IMG2VEC_HOST" not in settings({"IMG2VEC_HOST": "127.0.0.1"})[0]
 
@@ -68,7 +68,7 @@ def test_img2vec_module_picks_multi2vec_clip_on_cpu_or_gpu():
 
 def test_a_bad_enable_cuda_stops_the_entrypoint_with_the_reason():
     out = subprocess.run(
-        [sys.executable, "-m", "deployments.container"],
+        [sys.executable, "-m", "deployments.ops.container"],
         env={**os.environ, "ENABLE_CUDA": "maybe"},
         capture_output=True,
         text=True,
@@ -79,7 +79,7 @@ def test_a_bad_enable_cuda_stops_the_entrypoint_with_the_reason():
 
 def test_the_health_check_fails_when_nothing_answers():
     out = subprocess.run(
-        [sys.executable, "-m", "deployments.container", "health"],
+        [sys.executable, "-m", "deployments.ops.container", "health"],
         env={**os.environ, "IMG2VEC_PORT": str(free_port())},
         cwd=ROOT,
     )
@@ -111,8 +111,8 @@ def test_the_weights_baking_step_verifies_what_it_bakes(tmp_path, mobilenet_v2_f
 def test_the_dockerfile_runs_these_scripts_as_a_non_root_user():
     text = (ROOT / "Dockerfile").read_text()
     entrypoint = json.loads(re.search(r"^ENTRYPOINT (.+)$", text, re.M).group(1))
-    assert entrypoint == ["python", "-m", "deployments.container"]  # exec form
-    assert '"deployments.container", "health"' in text.split("HEALTHCHECK", 1)[1]
+    assert entrypoint == ["python", "-m", "deployments.ops.container"]  # exec form
+    assert '"deployments.ops.container", "health"' in text.split("HEALTHCHECK", 1)[1]
     assert "docker/bake-weights.sh" in text and "ARG BAKE_WEIGHTS=resnet50" in text
     assert re.search(r"^USER 10001$", text, re.M) and re.search(r"^EXPOSE 8080", text, re.M)
     for line in re.findall(r"^COPY (.+)$", text, re.M):

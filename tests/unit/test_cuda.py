@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from img2vec.model import build_embedder, is_out_of_memory, precision_flags
+from img2vec.engines import precision_flags
+from img2vec.model import build_embedder, is_out_of_memory
 from img2vec.preprocessing import STRETCH_224
-from tests.parity import assert_same_vector, min_separation, relative_error
-from tests.reference import ReferenceImg2Vec
+from tests.support.parity import assert_same_vector, min_separation, relative_error
+from tests.support.reference import ReferenceImg2Vec
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

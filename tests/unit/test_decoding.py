@@ -16,8 +16,8 @@ from PIL import Image
 from img2vec import decoding
 from img2vec.decoding import ImageLimits, decode_base64, decode_image, open_image
 from img2vec.errors import ImageTooLarge, InvalidImage
-from tests.conftest import b64, encode, one_pixel_png
-from tests.helpers import png_header_claiming
+from tests.support.helpers import png_header_claiming
+from tests.support.images import b64, encode, one_pixel_png
 
 
 def test_png_and_jpeg_photos_decode_to_rgb_of_the_same_size(photos):

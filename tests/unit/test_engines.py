@@ -14,9 +14,9 @@ from img2vec.engines import OPENVINO, engine_cache_dir
 from img2vec.errors import ConfigError
 from img2vec.model import build_embedder
 from img2vec.preprocessing import STRETCH_224
-from tests.conftest import encode
-from tests.parity import assert_same_vector, min_separation
-from tests.reference import ReferenceImg2Vec
+from tests.support.images import encode
+from tests.support.parity import assert_same_vector, min_separation
+from tests.support.reference import ReferenceImg2Vec
 
 
 @pytest.fixture(autouse=True)
@@ -32,9 +32,9 @@ def _openvino(model: str, weights: str, **options: object):
 
 @pytest.mark.parametrize("model", ["resnet50", "mobilenet_v2"])
 def test_openvino_gives_the_reference_vectors(model, resnet50_file, mobilenet_v2_file, photos):
-    """Against the independent reference pipeline (tests/reference.py), by an error far below
-    the distance between different photos (tests/parity.py): what every stored vector
-    depends on holds on the engine as it does on PyTorch."""
+    """Against the independent reference pipeline (tests/support/reference.py), by an error far
+    below the distance between different photos (tests/support/parity.py): what every stored
+    vector depends on holds on the engine as it does on PyTorch."""
     path = resnet50_file if model == "resnet50" else mobilenet_v2_file
     reference = ReferenceImg2Vec(model, path)
     embedder = _openvino(model, str(path))
@@ -49,17 +49,17 @@ def test_openvino_gives_the_reference_vectors(model, resnet50_file, mobilenet_v2
 def test_float32_is_asked_for_not_left_to_the_cpu(mobilenet_v2_file):
     """OpenVINO runs bf16 by itself on CPUs with AMX unless told f32: a silent drift."""
     embedder = _openvino("mobilenet_v2", str(mobilenet_v2_file))
-    assert embedder._engine is not None and embedder._engine.precision == "f32"
+    assert embedder.engine is not None and embedder.engine.precision == "f32"
 
 
 def test_the_converted_model_is_cached_keyed_and_verified(mobilenet_v2_file, caplog):
-    first = _openvino("mobilenet_v2", str(mobilenet_v2_file))._engine
+    first = _openvino("mobilenet_v2", str(mobilenet_v2_file)).engine
     assert first is not None and not first.cache_hit
     assert first.entry.parent == engine_cache_dir()
-    again = _openvino("mobilenet_v2", str(mobilenet_v2_file))._engine
+    again = _openvino("mobilenet_v2", str(mobilenet_v2_file)).engine
     assert again is not None and again.cache_hit and again.entry == first.entry
     # Other weights are another entry: the key holds the weights' SHA-256.
-    other = _openvino("mobilenet_v2", "random")._engine
+    other = _openvino("mobilenet_v2", "random").engine
     assert other is not None and not other.cache_hit and other.entry != first.entry
     assert first.key["weights_sha256"] != other.key["weights_sha256"]
     # A damaged entry is noticed (the files' SHA-256 is recorded) and converted again.
@@ -68,7 +68,7 @@ def test_the_converted_model_is_cached_keyed_and_verified(mobilenet_v2_file, cap
     data[len(data) // 2] ^= 0xFF
     weights.write_bytes(bytes(data))
     with caplog.at_level(logging.WARNING):
-        rebuilt = _openvino("mobilenet_v2", str(mobilenet_v2_file))._engine
+        rebuilt = _openvino("mobilenet_v2", str(mobilenet_v2_file)).engine
     assert rebuilt is not None and not rebuilt.cache_hit
     assert "stale or damaged" in caplog.text
 
@@ -95,7 +95,7 @@ def test_bfloat16_runs_where_the_cpu_has_it_and_is_refused_clearly_where_not(
         return
     fast = _openvino("mobilenet_v2", str(mobilenet_v2_file), dtype="bfloat16")
     exact = _openvino("mobilenet_v2", str(mobilenet_v2_file))
-    assert fast._engine is not None and fast._engine.precision == "bf16"
+    assert fast.engine is not None and fast.engine.precision == "bf16"
     assert fast.info().dtype == "bfloat16"
     arrays = [STRETCH_224.to_array(img) for img in photos.values()]
     approx, ref = fast.embed(arrays), exact.embed(arrays)

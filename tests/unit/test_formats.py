@@ -12,8 +12,8 @@ from PIL import Image
 from img2vec.decoding import available_formats, open_image
 from img2vec.errors import InvalidImage
 from img2vec.preprocessing import STRETCH_224
-from tests.conftest import encode
-from tests.formats import SAMPLES, sample
+from tests.support.formats import SAMPLES, sample
+from tests.support.images import encode
 
 
 @pytest.mark.parametrize("name", SAMPLES)

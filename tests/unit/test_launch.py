@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from deployments import node
+from deployments.ops import node
 
 
 def test_the_launcher_starts_its_own_ray_unless_an_address_is_given(monkeypatch):

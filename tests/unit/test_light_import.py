@@ -27,8 +27,8 @@ def heavy_modules_after(statement: str) -> list[str]:
     "statement",
     [
         "import img2vec",
-        "import deployments.ingress",
-        "import deployments.clip",
+        "import deployments.edge.neural",
+        "import deployments.edge.clip",
         "import img2vec.multimodal",
         "from img2vec import decode_image, get_preset, get_spec, SPECS",
         "import img2vec.batching, img2vec.weights, img2vec.preprocessing, img2vec.cpus",

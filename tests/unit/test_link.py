@@ -1,7 +1,7 @@
-"""ModelLink (deployments/link.py), the ingress's path to the model, against a deterministic
-stand-in for the Embedder's handle whose calls complete when the test says so: requests that
-wait while calls are in flight leave together, and those that cannot make their deadline are
-answered at once. (Over real Serve: tests/integration/test_api.py counts the calls,
+"""ModelClient (deployments/edge/client.py), the ingress's path to the model, against a
+deterministic stand-in for the model's handle whose calls complete when the test says so:
+requests that wait while calls are in flight leave together, and those that cannot make their
+deadline are answered at once. (Over real Serve: tests/integration/test_api.py counts the calls,
 test_overload.py times the refusals.)"""
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import time
 import numpy as np
 import pytest
 
+from deployments.edge.client import GROUPS_IN_FLIGHT, ModelClient
+from deployments.edge.health import ModelHealth
 from deployments.handoff import GroupAnswer
-from deployments.health import EmbedderHealth
-from deployments.link import GROUPS_IN_FLIGHT, ModelLink
 from img2vec.batching import Backlog
 from img2vec.errors import Overloaded
 
 
-class FakeEmbedder:
+class FakeModel:
     """`embed_group.remote(images, deadlines)`: one pending call per invocation, answered by
     `answer()` with one vector per image and the backlog the test chooses."""
 
@@ -38,9 +38,9 @@ class FakeEmbedder:
         future.set_result(GroupAnswer(vectors, Backlog(behind_s, per_image_s, max_pass=8)))
 
 
-def linked() -> tuple[FakeEmbedder, ModelLink]:
-    fake = FakeEmbedder()
-    return fake, ModelLink(fake, EmbedderHealth(10.0))  # type: ignore[arg-type]
+def linked() -> tuple[FakeModel, ModelClient]:
+    fake = FakeModel()
+    return fake, ModelClient(fake, ModelHealth(10.0))  # type: ignore[arg-type]
 
 
 def pixels(value: int) -> np.ndarray:
@@ -68,7 +68,7 @@ def test_requests_that_wait_for_a_slot_leave_as_one_call():
         vectors = await asyncio.gather(*tasks)
         # Each request got its own image's vector back, in spite of the grouping.
         assert [int(v[0]) for v in vectors] == list(range(7))
-        assert (link.groups, link.images) == (3, 7)
+        assert (link.calls, link.inputs) == (3, 7)
 
     asyncio.run(scenario())
 
@@ -123,16 +123,15 @@ def test_before_the_models_first_answer_its_probes_estimate_refuses_at_the_door(
         link._health.info = {"seconds_per_image": 0.1}
         deadline = time.time() + 1.0  # room for ~10 images at 0.1 s each
         held, refused = [], 0
-        for _ in range(30):
-            door = link.admission(deadline)
+        for i in range(30):
             try:
-                door.__enter__()
+                link.admit(deadline)
             except Overloaded:
                 refused += 1
             else:
-                held.append(door)
-        for door in held:
-            door.__exit__(None, None, None)
+                held.append(i)
+        for _ in held:
+            link.release()
         return len(held), refused, link._admitted
 
     admitted, refused, left = asyncio.run(main())
@@ -142,7 +141,6 @@ def test_before_the_models_first_answer_its_probes_estimate_refuses_at_the_door(
 def test_without_any_estimate_the_door_lets_everything_in():
     _, link = linked()
     deadline = time.time() + 1.0
-    doors = [link.admission(deadline) for _ in range(30)]
-    for door in doors:
-        door.__enter__()
+    for _ in range(30):
+        link.admit(deadline)
     assert link._admitted == 30

@@ -6,19 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from img2vec.engines import bucket_sizes, configure_precision, precision_flags
 from img2vec.errors import ConfigError, WeightsError
-from img2vec.model import (
-    bucket_sizes,
-    build_embedder,
-    configure_precision,
-    is_out_of_memory,
-    pick_device,
-    precision_flags,
-)
+from img2vec.model import build_embedder, is_out_of_memory, pick_device
 from img2vec.preprocessing import STRETCH_224
 from img2vec.weights import SPECS
-from tests.conftest import TEST_DEVICE
-from tests.parity import relative_error
+from tests.support.parity import relative_error
+from tests.support.weights import TEST_DEVICE
 
 DEFAULT_GRAPH = "openvino" if TEST_DEVICE == "cpu" else "torchscript"
 

@@ -1,4 +1,4 @@
-"""The parity measure (tests/parity.py) can fail: on the weights the parity tests use, each
+"""The parity measure (tests/support/parity.py) can fail: on the weights the parity tests use, each
 plausible preprocessing mistake moves a vector much further than the measure allows, and
 the vectors of different photos are far apart. If these fail, the parity tests prove
 nothing."""
@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from tests.parity import min_separation, relative_error, tolerance
-from tests.reference import ReferenceImg2Vec
+from tests.support.parity import min_separation, relative_error, tolerance
+from tests.support.reference import ReferenceImg2Vec
 
 RESIZE = T.Resize((224, 224))
 NORMALIZE = T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from img2vec.model import normalize
+from img2vec.engines import normalize
 from img2vec.preprocessing import CROP_224, PRESETS, STRETCH_224, get_preset
 
 REFERENCE = T.Compose(

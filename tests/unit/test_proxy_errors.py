@@ -1,4 +1,4 @@
-"""deployments/proxy.py: the middleware Serve's proxy runs (via serve.env) so that the few
+"""deployments/edge/proxy.py: the middleware Serve's proxy runs (via serve.env) so that the few
 answers the proxy writes itself are JSON too. Driven as a plain ASGI app."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from deployments.proxy import JSONErrors
+from deployments.edge.proxy import JSONErrors
 
 
 def call(app) -> tuple[int, dict[bytes, bytes], bytes]:

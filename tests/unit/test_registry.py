@@ -13,7 +13,7 @@ from img2vec.errors import WeightsError
 from img2vec.model import build_embedder
 from img2vec.preprocessing import get_preset
 from img2vec.weights import NATIVE_SUFFIX, SPECS, get_spec, preset_of
-from tests.parity import relative_error
+from tests.support.parity import relative_error
 
 REQUIRED = {
     "resnet50",

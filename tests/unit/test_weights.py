@@ -25,7 +25,7 @@ from img2vec.weights import (
     resolve_weights,
     sha256_of,
 )
-from tests.helpers import serving
+from tests.support.helpers import serving
 
 ROOT = Path(__file__).resolve().parents[2]
 # The published SHA-256 of resnet50-0676ba61.pth (ResNet50_Weights.IMAGENET1K_V1), in full:

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.conftest import MORE_PHOTO_NAMES, PHOTO_NAMES, encode, photo
+from tests.support.images import MORE_PHOTO_NAMES, PHOTO_NAMES, encode, photo
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -30,8 +30,8 @@ from weaviate.util import generate_uuid5
 
 from bench.processes import launched, marked_pids, wait_ready
 from bench.weaviate_server import ROOT, Weaviate, running
-from tests.conftest import encode, photo
-from tests.helpers import augmented
+from tests.support.helpers import augmented
+from tests.support.images import encode, photo
 from tests.weaviate.support import b64, photo_files, vector_alone
 
 DEADLINE_S = 2

@@ -14,7 +14,7 @@ import weaviate
 from weaviate.classes.config import Configure, DataType, Property
 
 from bench.weaviate_server import running
-from tests.conftest import one_pixel_png
+from tests.support.images import one_pixel_png
 from tests.weaviate.support import b64, photo_files, readme_block, vector_alone
 
 

@@ -1,0 +1,93 @@
+"""The layout shows the processes (docs/architecture.md), and each folder's rule holds:
+- `deployments/edge/` runs in the ingress replicas, which scale with request rate: never torch;
+- `deployments/model/` runs in the model replicas: never the HTTP edge (FastAPI is Serve's);
+- `deployments/ops/` is the launcher and its helpers: imported by no replica;
+- `img2vec/` is the library: never Ray, never HTTP.
+Checked in fresh interpreters (what a replica process really loads) and in the source."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def modules_of(folder: str) -> list[str]:
+    return sorted(
+        ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        for path in (ROOT / folder).glob("*.py")
+        if path.name != "__init__.py"
+    )
+
+
+def loaded_after(modules: list[str], prefixes: tuple[str, ...]) -> list[str]:
+    """The modules starting with one of `prefixes` that a fresh interpreter has loaded once
+    it has imported `modules`."""
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({prefixes!r}))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return list(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def imported_by(folder: str) -> dict[str, set[str]]:
+    """Each source file of `folder` (recursively) -> the modules it imports."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module)
+                names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        found[str(path.relative_to(ROOT))] = names
+    return found
+
+
+def offenders(folder: str, forbidden: tuple[str, ...], skip: str | None = None) -> list[str]:
+    return [
+        f"{path}: {name}"
+        for path, names in imported_by(folder).items()
+        if skip is None or not path.startswith(skip)
+        for name in sorted(names)
+        if name == forbidden or name.startswith(forbidden)
+    ]
+
+
+def test_an_ingress_replica_never_loads_torch():
+    edge = modules_of("deployments/edge")
+    assert "deployments.edge.neural" in edge and "deployments.edge.clip" in edge
+    assert loaded_after(edge, ("torch", "torchvision", "transformers")) == []
+
+
+def test_a_model_replica_never_loads_the_http_edge():
+    model = modules_of("deployments/model")
+    assert "deployments.model.image" in model and "deployments.model.clip" in model
+    assert loaded_after(model, ("deployments.edge",)) == []
+    # Ray Serve itself loads FastAPI in every process; none of ours in a model replica may.
+    assert offenders("deployments/model", ("fastapi", "starlette")) == []
+
+
+def test_no_replica_imports_the_launcher():
+    # What Serve's processes import: the application builder, and through it every
+    # deployment; the proxy's middleware.
+    replicas = [
+        "deployments.app",
+        *modules_of("deployments/edge"),
+        *modules_of("deployments/model"),
+    ]
+    assert loaded_after(replicas, ("deployments.ops",)) == []
+    assert offenders("deployments", ("deployments.ops",), skip="deployments/ops") == []
+
+
+def test_the_library_never_imports_ray_http_or_the_service():
+    assert offenders("img2vec", ("ray", "fastapi", "starlette", "deployments")) == []
