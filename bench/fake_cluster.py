@@ -108,7 +108,10 @@ def cluster_config(port: int) -> dict:
     deployments["Embedder"]["autoscaling_config"].update(
         min_replicas=1,
         max_replicas=2,
-        target_ongoing_requests=2,
+        # Each ingress replica keeps at most 2 calls in flight to the model (its client
+        # groups what waits meanwhile), so the model sees 2 ongoing calls from the one
+        # ingress here however many clients there are: 1 per replica makes that want two.
+        target_ongoing_requests=1,
         upscale_delay_s=1,
         downscale_delay_s=5,
         # 2 s: four of the 0.5 s metric pushes that FAST sets. Ray warns that it is not above

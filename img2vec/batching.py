@@ -24,11 +24,12 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from img2vec.cpus import FORWARD_THREAD, name_this_thread
 from img2vec.errors import NotReady, Overloaded
+from img2vec.overload import Backlog
 
 log = logging.getLogger(__name__)
 
@@ -72,35 +73,6 @@ class BatchSettings:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class Backlog:
-    """How far behind the model is, and whether a request can still make its deadline: the
-    one answer to "overloaded?", asked by the model replica before it enqueues an image and
-    by the ingress (from the model's last answer) before it reads a request."""
-
-    # Until an image enqueued now would have its result.
-    behind_s: float = 0.0
-    # The recent cost of one image in a pass (0 until a pass has run: no estimate yet).
-    per_image_s: float = 0.0
-    # The largest pass the model runs.
-    max_pass: int = 1
-
-    def refusal(self, left_s: float, ahead: int = 0) -> Overloaded | None:
-        """Overloaded when a request with `left_s` seconds to go, behind `ahead` more images
-        not counted yet, would not have its result in time; else None."""
-        behind = self.behind_s + ahead * self.per_image_s
-        if behind <= left_s:
-            return None
-        return Overloaded(
-            f"the model is {behind:.1f} s behind and this request has {max(left_s, 0):.1f} s"
-            " left; retry later"
-        )
-
-    def aged(self, elapsed_s: float) -> Backlog:
-        """The same backlog `elapsed_s` later, with nothing added meanwhile."""
-        return replace(self, behind_s=max(0.0, self.behind_s - elapsed_s))
 
 
 class Pending(NamedTuple, Generic[T]):
@@ -352,6 +324,20 @@ class Batcher(Generic[T, R]):
                 )
             else:
                 jobs.append(job)
+        # A pass of these takes about len(jobs) x the recent cost of an image, and none of
+        # them is answered before it ends: a job whose deadline comes sooner is answered now,
+        # not computed for a caller who will have given up (whose timeout would answer it
+        # only at the deadline, later).
+        if jobs and self._s_per_image:
+            ends = now + len(jobs) * self._s_per_image
+            late = [job for job in jobs if job.deadline is not None and job.deadline < ends]
+            for job in late:
+                job.future.set_exception(
+                    Overloaded("the model cannot answer this image in time; retry later")
+                )
+            if late:
+                expired += len(late)
+                jobs = [job for job in jobs if not job.future.done()]
         self.stats.dropped_caller_gone += gone
         self.stats.expired += expired
         if self._observer is not None:

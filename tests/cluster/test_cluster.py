@@ -134,8 +134,11 @@ def test_a_user_config_change_applies_under_load_without_a_failed_request(cluste
 
 def test_load_adds_a_model_replica_and_a_gpu_node_and_idleness_removes_both(cluster):
     _, url = cluster
-    assert running_replicas("Embedder") == 1 and len(alive_nodes()) == 2
-    load = Load(url, clients=6)  # target_ongoing_requests 2 per replica: wants two
+    # At rest first: the test before may have left a second replica and its node to go.
+    wait_until(
+        lambda: running_replicas("Embedder") == 1 and len(alive_nodes()) == 2, 180, "at rest"
+    )
+    load = Load(url, clients=6)  # 2 calls in flight, target_ongoing_requests 1: wants two
     try:
         up = wait_until(lambda: running_replicas("Embedder") == 2, 180, "a second replica")
         nodes = len(alive_nodes())

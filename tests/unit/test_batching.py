@@ -140,6 +140,28 @@ def test_a_request_past_its_deadline_is_answered_overloaded_unrun():
     assert fine == 30 and model.passes == [[1], [3]]
 
 
+def test_a_request_that_its_pass_would_finish_too_late_for_is_answered_before_its_deadline():
+    """With the cost of an image known (0.5 s here), a pass of three would end 1.5 s from now:
+    a request due in 1 s is answered Overloaded at once, not computed and not left to its
+    caller's timeout; the others run."""
+
+    async def main():
+        model = FakeModel()
+        batcher = Batcher(model, BatchSettings(max_batch_size=8))
+        batcher.seed(0.5)
+        now = time.monotonic()
+        soon = batcher.enqueue(1, deadline=now + 1.0)
+        later = [batcher.enqueue(i, deadline=now + 60) for i in (2, 3)]
+        with pytest.raises(Overloaded, match="in time"):
+            await soon
+        answered_in = time.monotonic() - now
+        return await asyncio.gather(*later), answered_in, model
+
+    later, answered_in, model = run(main())
+    assert later == [20, 30] and model.passes == [[2, 3]]
+    assert answered_in < 0.5
+
+
 def test_a_failing_pass_fails_only_its_own_requests():
     async def main():
         model = FakeModel(gated=True)
