@@ -23,6 +23,7 @@ stale or damaged entry is rebuilt. OpenVINO's own compiled-blob cache sits besid
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -257,6 +258,22 @@ def cache_key(identity: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def code_digest(module: torch.nn.Module) -> str:
+    """The source of what is converted: every file of ours that defines one of `module`'s
+    submodules (the wrapper, its pooling), and this one. Editing any of them converts again,
+    so that a cache kept across an upgrade (a mounted TORCH_HOME) never runs old code."""
+    files = {Path(__file__)}
+    for sub in module.modules():
+        if type(sub).__module__.startswith("img2vec."):
+            source = inspect.getsourcefile(type(sub))
+            if source:
+                files.add(Path(source))
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _entry(key: Mapping[str, Any]) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return engine_cache_dir() / f"{key.get('model', 'model')}-{OPENVINO}-{digest}"
@@ -341,7 +358,7 @@ class OpenVINOEngine:
                 "dtype bfloat16 needs a CPU with AMX or AVX512-BF16, and this one has neither: "
                 "it would run slower than float32. Use dtype float32."
             )
-        self.key = cache_key(identity)
+        self.key = cache_key({**identity, "code": code_digest(module)})
         self.entry = _entry(self.key)
         started = time.perf_counter()
         self.cache_hit = _cached(self.entry, self.key)

@@ -73,6 +73,18 @@ def test_the_converted_model_is_cached_keyed_and_verified(mobilenet_v2_file, cap
     assert "stale or damaged" in caplog.text
 
 
+def test_a_model_converted_by_other_code_is_converted_again(mobilenet_v2_file, monkeypatch):
+    """The key holds the source of what was converted (the wrapper, its pooling, the
+    normalization): a cache kept across an upgrade of img2vec never runs the old code."""
+    import img2vec.engines
+
+    first = _openvino("mobilenet_v2", str(mobilenet_v2_file)).engine
+    assert _openvino("mobilenet_v2", str(mobilenet_v2_file)).engine.cache_hit
+    monkeypatch.setattr(img2vec.engines, "code_digest", lambda module: "edited")
+    edited = _openvino("mobilenet_v2", str(mobilenet_v2_file)).engine
+    assert not edited.cache_hit and edited.entry != first.entry
+
+
 def test_graph_auto_is_openvino_on_cpu_and_the_engine_is_cpu_only(mobilenet_v2_file):
     auto = build_embedder(model="mobilenet_v2", weights="random", device="cpu", graph="auto")
     assert auto.info().graph == OPENVINO
