@@ -4,7 +4,7 @@ pixels. The ingress uses this module (it must not load torch); the towers that t
 inputs into vectors are `img2vec/towers.py`.
 
 A model directory is Hugging Face's `save_pretrained` layout, what multi2vec-clip's
-`download.py` stores: `config.json` (`model_type` "clip" or "siglip"), the weights,
+`download.py` stores: `config.json` (`model_type` "clip", "metaclip_2" or "siglip"), the weights,
 `tokenizer.json`, `tokenizer_config.json` and `preprocessor_config.json`.
 
 Texts longer than the model's context (77 tokens for CLIP, 64 for SigLIP) are truncated, as
@@ -29,10 +29,15 @@ from img2vec.errors import InvalidRequest
 from img2vec.preprocessing import Preprocess
 
 # What each model family does with its inputs (transformers' processors and models):
-# CLIP pools the end token, so texts are padded to the longest of a pass and masked; SigLIP
-# pools the last position and was trained on texts padded to the full context, unmasked.
-FAMILIES = ("clip", "siglip")
-FIXED_LENGTH = {"clip": False, "siglip": True}
+# CLIP pools the end token, so texts are padded (masked) and any padding leaves them as they
+# are; SigLIP pools the last position and was trained on texts padded to the full context,
+# unmasked. MetaCLIP 1 checkpoints are CLIP ("clip"); MetaCLIP 2 (`MetaClip2Model`) is CLIP's
+# architecture with a multilingual tokenizer whose pad and end tokens differ; SigLIP 2's
+# fixed-resolution checkpoints are SigLIP ("siglip") with Gemma's tokenizer (pad 0, end 1).
+FAMILIES = ("clip", "metaclip_2", "siglip")
+FIXED_LENGTH = {"clip": False, "metaclip_2": False, "siglip": True}
+# The families whose text tower pools the end token and projects it (CLIP's shape).
+END_TOKEN_POOLED = ("clip", "metaclip_2")
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ class ClipSpec:
                 "sentence-transformers)"
             )
         text = config.get("text_config") or {}
-        context = int(text.get("max_position_embeddings", 77 if family == "clip" else 64))
+        context = int(text.get("max_position_embeddings", 64 if family == "siglip" else 77))
         tokenizer = load_tokenizer(root)
         return cls(
             path=root,

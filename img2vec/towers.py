@@ -11,7 +11,6 @@ of concurrent requests into the same pass.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -26,8 +25,9 @@ from img2vec.batching import WarmUp
 from img2vec.engines import normalize
 from img2vec.invariance import batch_invariant, fixed_pass_size, in_fixed_passes, probe_images
 from img2vec.model import pick_device
-from img2vec.multimodal import ClipSpec, st_modules
+from img2vec.multimodal import END_TOKEN_POOLED, ClipSpec
 from img2vec.options import CLIP_GRAPHS
+from img2vec.text_head import apply_head, read_head
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,8 @@ class _TextTower(torch.nn.Module):
         if self.text is not None:
             assert mask is not None
             hidden = self.text(input_ids=ids, attention_mask=mask).last_hidden_state
-            return _apply_head(self.head, hidden, mask)
-        if self.family == "clip":
+            return apply_head(self.head, hidden, mask)
+        if self.family in END_TOKEN_POOLED:
             pooled = self.model.text_model(input_ids=ids, attention_mask=mask).pooler_output
             out: torch.Tensor = self.model.text_projection(pooled)
             return out
@@ -117,7 +117,7 @@ class Towers:
         if spec.family == "sentence-transformers":
             text = AutoModel.from_pretrained(str(spec.text_path), dtype=torch.float32)
             self._text = text.eval().to(self.device)
-            self._head = _st_head(spec.path / "text", self.device)
+            self._head = read_head(spec.path / "text", self.device)
             self.normalized = False
         self.load_s = time.perf_counter() - started
         files = [
@@ -350,67 +350,3 @@ def _files_sha256(files: list[Path]) -> str | None:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
     return digest.hexdigest()
-
-
-def _st_head(root: Path, device: torch.device) -> list[tuple[str, Any]]:
-    """The sentence-transformers modules after the text model: pooling, dense layers,
-    normalization, read from their own config files (old and new layouts)."""
-    head: list[tuple[str, Any]] = []
-    for kind, path in st_modules(root)[1:]:
-        if kind == "Pooling":
-            config = json.loads((path / "config.json").read_text())
-            mode = config.get("pooling_mode") or next(
-                (m for m in ("mean", "cls", "max") if config.get(f"pooling_mode_{m}_tokens")),
-                "cls" if config.get("pooling_mode_cls_token") else None,
-            )
-            if mode not in ("mean", "cls", "max"):
-                raise ValueError(f"{path}: pooling {config} is not supported (mean, cls, max)")
-            head.append(("pool", mode))
-        elif kind == "Dense":
-            config = json.loads((path / "config.json").read_text())
-            activation = config.get("activation_function", "torch.nn.modules.linear.Identity")
-            if activation.rsplit(".", 1)[-1] not in ("Identity", "Tanh"):
-                raise ValueError(f"{path}: activation {activation} is not supported")
-            linear = torch.nn.Linear(
-                config["in_features"], config["out_features"], bias=config.get("bias", True)
-            )
-            linear.load_state_dict(_read_state(path, "linear."))
-            head.append(("dense", (linear.eval().to(device), activation.endswith("Tanh"))))
-        elif kind == "Normalize":
-            head.append(("normalize", None))
-        else:
-            raise ValueError(f"{root}: module {kind} is not supported after the text model")
-    return head
-
-
-def _apply_head(
-    head: list[tuple[str, Any]], hidden: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    x = hidden
-    for step, arg in head:
-        if step == "pool":
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            if arg == "mean":
-                x = (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
-            elif arg == "cls":
-                x = hidden[:, 0]
-            else:
-                x = hidden.masked_fill(m == 0, -1e9).max(1).values
-        elif step == "dense":
-            linear, tanh = arg
-            x = linear(x)
-            x = torch.tanh(x) if tanh else x
-        else:
-            x = torch.nn.functional.normalize(x, dim=-1)
-    return x
-
-
-def _read_state(path: Path, prefix: str) -> dict[str, torch.Tensor]:
-    """A module's weights: model.safetensors, else pytorch_model.bin (tensors only)."""
-    if (path / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        state = load_file(str(path / "model.safetensors"))
-    else:
-        state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    return {k.removeprefix(prefix): v for k, v in state.items()}

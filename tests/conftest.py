@@ -60,3 +60,19 @@ def siglip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.support.clip_models import write_siglip
 
     return write_siglip(tmp_path_factory.mktemp("siglip"))
+
+
+@pytest.fixture(scope="session")
+def siglip2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random SigLIP 2 at a fixed resolution (256 px, patches of 16), Gemma's special tokens."""
+    from tests.support.clip_models import write_siglip2
+
+    return write_siglip2(tmp_path_factory.mktemp("siglip2"))
+
+
+@pytest.fixture(scope="session")
+def metaclip2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random MetaCLIP 2 (`MetaClip2Model`) with a tokenizer of XLM-V's special tokens."""
+    from tests.support.clip_models import write_metaclip2
+
+    return write_metaclip2(tmp_path_factory.mktemp("metaclip2"))

@@ -20,7 +20,7 @@ from tests.support.images import b64, encode, photo
 from tests.support.parity import min_separation, relative_error
 from tests.support.service import deploy
 
-BOUND = 1e-3  # the issue's bound for the OpenAI CLIP path (tests/unit/test_clip.py)
+BOUND = 1e-3  # the issue's bound for the OpenAI CLIP path (tests/unit/test_towers.py)
 MAX_INPUTS = 8
 JSON = {"Content-Type": "application/json"}
 
@@ -272,3 +272,44 @@ def test_past_capacity_every_request_is_answered_200_or_a_json_503_in_time(serve
         assert took < 1 + 5, took  # the timeout, and slack for 200 connections on 2 cores
         if status == 503:
             assert set(r.json()) == {"error"} and r.headers["retry-after"] == "1"
+
+
+@pytest.mark.parametrize("family", ["metaclip2", "siglip2"])
+def test_metaclip_2_and_siglip_2_serve_their_references_vectors(family, request, serve_base):
+    """MetaCLIP 2 and SigLIP 2 through the service as Weaviate calls it: one object's texts
+    and images, then the same text alone and in a crowd of other requests (the same bits)."""
+    path = request.getfixturevalue(f"{family}_dir")
+    env = {"IMG2VEC_WEIGHTS": str(path), "IMG2VEC_DEVICE": "cpu", "IMG2VEC_TORCH_THREADS": "2"}
+    url = deploy(family, f"/{family}", env, serve_base, builder="build_clip_app")
+    try:
+        reference = ReferenceClip(path)
+        meta = httpx.get(url + "/meta").json()
+        assert meta["family"] == ("metaclip_2" if family == "metaclip2" else "siglip")
+        images = [photo(name) for name in NAMES]
+        texts = ["a photo of a cat", "red rocket on the moon with a big blue dog"]
+        r = vectorize(url, texts, [b64(encode(img, "PNG")) for img in images], headers=JSON)
+        assert r.status_code == 200, r.text
+        ref_images = reference.images(images)
+        bound = max(BOUND, 0.01 * min_separation(dict(zip(NAMES, ref_images, strict=True))))
+        for name, ours, ref in zip(NAMES, r.json()["imageVectors"], ref_images, strict=True):
+            assert relative_error(ours, ref) <= bound, name
+        for text, ours, ref in zip(
+            texts, r.json()["textVectors"], reference.texts(texts), strict=True
+        ):
+            assert relative_error(ours, ref) <= BOUND, text
+        alone = vectorize(url, ["a dog"]).json()["textVectors"][0]
+
+        async def crowd() -> list[dict]:
+            async with httpx.AsyncClient(timeout=60) as client:
+                bodies = [json.dumps({"texts": ["a dog", *texts[: i % 3]]}) for i in range(12)]
+                answers = await asyncio.gather(
+                    *(client.post(url + "/vectorize", content=b) for b in bodies)
+                )
+            return [a.json() for a in answers]
+
+        for answer in asyncio.run(crowd()):
+            assert answer["textVectors"][0] == alone
+    finally:
+        from ray import serve
+
+        serve.delete(family)

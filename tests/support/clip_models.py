@@ -178,3 +178,87 @@ def _modules(root: Path, modules: list[tuple[str, str]]) -> None:
         for i, (path, kind) in enumerate(modules)
     ]
     (root / "modules.json").write_text(json.dumps(entries))
+
+
+def _word_tokenizer(specials: list[str], template: str, **named: str) -> object:
+    """A small lower-casing word-level fast tokenizer: `specials` first (ids 0, 1, ...), then
+    a few words; `template` (tokenizers' TemplateProcessing) adds the special tokens."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = "a photo of the cat dog rocket coffee astronaut man on in with red blue big small"
+    vocab = {**{t: i for i, t in enumerate(specials)}}
+    vocab.update({w: len(specials) + i for i, w in enumerate(words.split())})
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=named["unk_token"]))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    used = [t for t in specials if t in template]
+    backend.post_processor = processors.TemplateProcessing(
+        single=template, special_tokens=[(t, vocab[t]) for t in used]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **named)
+
+
+def write_metaclip(root: Path, seed: int = 0) -> Path:
+    """MetaCLIP 1 as the hub has it (`facebook/metaclip-b32-400m`): a `CLIPModel` with
+    QuickGELU and OpenAI CLIP's tokenizer, here random and small, ViT-B/16 patches."""
+    from transformers import CLIPConfig, CLIPModel
+
+    clip = write_clip(root / "metaclip-base", seed=seed, patch=16)
+    config = CLIPConfig.from_pretrained(clip)
+    config.text_config.hidden_act = config.vision_config.hidden_act = "quick_gelu"
+    torch.manual_seed(seed + 1)
+    out = root / "metaclip"
+    CLIPModel(config).eval().save_pretrained(out)
+    for name in clip.iterdir():
+        if not name.name.startswith(("model", "config")):
+            (out / name.name).write_bytes(name.read_bytes())
+    return out
+
+
+def write_metaclip2(root: Path, seed: int = 0) -> Path:
+    """A random MetaCLIP 2 (`MetaClip2Model`: CLIP's towers, a multilingual XLM-V tokenizer
+    whose pad, start and end tokens are 1, 0 and 2) with a small tokenizer of that shape."""
+    from transformers import CLIPImageProcessor, MetaClip2Config, MetaClip2Model
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    tokenizer = _word_tokenizer(
+        specials, "<s> $A </s>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        unk_token="<unk>", model_max_length=77,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    config = MetaClip2Config(
+        text_config={**TOWER, "vocab_size": 40, "max_position_embeddings": 77,
+                     "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2},
+        vision_config={**TOWER, "image_size": 224, "patch_size": 32},
+        projection_dim=32,
+    )  # fmt: skip
+    out = root / "metaclip2"
+    MetaClip2Model(config).eval().save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    CLIPImageProcessor().save_pretrained(out)
+    return out
+
+
+def write_siglip2(root: Path, seed: int = 0) -> Path:
+    """SigLIP 2 at a fixed resolution as the hub has it (`google/siglip2-so400m-patch16-256`):
+    a `SiglipModel` (model_type "siglip"), 256 px in patches of 16, with Gemma's special
+    tokens (pad 0, end 1: unlike SigLIP, where both are 1), here with a small tokenizer."""
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    tokenizer = _word_tokenizer(
+        specials, "$A <eos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+        model_max_length=64,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    config = SiglipConfig(
+        text_config={**TOWER, "vocab_size": 40, "max_position_embeddings": 64,
+                     "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2},
+        vision_config={**TOWER, "image_size": 256, "patch_size": 16},
+    )  # fmt: skip
+    out = root / "siglip2"
+    SiglipModel(config).eval().save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    SiglipImageProcessor(size={"height": 256, "width": 256}).save_pretrained(out)
+    return out

@@ -1,7 +1,8 @@
 """The multi2vec-clip library path (img2vec/multimodal.py, img2vec/towers.py) against the
 independent reference (transformers' own processor and model, tests/support/clip_reference.py): the
 tokenizer's ids, and each tower's vectors, with random towers and OpenAI CLIP's real
-tokenizer; SigLIP's padding and pooling with a small tokenizer."""
+tokenizer; SigLIP's and SigLIP 2's padding and pooling with small tokenizers; MetaCLIP 1 and 2
+on CLIP's path."""
 
 from __future__ import annotations
 
@@ -122,10 +123,16 @@ def test_an_images_vector_is_bit_identical_whatever_it_is_batched_with(clip):
             assert np.array_equal(v, alone[i]), (PHOTOS[i], float(np.abs(v - alone[i]).max()))
 
 
-def test_siglip_pads_to_its_full_context_and_matches_the_reference(siglip_dir):
-    spec = ClipSpec.from_dir(siglip_dir)
+@pytest.mark.parametrize("family", ["siglip", "siglip2"])
+def test_siglip_pads_to_its_full_context_and_matches_the_reference(family, request):
+    """SigLIP, and SigLIP 2's fixed-resolution checkpoints (a SiglipModel at 256 px whose
+    pad token, 0, is not its end token, 1): texts padded to the full context with the pad
+    token, unmasked, pooled at the last position; images stretched to the tower's size."""
+    path = request.getfixturevalue(f"{family}_dir")
+    spec = ClipSpec.from_dir(path)
     assert (spec.family, spec.context, spec.fixed_length) == ("siglip", 64, True)
-    towers, ref = Towers(spec, "cpu", 2), ReferenceClip(siglip_dir)
+    assert spec.pad_id == (0 if family == "siglip2" else 1)
+    towers, ref = Towers(spec, "cpu", 2), ReferenceClip(path)
     texts = ["a photo of a cat", "red rocket on the moon", " ".join(["dog"] * 100)]
     ids = TextTokenizer(spec).encode(texts)
     assert [len(t) for t in ids] == [6, 6, 64]  # the end token included
@@ -137,6 +144,47 @@ def test_siglip_pads_to_its_full_context_and_matches_the_reference(siglip_dir):
         assert relative_error(o, r) <= bound, (name, relative_error(o, r), bound)
     for text, o, r in zip(texts, towers.embed_texts(ids), ref.texts(texts), strict=True):
         assert relative_error(o, r) <= 1e-5, text[:20]
+
+
+@pytest.fixture(scope="module", params=["metaclip", "metaclip2"])
+def metaclip(request, tmp_path_factory):
+    """MetaCLIP 1 (a CLIPModel with QuickGELU, OpenAI's tokenizer) and MetaCLIP 2
+    (`MetaClip2Model`, whose pad token is not its end token), both on the default engine."""
+    from tests.support.clip_models import write_metaclip
+
+    if request.param == "metaclip":
+        path = write_metaclip(tmp_path_factory.mktemp("metaclip"))
+    else:
+        path = request.getfixturevalue("metaclip2_dir")
+    with pytest.MonkeyPatch.context() as mp:  # (module-scoped: the autouse one is not yet)
+        mp.setenv("IMG2VEC_ENGINE_CACHE", str(tmp_path_factory.getbasetemp() / "engines"))
+        spec = ClipSpec.from_dir(path)
+        towers = Towers(spec, "cpu", 2)
+        towers.warm_up(8)
+    return request.param, spec, towers, ReferenceClip(path)
+
+
+def test_metaclip_1_and_2_take_clips_path_and_give_the_references_vectors(metaclip):
+    """End-token pooling, masked padding, projection, L2-normalized: the tokenizer's ids, each
+    text and image against transformers' own model and processor, and the same bits for a
+    text alone and among longer ones."""
+    name, spec, towers, ref = metaclip
+    assert spec.family == ("clip" if name == "metaclip" else "metaclip_2")
+    assert spec.fixed_length is False and spec.context == 77
+    texts = ["a photo of a cat", "red rocket on the moon with a big blue dog", "a dog"]
+    ids = TextTokenizer(spec).encode(texts)
+    theirs = ref.processor.tokenizer(texts, truncation=True, max_length=77)["input_ids"]
+    assert [t.tolist() for t in ids] == theirs
+    for text, o, r in zip(texts, towers.embed_texts(ids), ref.texts(texts), strict=True):
+        assert relative_error(o, r) <= CLIP_BOUND, (text, relative_error(o, r))
+    images = [photo(name) for name in PHOTOS]
+    ref_images = ref.images(images)
+    assert min_separation(dict(zip(PHOTOS, ref_images, strict=True))) > 100 * CLIP_BOUND
+    ours = towers.embed_images(np.stack([spec.preprocess.to_array(i) for i in images]))
+    for photo_name, o, r in zip(PHOTOS, ours, ref_images, strict=True):
+        assert relative_error(o, r) <= CLIP_BOUND, (photo_name, relative_error(o, r))
+    alone = towers.embed_texts([ids[2]])[0]
+    assert np.array_equal(towers.embed_texts(ids)[2], alone)
 
 
 def test_a_directory_that_is_not_a_clip_model_is_refused_saying_why(tmp_path, clip_dir):
