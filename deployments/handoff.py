@@ -8,8 +8,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from img2vec.batching import Backlog
 from img2vec.errors import Img2VecError
+from img2vec.overload import Backlog
 
 
 class GroupAnswer(NamedTuple):

@@ -33,8 +33,8 @@ from ray.serve.handle import DeploymentHandle
 from deployments.edge.health import ModelHealth
 from deployments.edge.http import model_error
 from deployments.handoff import GroupAnswer
-from img2vec.batching import Backlog
 from img2vec.errors import Img2VecError, Overloaded
+from img2vec.overload import Backlog
 
 # Images per call: Serve's gRPC transport between deployments (throughput-optimized mode)
 # refuses messages over 4 MiB, and 16 images of 224x224x3 are 2.4 MB.

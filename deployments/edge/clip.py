@@ -22,7 +22,7 @@ from collections.abc import Awaitable
 import numpy as np
 import orjson
 from fastapi import Request, Response
-from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, StrictStr
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -31,8 +31,8 @@ from deployments.edge.http import (
     LIVE_ROUTE,
     META_ROUTE,
     READY_ROUTE,
-    describe_validation,
     new_app,
+    parse_json,
     post_route,
 )
 from deployments.settings import IngressSettings
@@ -156,11 +156,7 @@ class ClipIngress:
         return ex.response
 
     def _parse(self, body: bytes) -> ClipRequest:
-        # Parsed from bytes ourselves, whatever the Content-Type says.
-        try:
-            req = ClipRequest.model_validate_json(body)
-        except ValidationError as exc:
-            raise InvalidRequest(describe_validation(exc.errors())) from None
+        req = parse_json(ClipRequest, body)
         count = len(req.texts or ()) + len(req.images or ())
         if count > self._settings.max_bulk_items:
             raise InvalidRequest(

@@ -6,13 +6,13 @@ budget that keeps an ingress replica's memory bounded however many clients send 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 import ray.exceptions
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -29,6 +29,7 @@ from img2vec.errors import (
 )
 
 log = logging.getLogger("ray.serve")
+Schema = TypeVar("Schema", bound=BaseModel)
 
 # The one table from what went wrong to what the client is told.
 STATUS: dict[type[Img2VecError], int] = {
@@ -112,6 +113,15 @@ def model_error(exc: BaseException) -> Img2VecError | None:
     if isinstance(exc, ray.exceptions.RayActorError | ray.exceptions.ActorUnavailableError):
         return NotReady("a model replica is restarting; retry later")
     return None
+
+
+def parse_json(schema: type[Schema], body: bytes) -> Schema:
+    """A body validated against a protocol's schema, parsed from bytes ourselves (Weaviate
+    sends no Content-Type): anything else is a 422 saying what, without echoing the input."""
+    try:
+        return schema.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidRequest(describe_validation(exc.errors())) from None
 
 
 def describe_validation(errors: Any) -> str:

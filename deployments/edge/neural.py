@@ -17,7 +17,6 @@ import warnings
 
 import orjson
 from fastapi import Request, Response
-from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -30,8 +29,8 @@ from deployments.edge.http import (
     READY_ROUTE,
     VECTORS_ROUTE,
     VectorRequest,
-    describe_validation,
     new_app,
+    parse_json,
 )
 from deployments.settings import IngressSettings
 from img2vec.decoding import ImageLimits, ImageReader
@@ -115,11 +114,7 @@ class NeuralIngress:
         return ex.response
 
     def _parse(self, body: bytes) -> VectorRequest:
-        # Parsed from bytes ourselves: Weaviate sends no Content-Type header at all.
-        try:
-            req = VectorRequest.model_validate_json(body)
-        except ValidationError as exc:
-            raise InvalidRequest(describe_validation(exc.errors())) from None
+        req = parse_json(VectorRequest, body)
         if len(req.id) > self._settings.max_id_length:
             raise InvalidRequest(
                 f"id is {len(req.id)} characters; the limit is {self._settings.max_id_length}"

@@ -20,6 +20,7 @@ from ray import serve
 from deployments.handoff import GroupAnswer
 from deployments.model.host import (
     DEFAULTS,
+    MODEL_DEPLOYMENT,
     Admitted,
     ModelHost,
     check_images,
@@ -31,12 +32,7 @@ from img2vec.multimodal import ClipSpec
 from img2vec.towers import IMAGE, TEXT, Input, Towers
 
 
-@serve.deployment(
-    name="Embedder",
-    max_ongoing_requests=64,
-    max_queued_requests=256,
-    user_config=DEFAULTS.as_dict(),
-)
+@serve.deployment(**MODEL_DEPLOYMENT)
 class ClipModel:
     def __init__(self, settings: ClipModelSettings) -> None:
         spec = ClipSpec.from_dir(settings.weights)

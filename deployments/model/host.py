@@ -65,6 +65,15 @@ def as_result(answer: object) -> np.ndarray | Img2VecError:
     return Img2VecError(INTERNAL_ERROR)
 
 
+# Both model deployments' Serve options: enough for a full pass running and the next one
+# queued behind it; the batch settings a replica starts with until `reconfigure`.
+MODEL_DEPLOYMENT: dict[str, Any] = {
+    "name": "Embedder",
+    "max_ongoing_requests": 64,
+    "max_queued_requests": 256,
+    "user_config": DEFAULTS.as_dict(),
+}
+
 # One input's place in the batcher, or why it was refused before it got one.
 Admitted = asyncio.Future[np.ndarray] | Overloaded
 

@@ -28,6 +28,7 @@ from ray import serve
 from deployments.handoff import GroupAnswer
 from deployments.model.host import (
     DEFAULTS,
+    MODEL_DEPLOYMENT,
     Admitted,
     ModelHost,
     check_images,
@@ -39,13 +40,7 @@ from img2vec.errors import Img2VecError
 from img2vec.model import Embedder, build_embedder
 
 
-@serve.deployment(
-    name="Embedder",
-    # Enough for a full pass running and the next one queued behind it.
-    max_ongoing_requests=64,
-    max_queued_requests=256,
-    user_config=DEFAULTS.as_dict(),
-)
+@serve.deployment(**MODEL_DEPLOYMENT)
 class ImageModel:
     def __init__(self, settings: ImageModelSettings) -> None:
         options = settings.model_dump()

@@ -36,7 +36,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,16 +43,7 @@ from types import FrameType
 
 import psutil
 
-from deployments.ops.node import (
-    clear_stale_record,
-    keep_on_loopback,
-    load_config,
-    object_store_bytes,
-    ray_address,
-    read_env_file,
-    shm_free_bytes,
-    single_node_settings,
-)
+from deployments.ops.node import load_config, prepare_environment, ray_address, start_ray
 from deployments.ops.supervisor import (
     as_server,
     end_processes,
@@ -188,51 +178,6 @@ def _drain(lifecycle: object, watch: _Watch, accept_s: float, grace_s: float, lo
     return False
 
 
-def _environment(args: argparse.Namespace, local: bool, host: str | None) -> str:
-    """serve.env, then (on its own local Ray) the single-node settings, into this process's
-    environment, which Ray's processes inherit; returns HAProxy's directory. A service on
-    loopback runs without serve.env's HAProxy unless the environment asks for it
-    (`keep_on_loopback`)."""
-    config_path = Path(args.config)
-    env_file = Path(args.env_file) if args.env_file else config_path.parent / "serve.env"
-    explicit = set(os.environ)
-    if env_file.is_file():
-        for key, value in read_env_file(env_file).items():
-            os.environ.setdefault(key, value)
-    if keep_on_loopback(os.environ, explicit, host):
-        log.info(
-            "img2vec: on %s, Serve's proxy instead of HAProxy, whose stats and metrics ports "
-            "would listen on every interface (--host 0.0.0.0 / IMG2VEC_HOST to serve other "
-            "hosts, with HAProxy)",
-            host,
-        )
-    haproxy_files = tempfile.mkdtemp(prefix="img2vec-haproxy-")
-    for key, value in single_node_settings(haproxy_files, local).items():
-        os.environ.setdefault(key, value)
-    return haproxy_files
-
-
-def _start_ray(address: str, metrics_port: int) -> None:
-    import ray
-
-    if address != "local":
-        log.info("img2vec: joining the Ray cluster at %s", address)
-        ray.init(address=address, namespace="serve")
-        return
-    clear_stale_record()
-    from ray._common.utils import get_system_memory
-
-    store = object_store_bytes(shm_free_bytes(), get_system_memory())
-    if store is not None:
-        log.info("img2vec: object store %d MB, to fit in /dev/shm", store // 2**20)
-    ray.init(
-        address="local",
-        namespace="serve",
-        object_store_memory=store,
-        _metrics_export_port=metrics_port,
-    )
-
-
 def _deploy(config: dict) -> list[str]:
     """Serve started with the config's HTTP and gRPC options, its applications deployed
     (without waiting: `_serve` watches them); returns their names."""
@@ -275,11 +220,12 @@ def run(args: argparse.Namespace) -> int:
     address = ray_address(args.address)
     local = address == "local"
     config = load_config(Path(args.config), args.port, args.host)
-    haproxy_files = _environment(args, local, config["http_options"].get("host"))
+    env_file = Path(args.env_file) if args.env_file else Path(args.config).parent / "serve.env"
+    haproxy_files = prepare_environment(env_file, local, config["http_options"].get("host"))
 
     from deployments import lifecycle
 
-    _start_ray(address, args.metrics_port)
+    start_ray(address, args.metrics_port)
     stop = _Stop()
     # After ray.init, which installs its own handler (exit at once, dropping requests).
     signal.signal(signal.SIGTERM, stop)

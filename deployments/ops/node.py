@@ -8,6 +8,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import tempfile
 from collections.abc import MutableMapping
 from pathlib import Path
 
@@ -183,3 +184,47 @@ def load_config(path: Path, port: int | None, host: str | None) -> dict:
         http["host"] = host
     config["http_options"] = http
     return config
+
+
+def prepare_environment(env_file: Path, local: bool, host: str | None) -> str:
+    """serve.env, then (on its own local Ray) the single-node settings, into this process's
+    environment, which Ray's processes inherit; returns HAProxy's directory. A service on
+    loopback runs without serve.env's HAProxy unless the environment asks for it
+    (`keep_on_loopback`)."""
+    explicit = set(os.environ)
+    if env_file.is_file():
+        for key, value in read_env_file(env_file).items():
+            os.environ.setdefault(key, value)
+    if keep_on_loopback(os.environ, explicit, host):
+        log.info(
+            "img2vec: on %s, Serve's proxy instead of HAProxy, whose stats and metrics ports "
+            "would listen on every interface (--host 0.0.0.0 / IMG2VEC_HOST to serve other "
+            "hosts, with HAProxy)",
+            host,
+        )
+    haproxy_files = tempfile.mkdtemp(prefix="img2vec-haproxy-")
+    for key, value in single_node_settings(haproxy_files, local).items():
+        os.environ.setdefault(key, value)
+    return haproxy_files
+
+
+def start_ray(address: str, metrics_port: int) -> None:
+    """Join the cluster at `address`, or start a local Ray sized to /dev/shm."""
+    import ray
+
+    if address != "local":
+        log.info("img2vec: joining the Ray cluster at %s", address)
+        ray.init(address=address, namespace="serve")
+        return
+    clear_stale_record()
+    from ray._common.utils import get_system_memory
+
+    store = object_store_bytes(shm_free_bytes(), get_system_memory())
+    if store is not None:
+        log.info("img2vec: object store %d MB, to fit in /dev/shm", store // 2**20)
+    ray.init(
+        address="local",
+        namespace="serve",
+        object_store_memory=store,
+        _metrics_export_port=metrics_port,
+    )

@@ -19,6 +19,7 @@ from tests.integration.conftest import (
     MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,
 )
+from tests.support.client import vector_body, vector_of
 from tests.support.helpers import png_header_claiming
 from tests.support.images import b64, encode, one_pixel_png
 from tests.support.parity import relative_error
@@ -27,10 +28,6 @@ from tests.support.parity import relative_error
 def post(url: str, body: bytes | str, path: str = "/vectors", **headers: str) -> httpx.Response:
     data = body.encode() if isinstance(body, str) else body
     return httpx.post(url + path, content=data, headers=headers, timeout=60)
-
-
-def vector_body(image: bytes, id_: str = "x") -> str:
-    return json.dumps({"id": id_, "image": b64(image)})
 
 
 def assert_error(r: httpx.Response, status: int, fragment: str) -> None:
@@ -199,7 +196,7 @@ def test_openapi_documents_the_vectors_contract(resnet_url):
 
 
 def _solo_vectors(url: str, images: list[bytes]) -> list[np.ndarray]:
-    return [np.array(post(url, vector_body(img)).json()["vector"]) for img in images]
+    return [vector_of(url, img, np.float64) for img in images]
 
 
 def test_16_concurrent_requests_are_answered_correctly_in_batches(resnet_url, photos):

@@ -17,15 +17,11 @@ import numpy as np
 import pytest
 
 from tests.integration.conftest import MAX_BODY_BYTES, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+from tests.support.client import post_vectors
 from tests.support.formats import SAMPLES, sample
 from tests.support.images import b64, encode, one_pixel_png
 from tests.support.parity import assert_same_vector, min_separation
 from tests.support.reference import ReferenceImg2Vec
-
-
-def post_image(url: str, image: bytes, id_: str = "x") -> httpx.Response:
-    body = json.dumps({"id": id_, "image": b64(image)})
-    return httpx.post(url + "/vectors", content=body, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +38,7 @@ def separation(reference, photos) -> float:
 @pytest.mark.parametrize("name", SAMPLES)
 def test_every_format_gets_the_reference_vector(resnet_url, reference, separation, name):
     data = sample(name)
-    r = post_image(resnet_url, data, name)
+    r = post_vectors(resnet_url, data, name)
     assert r.status_code == 200, r.text
     assert r.json()["id"] == name
     assert_same_vector(r.json()["vector"], reference.vector(data), separation, name)
@@ -53,7 +49,7 @@ def test_every_format_gets_the_reference_vector(resnet_url, reference, separatio
     ["../../etc/passwd", "/etc/hosts", "C:\\\\Windows\\\\x", "ünïcödé 🐱", "a\u0000b", "", " "],
 )
 def test_ids_are_only_echoed(resnet_url, id_):
-    r = post_image(resnet_url, one_pixel_png(), id_)
+    r = post_vectors(resnet_url, one_pixel_png(), id_)
     assert r.status_code == 200, r.text
     assert r.json()["id"] == id_
 
@@ -86,7 +82,7 @@ def test_nothing_is_written_to_disk(resnet_url, serve_instance, photos):
     with ThreadPoolExecutor(8) as pool:
         codes = list(
             pool.map(
-                lambda i: post_image(resnet_url, images[i % 3], ids[i % 4]).status_code, range(24)
+                lambda i: post_vectors(resnet_url, images[i % 3], ids[i % 4]).status_code, range(24)
             )
         )
     assert sorted(set(codes)) == [200, 400]
@@ -124,7 +120,7 @@ def test_memory_in_flight_is_bounded_and_answered_503(mobilenet_small_budget_url
         # The slow request was held, not dropped: it completes (its bytes are not an image).
         assert slow.result().status_code == 400
     # And once it is done, the budget is free again.
-    assert post_image(url, one_pixel_png()).status_code == 200
+    assert post_vectors(url, one_pixel_png()).status_code == 200
 
 
 def test_an_image_exactly_at_the_pixel_limit_is_served_and_one_more_row_is_not(resnet_url, photos):
@@ -132,7 +128,7 @@ def test_an_image_exactly_at_the_pixel_limit_is_served_and_one_more_row_is_not(r
     assert side * side == MAX_IMAGE_PIXELS
     at_limit = encode(photos["astronaut"].resize((side, side)), "JPEG", quality=85)
     assert len(b64(at_limit)) < MAX_BODY_BYTES and len(at_limit) < MAX_IMAGE_BYTES
-    assert post_image(resnet_url, at_limit).status_code == 200
+    assert post_vectors(resnet_url, at_limit).status_code == 200
     over = encode(photos["astronaut"].resize((side, side + 1)), "JPEG", quality=85)
-    r = post_image(resnet_url, over)
+    r = post_vectors(resnet_url, over)
     assert r.status_code == 413 and f"limit is {MAX_IMAGE_PIXELS} pixels" in r.json()["error"]

@@ -4,20 +4,15 @@ their own original as nearest neighbour among 18 distinct images."""
 
 from __future__ import annotations
 
-import json
-
-import httpx
 import numpy as np
 
+from tests.support.client import bulk_vectors
 from tests.support.helpers import augmented
-from tests.support.images import b64, encode
+from tests.support.images import encode
 
 
 def vectors(url: str, images: list[bytes]) -> np.ndarray:
-    items = [{"id": str(i), "image": b64(img)} for i, img in enumerate(images)]
-    r = httpx.post(url + "/vectors/batch", content=json.dumps({"items": items}), timeout=300)
-    assert r.status_code == 200, r.text[:500]
-    out = np.array([item["vector"] for item in r.json()["items"]], dtype=np.float64)
+    out = bulk_vectors(url, images)
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 

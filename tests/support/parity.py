@@ -10,15 +10,14 @@ channel swap and a missing normalization each fail it by a wide margin.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-import httpx
 import numpy as np
 from PIL import Image
 
-from tests.support.images import b64, encode, one_pixel_png
+from tests.support.client import vector_of
+from tests.support.images import encode, one_pixel_png
 
 if TYPE_CHECKING:
     from tests.support.reference import ReferenceImg2Vec
@@ -73,19 +72,11 @@ def parity_images(photos: dict[str, Image.Image]) -> dict[str, bytes]:
     return images
 
 
-def service_vector(url: str, image: bytes) -> np.ndarray:
-    r = httpx.post(
-        url + "/vectors", content=json.dumps({"id": "p", "image": b64(image)}), timeout=60
-    )
-    assert r.status_code == 200, r.text
-    return np.array(r.json()["vector"], dtype=np.float64)
-
-
 def check_parity(url: str, reference: ReferenceImg2Vec, photos, dim: int) -> None:
     images = parity_images(photos)
     refs = {name: reference.vector(image) for name, image in images.items()}
     separation = min_separation({n: refs[f"{n}.jpg"] for n in photos})
     for name, image in images.items():
-        ours = service_vector(url, image)
+        ours = vector_of(url, image, np.float64)
         assert ours.shape == (dim,)
         assert_same_vector(ours, refs[name], separation, name)

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from tests.support.client import vector_of
 from tests.support.images import MORE_PHOTO_NAMES, PHOTO_NAMES, encode, photo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,9 +33,7 @@ def b64(data: bytes) -> str:
 
 def vector_alone(url: str, image: bytes) -> np.ndarray:
     """img2vec-neural's vector for one image, in a request of its own."""
-    r = httpx.post(url + "/vectors", content=f'{{"id":"alone","image":"{b64(image)}"}}', timeout=60)
-    assert r.status_code == 200, r.text
-    return np.asarray(r.json()["vector"], dtype=np.float32)
+    return vector_of(url, image, np.float32)
 
 
 def clip_alone(url: str, *, texts: list[str] = (), images: list[bytes] = ()) -> dict:
