@@ -84,7 +84,7 @@ def serve_config(*overlays: str) -> dict:
 def rayservice(*extra: str) -> dict:
     """The RayService of serve_config.yaml + gpu + kuberay (+ `extra` overlays: "clip" gives
     the multi2vec-clip one, named img2vec-clip, its image the -clip build)."""
-    from deployments.ops.launch import read_env_file
+    from deployments.ops.node import read_env_file
 
     manifest = load(ROOT / "cluster" / "kuberay" / "rayservice.template.yaml")
     config = serve_config("gpu", "network", "kuberay", *extra)
