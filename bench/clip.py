@@ -40,9 +40,9 @@ def write_vit_b32(root: Path) -> Path:
     vocabulary)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-    from tests.support.clip_models import clip_vocabulary
+    from img2vec.openclip import openai_bpe
 
-    vocab, merges = clip_vocabulary()
+    vocab, merges = openai_bpe()
     (root / "vocab.json").write_text(json.dumps({v: i for i, v in enumerate(vocab)}))
     (root / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     tokenizer = CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"))

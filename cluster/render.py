@@ -17,7 +17,8 @@ not what rendering gives (the test suite runs it), so none is ever a hand-kept c
 
 Overlay rules: mappings merge key by key; `null` deletes a key; the lists `applications` and
 `deployments` merge by `name`, and an application with `copy_of: <name>` starts as a copy of
-that one (so a second model repeats nothing but what differs); `drop: true` removes the item
+that one, as merged so far (one above it in the same overlay too: a second model repeats
+nothing but what differs); `drop: true` removes the item
 of that name (a copy made in the same overlay still starts from it).
 """
 
@@ -64,7 +65,8 @@ def merge(base: Any, overlay: Any, key: str | None = None) -> Any:
             if item["name"] in by_name:
                 out[by_name[item["name"]]] = merge(out[by_name[item["name"]]], item)
             else:
-                start = copy.deepcopy(base[by_name[source]]) if source else {}
+                start = copy.deepcopy(out[by_name[source]]) if source else {}
+                by_name[item["name"]] = len(out)
                 out.append(merge(start, item))
         return [item for item in out if item["name"] not in dropped]
     return copy.deepcopy(overlay)

@@ -4,7 +4,7 @@
 # the container's first start does not.
 #   docker/bake-weights.sh resnet50[,convnext_tiny...]
 #   docker/bake-weights.sh sentence-transformers/clip-ViT-B-32-multilingual-v1   # multi2vec-clip
-# A name with a "/" is a Hugging Face hub model for multi2vec-clip, fetched into $HF_HOME
+# A name with a "/" (or open_clip:NAME:TAG, an OpenCLIP model) is a model for multi2vec-clip, fetched into $HF_HOME
 # (each file checked against the hub's SHA-256) and loaded once to check it.
 # IMG2VEC_WEIGHTS_FROM (a mirror URL or a local file, one model) replaces the download.
 # tests/unit/test_container.py runs this very script against a local file.
@@ -12,7 +12,7 @@ set -eu
 models=$(echo "${1:-resnet50}" | tr ',' ' ')
 for model in $models; do
     case "$model" in
-    */*)
+    */* | open_clip:*)
         python -m img2vec.multimodal "$model"
         continue
         ;;

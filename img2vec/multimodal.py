@@ -5,7 +5,8 @@ inputs into vectors are `img2vec/towers.py`.
 
 A model directory is Hugging Face's `save_pretrained` layout, what multi2vec-clip's
 `download.py` stores: `config.json` (`model_type` "clip", "metaclip_2" or "siglip"), the weights,
-`tokenizer.json`, `tokenizer_config.json` and `preprocessor_config.json`.
+`tokenizer.json`, `tokenizer_config.json` and `preprocessor_config.json`; or its OpenCLIP layout
+(`config.json` naming open_clip's `model_name` and `pretrained`: img2vec/openclip.py).
 
 Texts longer than the model's context (77 tokens for CLIP, 64 for SigLIP) are truncated, as
 sentence-transformers does, with the end token kept last; the container we replace answered
@@ -15,9 +16,6 @@ them with a 500 ("The size of tensor a (...) must match the size of tensor b (77
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from img2vec import openclip
 from img2vec.errors import InvalidRequest
+from img2vec.model_dirs import resolve_model_dir
 from img2vec.preprocessing import Preprocess
 
 # What each model family does with its inputs (transformers' processors and models):
@@ -45,7 +45,7 @@ class ClipSpec:
     """One model directory's inputs."""
 
     path: Path
-    family: str  # "clip", "siglip" or "sentence-transformers"
+    family: str  # a FAMILIES entry, "openclip" or "sentence-transformers"
     context: int  # tokens per text, the special tokens included
     pad_id: int
     fixed_length: bool  # pad every text to `context` (SigLIP), else to the pass's longest
@@ -57,6 +57,9 @@ class ClipSpec:
     # and SigLIP; sentence-transformers keeps a CLIP for images and a text model apart).
     image_path: Path | None = None
     text_path: Path | None = None
+    # The weight files, where the layout names them (OpenCLIP's one checkpoint); else the
+    # towers' directories' *.safetensors and *.bin.
+    weights: tuple[Path, ...] = ()
 
     @classmethod
     def from_dir(cls, path: str | Path) -> ClipSpec:
@@ -64,13 +67,15 @@ class ClipSpec:
         root = resolve_model_dir(str(path))
         if (root / "clip" / "modules.json").is_file() and (root / "text").is_dir():
             return cls._sentence_transformers(root)
+        if openclip.is_layout(root):
+            return cls._openclip(root)
         config = _read_json(root / "config.json")
         family = config.get("model_type")
         if family not in FAMILIES:
             raise ValueError(
                 f"{root}: model_type {family!r} is not a CLIP-style model "
-                f"(supported: {', '.join(FAMILIES)}, or the clip/ and text/ directories of "
-                "sentence-transformers)"
+                f"(supported: {', '.join(FAMILIES)}, OpenCLIP's config.json with model_name and "
+                "pretrained, or the clip/ and text/ directories of sentence-transformers)"
             )
         text = config.get("text_config") or {}
         context = int(text.get("max_position_embeddings", 64 if family == "siglip" else 77))
@@ -119,6 +124,25 @@ class ClipSpec:
             text_path=text_path,
         )
 
+    @classmethod
+    def _openclip(cls, root: Path) -> ClipSpec:
+        """multi2vec-clip's OpenCLIP layout: open_clip reads the configuration, the tokenizer
+        is its SimpleTokenizer's equivalent, texts padded with 0 to the full context (its
+        text tower adds every position's embedding)."""
+        inputs = openclip.read(openclip.Layout.read(root))
+        return cls(
+            path=root,
+            family=openclip.FAMILY,
+            context=inputs.context,
+            pad_id=0,
+            fixed_length=True,
+            preprocess=inputs.preprocess,
+            tokenizer=inputs.tokenizer,
+            image_path=root,
+            text_path=root,
+            weights=(inputs.checkpoint,) if inputs.checkpoint else (),
+        )
+
     def describe(self) -> dict[str, Any]:
         """What /meta says about the inputs (what every stored vector depends on)."""
         size = self.preprocess.resize
@@ -147,6 +171,8 @@ class TextTokenizer:
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=spec.context)
         self.context = spec.context
+        # open_clip cleans a text before its tokenizer (ftfy, HTML entities, lower case).
+        self._clean = spec.family == openclip.FAMILY
 
     def encode(self, texts: list[str]) -> list[np.ndarray]:
         """One array per text; every text gets its own end token, a long one is cut short
@@ -154,122 +180,10 @@ class TextTokenizer:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise InvalidRequest(f"texts[{i}] is not a string")
+        if self._clean:
+            texts = [openclip.clean_text(text) for text in texts]
         encodings = self._tokenizer.encode_batch(texts, add_special_tokens=True)
         return [np.asarray(e.ids, dtype=np.int32) for e in encodings]
-
-
-# What a model directory needs from the hub: configs, tokenizer and processor files, weights
-# (older sentence-transformers repositories have only pytorch_model.bin: read with
-# `weights_only`, tensors and nothing else).
-HUB_FILES = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"]
-_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-# multi2vec-clip's default (the image Weaviate's docs use): texts through the multilingual
-# student, images through the CLIP it was distilled from.
-IMAGE_TOWER_OF = {
-    "sentence-transformers/clip-ViT-B-32-multilingual-v1": "sentence-transformers/clip-ViT-B-32"
-}
-
-
-RANDOM = "random"
-
-
-def resolve_model_dir(weights: str, timeout_s: float = 30.0) -> Path:
-    """`weights` as a model directory: a directory as is, or a hub name (`openai/clip-vit-
-    base-patch32`) fetched once into Hugging Face's cache (each file verified against the
-    hub's SHA-256 by huggingface_hub) and found there afterwards, offline too. A text model
-    of IMAGE_TOWER_OF comes with its image tower: both fetched, joined as `clip/` + `text/`."""
-    path = Path(weights).expanduser()
-    if path.is_dir():
-        return path
-    if weights == RANDOM:
-        return random_model_dir()
-    if not _REPO_ID.match(weights):
-        raise ValueError(f"{weights}: neither a model directory nor a hub name like owner/model")
-    if weights not in IMAGE_TOWER_OF:
-        return _fetch(weights, timeout_s)
-    try:
-        text, image = _fetch(weights, timeout_s), _fetch(IMAGE_TOWER_OF[weights], timeout_s)
-    except ValueError as exc:
-        raise ValueError(
-            f"{exc}; for {weights}, IMG2VEC_WEIGHTS=DIR holds two such directories: DIR/text "
-            f"({weights}) and DIR/clip ({IMAGE_TOWER_OF[weights]})"
-        ) from None
-    from huggingface_hub import constants
-
-    joined = Path(constants.HF_HUB_CACHE) / "img2vec" / weights.replace("/", "--")
-    joined.mkdir(parents=True, exist_ok=True)
-    for name, target in (("clip", image), ("text", text)):
-        link = joined / name
-        if not (link.is_symlink() and link.resolve() == target.resolve()):
-            staged = joined / f".{name}.{os.getpid()}"
-            staged.unlink(missing_ok=True)
-            staged.symlink_to(target, target_is_directory=True)
-            staged.replace(link)  # atomic: a replica starting meanwhile sees old or new
-    return joined
-
-
-def random_model_dir(seed: int = 0) -> Path:
-    """`weights: random`: a seeded random CLIP of ViT-B/32's sizes (512-d vectors) with a
-    byte-level tokenizer (no merges), written once into the Hugging Face cache. The API runs
-    offline; the vectors mean nothing (tests, benchmarks, trying it out)."""
-    import torch
-    from huggingface_hub import constants
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-
-    root = Path(constants.HF_HUB_CACHE) / "img2vec" / f"random-clip-vit-b32-seed{seed}"
-    if (root / "config.json").is_file():
-        return root
-    staged = root.with_name(f"{root.name}.tmp{os.getpid()}")
-    staged.mkdir(parents=True, exist_ok=True)
-    chars = bytes_to_unicode()
-    vocab = [*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"]
-    (staged / "vocab.json").write_text(json.dumps({v: i for i, v in enumerate(vocab)}))
-    (staged / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(staged / "vocab.json"), str(staged / "merges.txt"))
-    torch.manual_seed(seed)
-    # CLIP pools the end token's state: its id must be this vocabulary's.
-    start, end = len(vocab) - 2, len(vocab) - 1
-    text = {
-        "vocab_size": len(vocab),
-        "bos_token_id": start,
-        "eos_token_id": end,
-        "pad_token_id": end,
-    }
-    config = CLIPConfig(text_config=text, projection_dim=512)
-    CLIPModel(config).eval().save_pretrained(staged)
-    CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer).save_pretrained(staged)
-    if root.exists():  # another process wrote it meanwhile: the same seed, the same model
-        shutil.rmtree(staged)
-    else:
-        os.replace(staged, root)
-    return root
-
-
-def bytes_to_unicode() -> list[str]:
-    """GPT-2's byte -> printable character table, in byte order: the base of CLIP's BPE
-    vocabulary."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]  # fmt: skip
-    chars, extra = {b: b for b in printable}, 0
-    for b in range(256):
-        if b not in chars:
-            chars[b] = 256 + extra
-            extra += 1
-    return [chr(chars[b]) for b in [*printable, *(b for b in range(256) if b not in printable)]]
-
-
-def _fetch(repo: str, timeout_s: float) -> Path:
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo, allow_patterns=HUB_FILES, etag_timeout=timeout_s))
-    except Exception as exc:
-        why = (str(exc).splitlines() or [""])[0][:160]
-        raise ValueError(
-            f"cannot fetch {repo} from the Hugging Face hub ({type(exc).__name__}: {why}). "
-            f"Offline: on a machine with network run `hf download {repo} --local-dir DIR`, "
-            "copy DIR here and set IMG2VEC_WEIGHTS=DIR"
-        ) from None
 
 
 def image_preprocess(processor: dict[str, Any], name: str) -> Preprocess:

@@ -1,5 +1,6 @@
-"""The two towers of a CLIP-style model (transformers' CLIPModel or SiglipModel): images and
-texts into one vector space, L2-normalized as the multi2vec-clip container returns them.
+"""The two towers of a CLIP-style model (transformers' CLIPModel, MetaClip2Model or
+SiglipModel, open_clip's CLIP, or sentence-transformers' pair): images and texts into one
+vector space, L2-normalized as the multi2vec-clip container returns them.
 
 Inputs arrive prepared (img2vec/multimodal.py, in the ingress): images as uint8 H x W x 3
 already resized and cropped, texts as int32 token ids already truncated. Here they are
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from img2vec import openclip
 from img2vec.batching import WarmUp
 from img2vec.engines import normalize
 from img2vec.invariance import batch_invariant, fixed_pass_size, in_fixed_passes, probe_images
@@ -90,6 +92,22 @@ class _TextTower(torch.nn.Module):
         return pooled
 
 
+class _OpenClipTower(torch.nn.Module):
+    """open_clip's `encode_image` (normalized pixels) or `encode_text` (token ids padded with
+    0 to the full context: its causal mask and end-token pooling need no attention mask)."""
+
+    masked = False
+
+    def __init__(self, model: Any, kind: str) -> None:
+        super().__init__()
+        self.model, self.kind = model, kind
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.kind == IMAGE:
+            return self.model.encode_image(x)
+        return self.model.encode_text(x)
+
+
 class Towers:
     def __init__(
         self,
@@ -99,41 +117,40 @@ class Towers:
         graph: str = "auto",
         batch_invariance: bool = True,
     ):
-        from transformers import AutoModel
-
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.spec = spec
         self.device = pick_device(device)
         started = time.perf_counter()
         assert spec.image_path is not None and spec.text_path is not None
-        model = AutoModel.from_pretrained(str(spec.image_path), dtype=torch.float32)
-        self._model = model.eval().to(self.device)
         # sentence-transformers: the text tower is a model of its own, pooled and projected by
         # the modules after it; neither tower's vectors are normalized (as the container's).
         self._text: torch.nn.Module | None = None
         self._head: list[tuple[str, Any]] = []
         self.normalized = spec.family != "sentence-transformers"
-        if spec.family == "sentence-transformers":
-            text = AutoModel.from_pretrained(str(spec.text_path), dtype=torch.float32)
-            self._text = text.eval().to(self.device)
-            self._head = read_head(spec.path / "text", self.device)
-            self.normalized = False
+        self._vision: torch.nn.Module
+        self._text_tower: _TextTower | _OpenClipTower
+        if spec.family == openclip.FAMILY:
+            self._model = openclip.load(openclip.Layout.read(spec.path), self.device)
+            _check_openclip_preprocess(self._model, spec)
+            self._vision = _OpenClipTower(self._model, IMAGE)
+            self._text_tower = _OpenClipTower(self._model, TEXT)
+        else:
+            from transformers import AutoModel
+
+            model = AutoModel.from_pretrained(str(spec.image_path), dtype=torch.float32)
+            self._model = model.eval().to(self.device)
+            if spec.family == "sentence-transformers":
+                text = AutoModel.from_pretrained(str(spec.text_path), dtype=torch.float32)
+                self._text = text.eval().to(self.device)
+                self._head = read_head(spec.path / "text", self.device)
+            self._vision = _VisionTower(self._model, project=spec.family != "siglip")
+            self._text_tower = _TextTower(self._model, spec.family, self._text, self._head)
         self.load_s = time.perf_counter() - started
-        files = [
-            *sorted(spec.image_path.glob("*.safetensors")),
-            *sorted(spec.image_path.glob("*.bin")),
-        ]
-        if spec.text_path != spec.image_path:
-            files += sorted(spec.text_path.glob("*.safetensors")) + sorted(
-                spec.text_path.glob("*.bin")
-            )
-        self.weights_sha256 = _files_sha256(files)
+        self.weights_sha256 = _files_sha256(list(spec.weights) or _weight_files(spec))
         pre = spec.preprocess
         self._mean = torch.tensor(pre.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(pre.std, device=self.device).view(1, 3, 1, 1)
-        self._vision = _VisionTower(self._model, project=spec.family != "siglip")
-        self._text_tower = _TextTower(self._model, spec.family, self._text, self._head)
         self._engine = self._openvino(graph, "image")
         self._text_engine = self._openvino(graph, "text") if self._engine is not None else None
         self.graph = "openvino" if self._engine is not None else "eager"
@@ -176,7 +193,8 @@ class Towers:
 
             module = self._text_tower
             n = 2 if self._text_tower.masked else 1
-            options["example"] = tuple(torch.ones((2, 8), dtype=torch.int64) for _ in range(n))
+            length = self.spec.context if self.spec.fixed_length else 8
+            options["example"] = tuple(torch.ones((2, length), dtype=torch.int64) for _ in range(n))
             options["inputs"] = [([-1, -1], ov.Type.i64)] * n
         try:
             return OpenVINOEngine(
@@ -200,7 +218,11 @@ class Towers:
         """What every vector depends on (the same keys as the image models' ModelInfo where
         they mean the same)."""
         return {
-            "model": self.spec.path.name,
+            "model": (
+                openclip.Layout.read(self.spec.path).label
+                if self.spec.family == openclip.FAMILY
+                else self.spec.path.name
+            ),
             "architecture": type(self._model).__name__,
             "weights": str(self.spec.path),
             "weights_sha256": self.weights_sha256,
@@ -328,6 +350,8 @@ class Towers:
         return WarmUp(sizes, (time.perf_counter() - started) / n)
 
     def _vocabulary_size(self) -> int:
+        if self.spec.family == openclip.FAMILY:
+            return int(self._model.vocab_size)
         config = (self._text if self._text is not None else self._model).config
         return int(getattr(getattr(config, "text_config", config), "vocab_size", 0) or 1)
 
@@ -338,6 +362,26 @@ class Towers:
             self.embed_images(np.zeros((n, h, w, 3), np.uint8))
             self.embed_texts([np.asarray([self.spec.pad_id] * 8, np.int32)] * n)
         return sizes
+
+
+def _weight_files(spec: ClipSpec) -> list[Path]:
+    """The towers' directories' weight files, in name order."""
+    folders = dict.fromkeys(p for p in (spec.image_path, spec.text_path) if p is not None)
+    return [f for d in folders for ext in ("*.safetensors", "*.bin") for f in sorted(d.glob(ext))]
+
+
+def _check_openclip_preprocess(model: Any, spec: ClipSpec) -> None:
+    """The preprocessing open_clip set on the model it built is the one the ingress applies
+    (img2vec/openclip.py reads it from the same configs without building the model)."""
+    cfg, pre = model.visual.preprocess_cfg, spec.preprocess
+    size = cfg["size"] if isinstance(cfg["size"], int) else tuple(cfg["size"])
+    expected = pre.resize if isinstance(pre.resize, int) else pre.resize[0]
+    if (
+        (size if isinstance(size, int) else size[0]) != expected
+        or tuple(cfg["mean"]) != pre.mean
+        or tuple(cfg["std"]) != pre.std
+    ):
+        raise ValueError(f"{spec.path}: open_clip preprocesses as {cfg}, the spec as {pre}")
 
 
 def _files_sha256(files: list[Path]) -> str | None:

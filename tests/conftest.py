@@ -71,6 +71,14 @@ def siglip2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def openclip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """multi2vec-clip's OpenCLIP layout: a random, small open_clip CLIP (`local-dir:` format)."""
+    from tests.support.clip_models import write_openclip
+
+    return write_openclip(tmp_path_factory.mktemp("openclip"))
+
+
+@pytest.fixture(scope="session")
 def metaclip2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random MetaCLIP 2 (`MetaClip2Model`) with a tokenizer of XLM-V's special tokens."""
     from tests.support.clip_models import write_metaclip2

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.support.clip_reference import ReferenceClip
+from tests.support.clip_reference import ReferenceClip, ReferenceOpenClip
 from tests.support.images import b64, encode, photo
 from tests.support.parity import min_separation, relative_error
 from tests.support.service import deploy
@@ -274,19 +274,27 @@ def test_past_capacity_every_request_is_answered_200_or_a_json_503_in_time(serve
             assert set(r.json()) == {"error"} and r.headers["retry-after"] == "1"
 
 
-@pytest.mark.parametrize("family", ["metaclip2", "siglip2"])
-def test_metaclip_2_and_siglip_2_serve_their_references_vectors(family, request, serve_base):
-    """MetaCLIP 2 and SigLIP 2 through the service as Weaviate calls it: one object's texts
-    and images, then the same text alone and in a crowd of other requests (the same bits)."""
+FAMILY_IN_META = {"metaclip2": "metaclip_2", "siglip2": "siglip", "openclip": "openclip"}
+
+
+@pytest.mark.parametrize("family", ["metaclip2", "siglip2", "openclip"])
+def test_metaclip_2_siglip_2_and_openclip_serve_their_references_vectors(
+    family, request, serve_base
+):
+    """MetaCLIP 2, SigLIP 2 and OpenCLIP through the service as Weaviate calls it: one
+    object's texts and images against the family's reference library, then the same text
+    alone and in a crowd of other requests (the same bits)."""
     path = request.getfixturevalue(f"{family}_dir")
     env = {"IMG2VEC_WEIGHTS": str(path), "IMG2VEC_DEVICE": "cpu", "IMG2VEC_TORCH_THREADS": "2"}
     url = deploy(family, f"/{family}", env, serve_base, builder="build_clip_app")
     try:
-        reference = ReferenceClip(path)
+        reference: ReferenceClip | ReferenceOpenClip = (
+            ReferenceOpenClip(path / "tiny") if family == "openclip" else ReferenceClip(path)
+        )
         meta = httpx.get(url + "/meta").json()
-        assert meta["family"] == ("metaclip_2" if family == "metaclip2" else "siglip")
+        assert meta["family"] == FAMILY_IN_META[family]
         images = [photo(name) for name in NAMES]
-        texts = ["a photo of a cat", "red rocket on the moon with a big blue dog"]
+        texts = ["a photo of a cat", "red rocket on the moon with a big blue dog &amp; ΣΑΣ"]
         r = vectorize(url, texts, [b64(encode(img, "PNG")) for img in images], headers=JSON)
         assert r.status_code == 200, r.text
         ref_images = reference.images(images)

@@ -5,6 +5,7 @@ weights are random, nothing else changes."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -24,11 +25,26 @@ CONFIG = Path(__file__).resolve().parents[2] / "serve_config.models.yaml"
 PREFIX = "/models-config"  # other applications of this test instance hold "/"
 
 
-def on_this_machine(config: dict, clip_dir: Path) -> dict:
+# Each multi2vec-clip application's family, as its weights name it, and /meta says it.
+FAMILY_OF = {
+    "sentence-transformers/": "sentence-transformers",
+    "google/siglip2-": "siglip",
+    "facebook/metaclip-2-": "metaclip_2",
+    "open_clip:": "openclip",
+}
+
+
+def family_of(weights: str) -> str:
+    return next(family for prefix, family in FAMILY_OF.items() if weights.startswith(prefix))
+
+
+def on_this_machine(config: dict, dirs: dict[str, Path]) -> dict:
+    """Random weights of each application's family, resources scaled to 2 CPU cores."""
     for app in config["applications"]:
         app["route_prefix"] = PREFIX + app["route_prefix"].rstrip("/")
         clip = app["import_path"].endswith("build_clip_app")
-        app["args"]["weights"] = str(clip_dir) if clip else "random"
+        weights = app["args"]["weights"]
+        app["args"]["weights"] = str(dirs[family_of(weights)]) if clip else "random"
         app["args"]["torch_threads"] = 1
         for dep in app["deployments"]:
             dep["ray_actor_options"] = {"num_cpus": 0.5, "num_gpus": 0}
@@ -50,11 +66,20 @@ def test_the_models_share_gpus_by_fraction():
     assert all(0 < g < 1 for g in gpus) and sum(gpus) <= 1
 
 
-def test_each_application_answers_with_its_own_model(serve_instance, clip_dir):
+def test_each_application_answers_with_its_own_model(serve_instance, request):
     config = yaml.safe_load(CONFIG.read_text())
-    apps = {app["name"]: dict(app) for app in config["applications"]}
+    apps = {app["name"]: copy.deepcopy(app) for app in config["applications"]}
+    dirs = {
+        "sentence-transformers": request.getfixturevalue("clip_dir"),
+        **{
+            family: request.getfixturevalue(f"{fixture}_dir")
+            for family, fixture in [
+                ("siglip", "siglip2"), ("metaclip_2", "metaclip2"), ("openclip", "openclip")
+            ]
+        },
+    }  # fmt: skip
     client = serve_start()
-    schema = ServeDeploySchema.model_validate(on_this_machine(config, clip_dir))
+    schema = ServeDeploySchema.model_validate(on_this_machine(config, dirs))
     try:
         # Not `_blocking`: Ray's client gives three applications 60 s to start, and on two
         # cores their warm-ups together take longer; each app's readiness is awaited below.
@@ -67,7 +92,10 @@ def test_each_application_answers_with_its_own_model(serve_instance, clip_dir):
                 body = json.dumps({"texts": ["a cat"], "images": [b64(one_pixel_png())]})
                 r = httpx.post(url + "/vectorize", content=body, timeout=60)
                 assert r.status_code == 200, r.text
-                assert httpx.get(url + "/meta", timeout=30).json()["protocol"] == "multi2vec-clip"
+                meta = httpx.get(url + "/meta", timeout=30).json()
+                assert meta["protocol"] == "multi2vec-clip", name
+                if family_of(app["args"]["weights"]) != "sentence-transformers":
+                    assert meta["family"] == family_of(app["args"]["weights"]), name
                 continue
             model = app["args"]["model"]
             meta = httpx.get(url + "/meta", timeout=30).json()

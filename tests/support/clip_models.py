@@ -2,8 +2,8 @@
 multi2vec-clip's download.py stores), with seeded random weights: no download here.
 
 The CLIP tokenizer is the real one: its BPE vocabulary ships in the open_clip_torch package
-(installed --no-deps for this file only), from which transformers' `CLIPTokenizer` files are
-derived the way OpenAI's `simple_tokenizer.py` builds its vocabulary. SigLIP's SentencePiece
+(img2vec/openclip.py's `openai_bpe`), from which transformers' `CLIPTokenizer` files are
+derived. SigLIP's SentencePiece
 model is not shipped anywhere offline, so the SigLIP directory gets a small word-level
 tokenizer written here: enough to check padding, pooling and truncation, which is where the
 families differ.
@@ -11,32 +11,17 @@ families differ.
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
 import json
 from pathlib import Path
 
 import torch
 
-from img2vec.multimodal import bytes_to_unicode
+from img2vec.openclip import openai_bpe
 
 # Small towers: the real ones' structure (ViT-B/32 patches at 224, a causal text
 # transformer), a width that runs in milliseconds on 2 cores.
 TOWER = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
          "num_attention_heads": 2}  # fmt: skip
-
-
-def clip_vocabulary() -> tuple[list[str], list[str]]:
-    """(vocabulary, merges) of OpenAI CLIP's BPE, from open_clip's copy of its merges."""
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("open_clip_torch is not installed (make install adds it, --no-deps)")
-    bpe = Path(spec.submodule_search_locations[0]) / "bpe_simple_vocab_16e6.txt.gz"
-    lines = gzip.decompress(bpe.read_bytes()).decode("utf-8").split("\n")
-    merges = lines[1 : 49152 - 256 - 2 + 1]
-    byte_chars = bytes_to_unicode()
-    vocab = [*byte_chars, *(c + "</w>" for c in byte_chars), *("".join(m.split()) for m in merges)]
-    return [*vocab, "<|startoftext|>", "<|endoftext|>"], merges
 
 
 def write_clip(root: Path, seed: int = 0, patch: int = 32) -> Path:
@@ -49,7 +34,7 @@ def write_clip(root: Path, seed: int = 0, patch: int = 32) -> Path:
         CLIPTokenizer,
     )
 
-    vocab, merges = clip_vocabulary()
+    vocab, merges = openai_bpe()
     files = root / "bpe"
     files.mkdir(parents=True, exist_ok=True)
     (files / "vocab.json").write_text(json.dumps({v: i for i, v in enumerate(vocab)}))
@@ -261,4 +246,36 @@ def write_siglip2(root: Path, seed: int = 0) -> Path:
     SiglipModel(config).eval().save_pretrained(out)
     tokenizer.save_pretrained(out)
     SiglipImageProcessor(size={"height": 256, "width": 256}).save_pretrained(out)
+    return out
+
+
+def write_openclip(root: Path, seed: int = 0) -> Path:
+    """multi2vec-clip's OpenCLIP layout with a random, small open_clip CLIP: `config.json`
+    naming the model (`local-dir:` a directory of open_clip's own format beside it: its
+    `open_clip_config.json` and safetensors weights) and `model_config`, as download.py writes
+    it. open_clip's defaults otherwise: OpenAI's BPE and mean/std, bicubic, shorter side
+    scaled and the centre cropped, context 77."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    model_cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32,
+                       "patch_size": 32},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2,
+                     "layers": 2},
+    }  # fmt: skip
+    out = root / "openclip"
+    weights = out / "tiny"
+    weights.mkdir(parents=True, exist_ok=True)
+    (weights / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {"interpolation": "bicubic"}})
+    )
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**model_cfg).eval()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              weights / "open_clip_model.safetensors")  # fmt: skip
+    (out / "config.json").write_text(
+        json.dumps({"model_name": "local-dir:tiny", "pretrained": "", "model_config": model_cfg})
+    )
     return out

@@ -53,3 +53,26 @@ def _unit(features: object) -> np.ndarray:
     x = getattr(features, "pooler_output", features)
     assert isinstance(x, torch.Tensor)
     return torch.nn.functional.normalize(x.float(), dim=-1).numpy()
+
+
+class ReferenceOpenClip:
+    """multi2vec-clip's OpenCLIP path: open_clip's `create_model_and_transforms`, its
+    `get_tokenizer`, `encode_text` / `encode_image`, L2-normalized (clip.py's
+    ClipInferenceOpenCLIP), for a model in open_clip's `local-dir:` format."""
+
+    def __init__(self, model_dir: Path) -> None:
+        import open_clip
+
+        name = f"local-dir:{model_dir}"
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(name)
+        self.model.eval()
+        self.tokenizer = open_clip.get_tokenizer(name)
+
+    @torch.no_grad()
+    def texts(self, texts: list[str]) -> np.ndarray:
+        return _unit(self.model.encode_text(self.tokenizer(texts)))
+
+    @torch.no_grad()
+    def images(self, images: list[Image.Image]) -> np.ndarray:
+        pixels = torch.stack([self.preprocess(i) for i in images])
+        return _unit(self.model.encode_image(pixels))

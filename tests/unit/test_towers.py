@@ -187,6 +187,63 @@ def test_metaclip_1_and_2_take_clips_path_and_give_the_references_vectors(metacl
     assert np.array_equal(towers.embed_texts(ids)[2], alone)
 
 
+@pytest.fixture(scope="module", params=["eager", "openvino"])
+def openclip_towers(request, openclip_dir, tmp_path_factory):
+    """An OpenCLIP model on both engines, and open_clip's own pipeline as the reference."""
+    from tests.support.clip_reference import ReferenceOpenClip
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMG2VEC_ENGINE_CACHE", str(tmp_path_factory.getbasetemp() / "engines"))
+        spec = ClipSpec.from_dir(openclip_dir)
+        towers = Towers(spec, "cpu", 2, graph=request.param)
+        towers.warm_up(8)
+    assert towers.graph == request.param
+    return spec, towers, ReferenceOpenClip(openclip_dir / "tiny")
+
+
+# What open_clip's SimpleTokenizer does to a text besides OpenAI's BPE: ftfy's fixes
+# (mojibake), HTML entities unescaped twice (ftfy leaves them inside markup), Python's
+# lower-casing (a final sigma), its special tokens' text read as characters; and it truncates
+# keeping the end token.
+OPENCLIP_TEXTS = [*TEXTS, "<b>fish &amp; chips</b>", "schÃ¶n ΣΑΣ", "a <|endoftext|> b"]
+
+
+def test_openclip_tokenizes_as_open_clip_and_gives_its_vectors(openclip_towers):
+    """The multi2vec-clip container's OpenCLIP path (open_clip's get_tokenizer, its inference
+    transform, encode_text / encode_image, normalized): the same token ids, padded with 0 to
+    the full context; every text and photo within the bound; a text's bits alone and among
+    others."""
+    spec, towers, ref = openclip_towers
+    assert (spec.family, spec.context, spec.pad_id, spec.fixed_length) == ("openclip", 77, 0, True)
+    ids = TextTokenizer(spec).encode(OPENCLIP_TEXTS)
+    padded = np.stack([np.pad(t, (0, spec.context - len(t))) for t in ids])
+    assert np.array_equal(padded, ref.tokenizer(OPENCLIP_TEXTS).numpy())
+    ours, theirs = towers.embed_texts(ids), ref.texts(OPENCLIP_TEXTS)
+    for text, o, r in zip(OPENCLIP_TEXTS, ours, theirs, strict=True):
+        assert relative_error(o, r) <= CLIP_BOUND, (text[:20], relative_error(o, r))
+    images = [photo(name) for name in PHOTOS]
+    ref_images = ref.images(images)
+    assert min_separation(dict(zip(PHOTOS, ref_images, strict=True))) > 100 * CLIP_BOUND
+    ours = towers.embed_images(np.stack([spec.preprocess.to_array(i) for i in images]))
+    for name, o, r in zip(PHOTOS, ours, ref_images, strict=True):
+        assert relative_error(o, r) <= CLIP_BOUND, (name, relative_error(o, r))
+    assert np.array_equal(towers.embed_texts([ids[0]])[0], towers.embed_texts(ids)[0])
+    assert towers.info()["model"] == "local-dir:tiny"
+
+
+def test_an_openclip_model_with_its_own_tokenizer_or_an_unknown_tag_is_refused_saying_why(
+    tmp_path,
+):
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_name": "xlm-roberta-base-ViT-B-32", "pretrained": "laion5b_s13b_b90k"})
+    )
+    with pytest.raises(ValueError, match="its own tokenizer"):
+        ClipSpec.from_dir(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_name": "ViT-B-32", "pretrained": "x"}))
+    with pytest.raises(ValueError, match=r"'x' is neither a tag of ViT-B-32 \(known: .*laion2b"):
+        ClipSpec.from_dir(tmp_path)
+
+
 def test_a_directory_that_is_not_a_clip_model_is_refused_saying_why(tmp_path, clip_dir):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "resnet"}))
     with pytest.raises(ValueError, match=r"'resnet' is not a CLIP-style model"):
