@@ -1,6 +1,7 @@
 """The one-request-at-a-time baseline for multi2vec-clip: a stand-in for Weaviate's
-`multi2vec-clip-inference` container (its OpenAI path, app.py + clip.py), measured by the same
-load generator as our service.
+`multi2vec-clip-inference` container (app.py + clip.py), measured by the same load generator
+as our service. Its OpenAI path (`ClipBaseline`), its transformers path for the other families
+(`TransformersBaseline`: SigLIP 2, MetaCLIP 2) and its OpenCLIP path (`OpenClipBaseline`).
 
 What it does, as that container does: FastAPI, the work in a thread pool, one lock around the
 model, each request's texts as one batch (`CLIPProcessor(text=..., padding=True)`, the text
@@ -8,7 +9,7 @@ tower, the projection, L2 norm) and then its images as one batch (base64 -> PIL 
 `CLIPProcessor(images=...)`, the vision tower, the projection, L2 norm), without
 `torch.no_grad()` (it has none).
 
-Run: `python -m bench.clip_baseline --port 8002 --weights DIR`
+Run: `python -m bench.clip_baseline --port 8002 --weights DIR [--family clip|transformers|openclip]`
 """
 
 from __future__ import annotations
@@ -61,14 +62,94 @@ class ClipBaseline:
         return {"textVectors": text_vectors, "imageVectors": image_vectors}
 
 
+class TransformersBaseline:
+    """The container's shape for the families it loads with AutoModel + AutoProcessor: a
+    request's texts as one batch (padding=True, truncation=True), then its images as one,
+    `get_text_features` / `get_image_features`, behind one lock."""
+
+    def __init__(self, weights: str, device: str = "cpu") -> None:
+        from transformers import AutoModel, AutoProcessor
+
+        self.device = device
+        self.model = AutoModel.from_pretrained(weights).eval().to(device)
+        self.processor = AutoProcessor.from_pretrained(weights)
+        self.lock = threading.Lock()
+
+    def vectorize(self, payload: ClipInput) -> dict:
+        out: dict = {"textVectors": [], "imageVectors": []}
+        with torch.no_grad():
+            if payload.texts:
+                with self.lock:
+                    inputs = self.processor(
+                        text=payload.texts, return_tensors="pt", padding=True, truncation=True
+                    ).to(self.device)
+                    out["textVectors"] = _unit(self.model.get_text_features(**inputs))
+            if payload.images:
+                with self.lock:
+                    files = [_parse_image(image) for image in payload.images]
+                    inputs = self.processor(images=files, return_tensors="pt").to(self.device)
+                    out["imageVectors"] = _unit(self.model.get_image_features(**inputs))
+        return out
+
+
+class OpenClipBaseline:
+    """The container's OpenCLIP path: open_clip's tokenizer and `encode_text` for a request's
+    texts, then each image alone (its transform, `encode_image`), behind one lock."""
+
+    def __init__(self, weights: str, device: str = "cpu") -> None:
+        import json
+        from pathlib import Path
+
+        import open_clip
+
+        config = json.loads((Path(weights) / "config.json").read_text())
+        name = config["model_name"]
+        if name.startswith("local-dir:") and not Path(name[10:]).is_absolute():
+            name = f"local-dir:{Path(weights) / name[10:]}"
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=config.get("pretrained") or None, cache_dir=weights, device=device
+        )
+        self.model.eval()
+        self.tokenizer = open_clip.get_tokenizer(name)
+        self.device = device
+        self.lock = threading.Lock()
+
+    def vectorize(self, payload: ClipInput) -> dict:
+        out: dict = {"textVectors": [], "imageVectors": []}
+        with torch.no_grad():
+            if payload.texts:
+                with self.lock:
+                    tokens = self.tokenizer(payload.texts).to(self.device)
+                    out["textVectors"] = _unit(self.model.encode_text(tokens))
+            for image in payload.images:
+                with self.lock:
+                    img = Image.open(io.BytesIO(base64.b64decode(image)))
+                    pixels = self.preprocess(img).unsqueeze(0).to(self.device)
+                    out["imageVectors"] += _unit(self.model.encode_image(pixels))
+        return out
+
+
+BASELINES = {
+    "clip": ClipBaseline,
+    "transformers": TransformersBaseline,
+    "openclip": OpenClipBaseline,
+}
+
+
+def _unit(features: object) -> list:
+    x = getattr(features, "pooler_output", features)
+    assert isinstance(x, torch.Tensor)
+    return (x / x.norm(dim=-1, keepdim=True)).tolist()
+
+
 def _parse_image(text: str) -> Image.Image:
     img = Image.open(io.BytesIO(base64.b64decode(text)))
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def make_app(weights: str, device: str = "cpu") -> FastAPI:
+def make_app(weights: str, device: str = "cpu", family: str = "clip") -> FastAPI:
     app = FastAPI()
-    clip = ClipBaseline(weights, device)
+    clip = BASELINES[family](weights, device)
     executor = ThreadPoolExecutor()
 
     @app.get("/.well-known/ready")
@@ -89,11 +170,15 @@ def main() -> None:
     parser.add_argument("--weights", required=True)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--family", default="clip", choices=sorted(BASELINES))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     uvicorn.run(
-        make_app(args.weights, args.device), host="127.0.0.1", port=args.port, log_level="warning"
+        make_app(args.weights, args.device, args.family),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
     )
 
 

@@ -17,8 +17,8 @@ not what rendering gives (the test suite runs it), so none is ever a hand-kept c
 
 Overlay rules: mappings merge key by key; `null` deletes a key; the lists `applications` and
 `deployments` merge by `name`, and an application with `copy_of: <name>` starts as a copy of
-that one, as merged so far (one above it in the same overlay too: a second model repeats
-nothing but what differs); `drop: true` removes the item
+that one as it was before this overlay, or, where this overlay made it, as made above (a
+second model repeats nothing but what differs); `drop: true` removes the item
 of that name (a copy made in the same overlay still starts from it).
 """
 
@@ -54,6 +54,7 @@ def merge(base: Any, overlay: Any, key: str | None = None) -> Any:
         return out
     if key in NAMED_LISTS and isinstance(base, list) and isinstance(overlay, list):
         by_name = {item["name"]: i for i, item in enumerate(base)}
+        in_base = dict(by_name)
         out = copy.deepcopy(base)
         dropped = set()
         for item in overlay:
@@ -65,7 +66,10 @@ def merge(base: Any, overlay: Any, key: str | None = None) -> Any:
             if item["name"] in by_name:
                 out[by_name[item["name"]]] = merge(out[by_name[item["name"]]], item)
             else:
-                start = copy.deepcopy(out[by_name[source]]) if source else {}
+                origin = base[in_base[source]] if source in in_base else None
+                if source and origin is None:  # one this overlay made above it
+                    origin = out[by_name[source]]
+                start = copy.deepcopy(origin) if origin is not None else {}
                 by_name[item["name"]] = len(out)
                 out.append(merge(start, item))
         return [item for item in out if item["name"] not in dropped]

@@ -329,15 +329,16 @@ class Batcher(Generic[T, R]):
         # not computed for a caller who will have given up (whose timeout would answer it
         # only at the deadline, later).
         if jobs and self._s_per_image:
-            ends = now + len(jobs) * self._s_per_image
-            late = [job for job in jobs if job.deadline is not None and job.deadline < ends]
-            for job in late:
-                job.future.set_exception(
-                    Overloaded("the model cannot answer this image in time; retry later")
-                )
-            if late:
-                expired += len(late)
-                jobs = [job for job in jobs if not job.future.done()]
+            this_pass = Backlog(len(jobs) * self._s_per_image, self._s_per_image)
+            on_time = []
+            for job in jobs:
+                late = None if job.deadline is None else this_pass.refusal(job.deadline - now)
+                if late is None:
+                    on_time.append(job)
+                else:
+                    job.future.set_exception(late)
+            expired += len(jobs) - len(on_time)
+            jobs = on_time
         self.stats.dropped_caller_gone += gone
         self.stats.expired += expired
         if self._observer is not None:

@@ -96,6 +96,11 @@ class Edge:
     def count_inflight(self) -> int:
         return self.inflight
 
+    async def run_off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` in this replica's decode pool: CPU work (decoding, resizing,
+        tokenizing) off the event loop, at a lower priority than it."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
     def _refresh_metrics(self) -> None:
         self.metrics.refresh(self.budget.held)
 
@@ -228,7 +233,7 @@ class Exchange:
         """`fn(*args)` in the decode pool (CPU work off the event loop), its time added to
         this request's and recorded in the decode metric."""
         started = time.perf_counter()
-        result = await asyncio.get_running_loop().run_in_executor(self._edge._pool, fn, *args)
+        result = await self._edge.run_off_loop(fn, *args)
         took = time.perf_counter() - started
         self.timing.decode_s += took
         self._edge.metrics.decode.observe(took)

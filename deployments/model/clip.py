@@ -12,8 +12,6 @@ whole: Weaviate needs every vector of an object.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from ray import serve
 
@@ -22,6 +20,7 @@ from deployments.model.host import (
     DEFAULTS,
     MODEL_DEPLOYMENT,
     Admitted,
+    HostedModel,
     ModelHost,
     check_images,
     default_torch_threads,
@@ -33,7 +32,7 @@ from img2vec.towers import IMAGE, TEXT, Input, Towers
 
 
 @serve.deployment(**MODEL_DEPLOYMENT)
-class ClipModel:
+class ClipModel(HostedModel):
     def __init__(self, settings: ClipModelSettings) -> None:
         spec = ClipSpec.from_dir(settings.weights)
         threads = settings.torch_threads or default_torch_threads(settings.device)
@@ -41,7 +40,10 @@ class ClipModel:
             spec, settings.device, threads, settings.graph, settings.batch_invariance
         )
         self._host = ModelHost(
-            run=self._towers.run, warm_up=self._towers.warm_up, identity=self._towers.info
+            run=self._towers.run,
+            warm_up=self._towers.warm_up,
+            identity=self._towers.info,
+            gather=self._gather,
         )
 
     async def vectorize(
@@ -74,17 +76,3 @@ class ClipModel:
     def inputs(self) -> ClipSpec:
         """How inputs are prepared, tokenizer included: what an ingress replica needs."""
         return self._towers.spec
-
-    async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        await self._host.reconfigure(user_config, self._gather)
-
-    def describe(self) -> dict[str, Any]:
-        return self._host.describe()
-
-    def info(self) -> dict[str, Any]:
-        return self._host.info()
-
-    def __del__(self) -> None:
-        host = getattr(self, "_host", None)
-        if host is not None:
-            host.close()

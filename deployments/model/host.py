@@ -80,8 +80,9 @@ Admitted = asyncio.Future[np.ndarray] | Overloaded
 
 class ModelHost:
     """Created in a model deployment's `__init__`, once its model is loaded, with the
-    model's forward pass (`run`: a list of inputs -> their vectors), its warm-up and its
-    identity (what every vector depends on; asked again after each warm-up)."""
+    model's forward pass (`run`: a list of inputs -> their vectors), its warm-up, its
+    identity (what every vector depends on; asked again after each warm-up) and its
+    `@serve.batch` admission method (`gather`, which returns `admit`'s answer)."""
 
     def __init__(
         self,
@@ -89,9 +90,12 @@ class ModelHost:
         run: Callable[[Any], Any],
         warm_up: Callable[[int], WarmUp],
         identity: Callable[[], dict[str, Any]],
+        gather: Any,
     ) -> None:
         self._identity = identity
         self._warm_up = warm_up
+        # The deployment's `@serve.batch` method: its group size follows `max_batch_size`.
+        self._gather = gather
         self._metrics = ModelMetrics(identity())
         self._batcher: Batcher[Any, np.ndarray] = Batcher(
             run, DEFAULTS, is_out_of_memory=is_out_of_memory, observer=self._metrics
@@ -122,16 +126,15 @@ class ModelHost:
         ]
         return GroupAnswer(results, self._batcher.backlog())
 
-    async def reconfigure(self, user_config: dict[str, Any], gather: Any) -> None:
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """The batch settings, live (Serve calls the deployment's `reconfigure` before the
         replica takes traffic and on every `user_config` change): new batch shapes are
-        warmed up first, then `gather` (the deployment's `@serve.batch` method) follows
-        `max_batch_size`."""
+        warmed up first, then the `@serve.batch` method follows `max_batch_size`."""
         settings = BatchSettings.from_user_config(user_config)
         started = time.perf_counter()
         warmed = await self._batcher.call(lambda: self._warm_up(settings.max_batch_size))
         self._batcher.seed(warmed.seconds_per_image)
-        gather.set_max_batch_size(settings.max_batch_size)
+        self._gather.set_max_batch_size(settings.max_batch_size)
         self._batcher.reconfigure(settings)
         log.info(
             "model batching: %s (warmed up %s in %.1f s; %.1f ms per image in a full pass)",
@@ -161,6 +164,29 @@ class ModelHost:
         self._batcher.close()
 
 
+class HostedModel:
+    """What Serve and the edge call on every model deployment, answered by its `ModelHost`
+    (`self._host`, set in the deployment's `__init__`): the batch settings applied live, the
+    model's identity and batching for /meta and readiness, and the batcher stopped with the
+    replica."""
+
+    _host: ModelHost
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        await self._host.reconfigure(user_config)
+
+    def describe(self) -> dict[str, Any]:
+        return self._host.describe()
+
+    def info(self) -> dict[str, Any]:
+        return self._host.info()
+
+    def __del__(self) -> None:
+        host = getattr(self, "_host", None)
+        if host is not None:
+            host.close()
+
+
 def check_images(images: object, input_size: tuple[int, int], count: int | None = None) -> None:
     """A malformed call is refused whole, before any of it can join (and break) a pass:
     uint8 images (N, H, W, 3) at the model's input size (N = `count` where given)."""
@@ -169,7 +195,6 @@ def check_images(images: object, input_size: tuple[int, int], count: int | None 
         not isinstance(images, np.ndarray)
         or images.dtype != np.uint8
         or images.shape[1:] != expected
-        or images.ndim != 4
         or (count is not None and len(images) != count)
     ):
         got = (images.dtype, images.shape) if isinstance(images, np.ndarray) else type(images)

@@ -30,6 +30,7 @@ from deployments.model.host import (
     DEFAULTS,
     MODEL_DEPLOYMENT,
     Admitted,
+    HostedModel,
     ModelHost,
     check_images,
     default_torch_threads,
@@ -41,13 +42,16 @@ from img2vec.model import Embedder, build_embedder
 
 
 @serve.deployment(**MODEL_DEPLOYMENT)
-class ImageModel:
+class ImageModel(HostedModel):
     def __init__(self, settings: ImageModelSettings) -> None:
         options = settings.model_dump()
         threads = options.pop("torch_threads") or default_torch_threads(settings.device)
         self._embedder: Embedder = build_embedder(**options, torch_threads=threads)
         self._host = ModelHost(
-            run=self._embedder.embed, warm_up=self._embedder.warm_up, identity=self._identity
+            run=self._embedder.embed,
+            warm_up=self._embedder.warm_up,
+            identity=self._identity,
+            gather=self._gather,
         )
 
     def _identity(self) -> dict[str, Any]:
@@ -76,17 +80,3 @@ class ImageModel:
     async def _gather(self, calls: list[list[Pending[np.ndarray]]]) -> list[list[list[Admitted]]]:
         """Admit the images of every call gathered now, oldest first."""
         return self._host.admit(calls)
-
-    async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        await self._host.reconfigure(user_config, self._gather)
-
-    def describe(self) -> dict[str, Any]:
-        return self._host.describe()
-
-    def info(self) -> dict[str, Any]:
-        return self._host.info()
-
-    def __del__(self) -> None:
-        host = getattr(self, "_host", None)
-        if host is not None:
-            host.close()

@@ -201,7 +201,9 @@ def write_metaclip(root: Path, seed: int = 0) -> Path:
     return out
 
 
-def write_metaclip2(root: Path, seed: int = 0) -> Path:
+def write_metaclip2(
+    root: Path, seed: int = 0, vision: dict = TOWER, text: dict = TOWER, patch: int = 32
+) -> Path:
     """A random MetaCLIP 2 (`MetaClip2Model`: CLIP's towers, a multilingual XLM-V tokenizer
     whose pad, start and end tokens are 1, 0 and 2) with a small tokenizer of that shape."""
     from transformers import CLIPImageProcessor, MetaClip2Config, MetaClip2Model
@@ -213,9 +215,9 @@ def write_metaclip2(root: Path, seed: int = 0) -> Path:
     )  # fmt: skip
     torch.manual_seed(seed)
     config = MetaClip2Config(
-        text_config={**TOWER, "vocab_size": 40, "max_position_embeddings": 77,
+        text_config={**text, "vocab_size": 40, "max_position_embeddings": 77,
                      "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2},
-        vision_config={**TOWER, "image_size": 224, "patch_size": 32},
+        vision_config={**vision, "image_size": 224, "patch_size": patch},
         projection_dim=32,
     )  # fmt: skip
     out = root / "metaclip2"
@@ -225,7 +227,9 @@ def write_metaclip2(root: Path, seed: int = 0) -> Path:
     return out
 
 
-def write_siglip2(root: Path, seed: int = 0) -> Path:
+def write_siglip2(
+    root: Path, seed: int = 0, vision: dict = TOWER, text: dict = TOWER, size: int = 256
+) -> Path:
     """SigLIP 2 at a fixed resolution as the hub has it (`google/siglip2-so400m-patch16-256`):
     a `SiglipModel` (model_type "siglip"), 256 px in patches of 16, with Gemma's special
     tokens (pad 0, end 1: unlike SigLIP, where both are 1), here with a small tokenizer."""
@@ -238,18 +242,18 @@ def write_siglip2(root: Path, seed: int = 0) -> Path:
     )  # fmt: skip
     torch.manual_seed(seed)
     config = SiglipConfig(
-        text_config={**TOWER, "vocab_size": 40, "max_position_embeddings": 64,
+        text_config={**text, "vocab_size": 40, "max_position_embeddings": 64,
                      "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2},
-        vision_config={**TOWER, "image_size": 256, "patch_size": 16},
+        vision_config={**vision, "image_size": size, "patch_size": 16},
     )  # fmt: skip
     out = root / "siglip2"
     SiglipModel(config).eval().save_pretrained(out)
     tokenizer.save_pretrained(out)
-    SiglipImageProcessor(size={"height": 256, "width": 256}).save_pretrained(out)
+    SiglipImageProcessor(size={"height": size, "width": size}).save_pretrained(out)
     return out
 
 
-def write_openclip(root: Path, seed: int = 0) -> Path:
+def write_openclip(root: Path, seed: int = 0, model_cfg: dict | None = None) -> Path:
     """multi2vec-clip's OpenCLIP layout with a random, small open_clip CLIP: `config.json`
     naming the model (`local-dir:` a directory of open_clip's own format beside it: its
     `open_clip_config.json` and safetensors weights) and `model_config`, as download.py writes
@@ -258,7 +262,7 @@ def write_openclip(root: Path, seed: int = 0) -> Path:
     import open_clip
     from safetensors.torch import save_file
 
-    model_cfg = {
+    model_cfg = model_cfg or {
         "embed_dim": 32,
         "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32,
                        "patch_size": 32},

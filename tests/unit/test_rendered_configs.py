@@ -36,10 +36,11 @@ def test_overlays_merge_by_name_delete_with_null_and_copy():
         "applications": [
             {"name": "a", "args": {"x": None}, "deployments": [{"name": "D", "n": 5}]},
             {"name": "b", "copy_of": "a", "route_prefix": "/b", "args": {"model": "other"}},
+            {"name": "c", "copy_of": "b", "route_prefix": "/c"},
         ]
     }
     out = render.merge(base, overlay)
-    a, b = out["applications"]
+    a, b, c = out["applications"]
     assert a == {
         "name": "a",
         "args": {"model": "m"},
@@ -47,6 +48,8 @@ def test_overlays_merge_by_name_delete_with_null_and_copy():
     }
     assert b["route_prefix"] == "/b" and b["args"] == {"model": "other", "x": 1}
     assert b["deployments"] == [{"name": "D", "n": 1, "k": 2}] and "copy_of" not in b
+    # A copy of one this overlay made starts from it as made.
+    assert c == {**b, "name": "c", "route_prefix": "/c"}
 
 
 def test_the_gpu_config_is_the_base_with_the_gpu_differences_only():

@@ -40,15 +40,23 @@ def _engine_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("IMG2VEC_ENGINE_CACHE", str(tmp_path_factory.getbasetemp() / "engines"))
 
 
-@pytest.fixture(scope="module", params=["eager", "openvino"])
-def clip(request, clip_dir, tmp_path_factory):
-    """Both image-tower engines; the text tower is the same eager one."""
+def warmed_towers(path, tmp_path_factory, graph: str = "auto") -> tuple[ClipSpec, Towers]:
+    """A model directory's spec and towers, warmed up as the model replica warms them (the
+    invariance check, fixed passes), converted into this run's engine cache: for
+    module-scoped fixtures, which run before the autouse one."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IMG2VEC_ENGINE_CACHE", str(tmp_path_factory.getbasetemp() / "engines"))
-        spec = ClipSpec.from_dir(clip_dir)
-        towers = Towers(spec, "cpu", 2, graph=request.param)
-        towers.warm_up(8)  # as the model replica does: the invariance check, fixed passes
-    assert towers.graph == request.param
+        spec = ClipSpec.from_dir(path)
+        towers = Towers(spec, "cpu", 2, graph=graph)
+        towers.warm_up(8)
+    assert graph == "auto" or towers.graph == graph
+    return spec, towers
+
+
+@pytest.fixture(scope="module", params=["eager", "openvino"])
+def clip(request, clip_dir, tmp_path_factory):
+    """Both engines of both towers."""
+    spec, towers = warmed_towers(clip_dir, tmp_path_factory, request.param)
     return spec, towers, ReferenceClip(clip_dir)
 
 
@@ -156,11 +164,7 @@ def metaclip(request, tmp_path_factory):
         path = write_metaclip(tmp_path_factory.mktemp("metaclip"))
     else:
         path = request.getfixturevalue("metaclip2_dir")
-    with pytest.MonkeyPatch.context() as mp:  # (module-scoped: the autouse one is not yet)
-        mp.setenv("IMG2VEC_ENGINE_CACHE", str(tmp_path_factory.getbasetemp() / "engines"))
-        spec = ClipSpec.from_dir(path)
-        towers = Towers(spec, "cpu", 2)
-        towers.warm_up(8)
+    spec, towers = warmed_towers(path, tmp_path_factory)
     return request.param, spec, towers, ReferenceClip(path)
 
 
@@ -192,12 +196,7 @@ def openclip_towers(request, openclip_dir, tmp_path_factory):
     """An OpenCLIP model on both engines, and open_clip's own pipeline as the reference."""
     from tests.support.clip_reference import ReferenceOpenClip
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IMG2VEC_ENGINE_CACHE", str(tmp_path_factory.getbasetemp() / "engines"))
-        spec = ClipSpec.from_dir(openclip_dir)
-        towers = Towers(spec, "cpu", 2, graph=request.param)
-        towers.warm_up(8)
-    assert towers.graph == request.param
+    spec, towers = warmed_towers(openclip_dir, tmp_path_factory, request.param)
     return spec, towers, ReferenceOpenClip(openclip_dir / "tiny")
 
 
