@@ -71,10 +71,14 @@ def is_layout(root: Path) -> bool:
 def layout_for(name: str, cache: Path) -> Path:
     """`open_clip:NAME:TAG` as a model directory under `cache`: its config.json written once;
     open_clip fetches the weights into it (`read`, `load`)."""
-    model_name, _, tag = name[len(SCHEME) :].partition(":")
+    rest = name[len(SCHEME) :]
+    # open_clip:hf-hub:org/repo (or local-dir:PATH) names no tag: the repository holds one.
+    schemed = rest.startswith(("hf-hub:", "local-dir:"))
+    model_name, tag = (rest, "") if schemed else rest.partition(":")[::2]
     if not model_name:
         raise ValueError(f"{name}: expected open_clip:MODEL_NAME:PRETRAINED_TAG")
-    root = cache / "img2vec" / f"open_clip--{model_name.replace('/', '--')}--{tag}"
+    slug = model_name.replace("/", "--").replace(":", "--")
+    root = cache / "img2vec" / f"open_clip--{slug}--{tag}"
     root.mkdir(parents=True, exist_ok=True)
     config = {"model_name": model_name, "pretrained": tag or None}
     if not (root / CONFIG).is_file() or json.loads((root / CONFIG).read_text()) != config:

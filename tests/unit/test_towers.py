@@ -264,6 +264,31 @@ def test_a_hub_name_offline_says_how_to_bring_the_model(monkeypatch, tmp_path):
         ClipSpec.from_dir("openai/clip-vit-base-patch32")
 
 
+@pytest.mark.parametrize(
+    ("name", "folder", "config"),
+    [
+        ("open_clip:ViT-B-32:laion2b_s34b_b79k", "open_clip--ViT-B-32--laion2b_s34b_b79k",
+         {"model_name": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"}),
+        ("open_clip:hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
+         "open_clip--hf-hub--laion--CLIP-ViT-B-32-laion2B-s34B-b79K--",
+         {"model_name": "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "pretrained": None}),
+    ],
+)  # fmt: skip
+def test_an_openclip_name_offline_writes_its_layout_and_says_how_to_bring_the_weights(
+    name, folder, config, monkeypatch, tmp_path
+):
+    """`open_clip:NAME:TAG` (or `open_clip:hf-hub:REPO`) becomes the container's layout in the
+    hub cache, where open_clip would fetch the weights; offline, the error says how to bring
+    them."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ValueError, match=rf"python -m img2vec\.multimodal open_clip:{name[10:]}"):
+        ClipSpec.from_dir(name)
+    assert json.loads((tmp_path / "img2vec" / folder / "config.json").read_text()) == config
+
+
 def test_the_default_multilingual_layout_matches_sentence_transformers(tmp_path):
     """multi2vec-clip's default: images through a sentence-transformers CLIP, texts through a
     multilingual DistilBERT student (mean pooling, a dense layer), neither normalized; the
