@@ -62,10 +62,33 @@ class ClipBaseline:
         return {"textVectors": text_vectors, "imageVectors": image_vectors}
 
 
-class TransformersBaseline:
+class _Locked:
+    """The container's request shape under no_grad: a request's texts, then its images, each
+    step holding the one lock (`texts` and `images` say what each family runs)."""
+
+    lock: threading.Lock
+
+    def vectorize(self, payload: ClipInput) -> dict:
+        out: dict = {"textVectors": [], "imageVectors": []}
+        with torch.no_grad():
+            if payload.texts:
+                with self.lock:
+                    out["textVectors"] = self.texts(payload.texts)
+            if payload.images:
+                out["imageVectors"] = self.images(payload.images)
+        return out
+
+    def texts(self, texts: list) -> list:
+        raise NotImplementedError
+
+    def images(self, images: list) -> list:
+        raise NotImplementedError
+
+
+class TransformersBaseline(_Locked):
     """The container's shape for the families it loads with AutoModel + AutoProcessor: a
     request's texts as one batch (padding=True, truncation=True), then its images as one,
-    `get_text_features` / `get_image_features`, behind one lock."""
+    `get_text_features` / `get_image_features`."""
 
     def __init__(self, weights: str, device: str = "cpu") -> None:
         from transformers import AutoModel, AutoProcessor
@@ -75,26 +98,20 @@ class TransformersBaseline:
         self.processor = AutoProcessor.from_pretrained(weights)
         self.lock = threading.Lock()
 
-    def vectorize(self, payload: ClipInput) -> dict:
-        out: dict = {"textVectors": [], "imageVectors": []}
-        with torch.no_grad():
-            if payload.texts:
-                with self.lock:
-                    inputs = self.processor(
-                        text=payload.texts, return_tensors="pt", padding=True, truncation=True
-                    ).to(self.device)
-                    out["textVectors"] = _unit(self.model.get_text_features(**inputs))
-            if payload.images:
-                with self.lock:
-                    files = [_parse_image(image) for image in payload.images]
-                    inputs = self.processor(images=files, return_tensors="pt").to(self.device)
-                    out["imageVectors"] = _unit(self.model.get_image_features(**inputs))
-        return out
+    def texts(self, texts: list) -> list:
+        inputs = self.processor(text=texts, return_tensors="pt", padding=True, truncation=True)
+        return _unit(self.model.get_text_features(**inputs.to(self.device)))
+
+    def images(self, images: list) -> list:
+        with self.lock:
+            files = [_parse_image(image) for image in images]
+            inputs = self.processor(images=files, return_tensors="pt").to(self.device)
+            return _unit(self.model.get_image_features(**inputs))
 
 
-class OpenClipBaseline:
+class OpenClipBaseline(_Locked):
     """The container's OpenCLIP path: open_clip's tokenizer and `encode_text` for a request's
-    texts, then each image alone (its transform, `encode_image`), behind one lock."""
+    texts, then each image alone (its transform, `encode_image`), one lock per image."""
 
     def __init__(self, weights: str, device: str = "cpu") -> None:
         import json
@@ -114,19 +131,17 @@ class OpenClipBaseline:
         self.device = device
         self.lock = threading.Lock()
 
-    def vectorize(self, payload: ClipInput) -> dict:
-        out: dict = {"textVectors": [], "imageVectors": []}
-        with torch.no_grad():
-            if payload.texts:
-                with self.lock:
-                    tokens = self.tokenizer(payload.texts).to(self.device)
-                    out["textVectors"] = _unit(self.model.encode_text(tokens))
-            for image in payload.images:
-                with self.lock:
-                    img = Image.open(io.BytesIO(base64.b64decode(image)))
-                    pixels = self.preprocess(img).unsqueeze(0).to(self.device)
-                    out["imageVectors"] += _unit(self.model.encode_image(pixels))
-        return out
+    def texts(self, texts: list) -> list:
+        return _unit(self.model.encode_text(self.tokenizer(texts).to(self.device)))
+
+    def images(self, images: list) -> list:
+        vectors = []
+        for image in images:
+            with self.lock:
+                img = Image.open(io.BytesIO(base64.b64decode(image)))
+                pixels = self.preprocess(img).unsqueeze(0).to(self.device)
+                vectors += _unit(self.model.encode_image(pixels))
+        return vectors
 
 
 BASELINES = {

@@ -154,6 +154,17 @@ def test_siglip_pads_to_its_full_context_and_matches_the_reference(family, reque
         assert relative_error(o, r) <= 1e-5, text[:20]
 
 
+def assert_photos_match(spec: ClipSpec, towers: Towers, ref) -> None:
+    """Every photo's vector within CLIP_BOUND of the reference's, a bound far below the
+    distance between two photos."""
+    images = [photo(name) for name in PHOTOS]
+    ref_images = ref.images(images)
+    assert min_separation(dict(zip(PHOTOS, ref_images, strict=True))) > 100 * CLIP_BOUND
+    ours = towers.embed_images(np.stack([spec.preprocess.to_array(i) for i in images]))
+    for name, o, r in zip(PHOTOS, ours, ref_images, strict=True):
+        assert relative_error(o, r) <= CLIP_BOUND, (name, relative_error(o, r))
+
+
 @pytest.fixture(scope="module", params=["metaclip", "metaclip2"])
 def metaclip(request, tmp_path_factory):
     """MetaCLIP 1 (a CLIPModel with QuickGELU, OpenAI's tokenizer) and MetaCLIP 2
@@ -181,12 +192,7 @@ def test_metaclip_1_and_2_take_clips_path_and_give_the_references_vectors(metacl
     assert [t.tolist() for t in ids] == theirs
     for text, o, r in zip(texts, towers.embed_texts(ids), ref.texts(texts), strict=True):
         assert relative_error(o, r) <= CLIP_BOUND, (text, relative_error(o, r))
-    images = [photo(name) for name in PHOTOS]
-    ref_images = ref.images(images)
-    assert min_separation(dict(zip(PHOTOS, ref_images, strict=True))) > 100 * CLIP_BOUND
-    ours = towers.embed_images(np.stack([spec.preprocess.to_array(i) for i in images]))
-    for photo_name, o, r in zip(PHOTOS, ours, ref_images, strict=True):
-        assert relative_error(o, r) <= CLIP_BOUND, (photo_name, relative_error(o, r))
+    assert_photos_match(spec, towers, ref)
     alone = towers.embed_texts([ids[2]])[0]
     assert np.array_equal(towers.embed_texts(ids)[2], alone)
 
@@ -220,12 +226,7 @@ def test_openclip_tokenizes_as_open_clip_and_gives_its_vectors(openclip_towers):
     ours, theirs = towers.embed_texts(ids), ref.texts(OPENCLIP_TEXTS)
     for text, o, r in zip(OPENCLIP_TEXTS, ours, theirs, strict=True):
         assert relative_error(o, r) <= CLIP_BOUND, (text[:20], relative_error(o, r))
-    images = [photo(name) for name in PHOTOS]
-    ref_images = ref.images(images)
-    assert min_separation(dict(zip(PHOTOS, ref_images, strict=True))) > 100 * CLIP_BOUND
-    ours = towers.embed_images(np.stack([spec.preprocess.to_array(i) for i in images]))
-    for name, o, r in zip(PHOTOS, ours, ref_images, strict=True):
-        assert relative_error(o, r) <= CLIP_BOUND, (name, relative_error(o, r))
+    assert_photos_match(spec, towers, ref)
     assert np.array_equal(towers.embed_texts([ids[0]])[0], towers.embed_texts(ids)[0])
     assert towers.info()["model"] == "local-dir:tiny"
 
