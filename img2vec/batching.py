@@ -1,18 +1,16 @@
 """The one batcher: single requests in, one forward pass at a time, what waited runs next.
 
-Ray-free and torch-free. The Serve deployment gathers concurrent calls (`@serve.batch`) and
-hands each of their images to `Batcher.enqueue`; this module alone decides what runs when,
-owns the batch settings, keeps the one record of the batches that actually ran, and says how
-far behind it is (`Backlog`), which both the model replica and the ingress ask before they
-take on an image.
+Ray-free and torch-free. The model deployment's `@serve.batch` admits the requests of the
+calls it gathers (`Batcher.admit`); this module alone decides what runs when, owns the batch
+settings, records the batches that ran, and says how far behind it is (`Backlog`).
 
 Why a queue of its own: Serve's batcher closes a batch `batch_wait_timeout_s` after its
 first request whether or not the device is free, and forms the next one while the previous
 one still runs, so under load the passes would be small and run one after another. Here a
 pass starts only when the previous one has finished, and takes what waited, oldest first,
 up to `max_batch_size`: a lone request goes straight to the device, a busy device still
-gets full batches. Before each pass, requests whose caller has gone (their future was
-cancelled) are dropped, and those past their deadline are answered `Overloaded`.
+gets full batches. Before each pass, requests whose caller has gone are dropped, and those
+the pass would answer after their deadline are answered `Overloaded` at once.
 """
 
 from __future__ import annotations
@@ -157,18 +155,10 @@ class Batcher(Generic[T, R]):
         self.stats = BatchStats()
         self._s_per_image: float | None = None  # moving average, for the expected wait
 
-    @property
-    def settings(self) -> BatchSettings:
-        return self._settings
-
     def reconfigure(self, settings: BatchSettings) -> None:
         """Applies from the next pass on; the pass running now is not disturbed."""
         self._settings = settings
         self._arrived.set()
-
-    @property
-    def queued(self) -> int:
-        return len(self._pending)
 
     def expected_wait_s(self) -> float:
         """How long a request enqueued now would wait for its result, from the recent cost
