@@ -108,6 +108,7 @@ def read(layout: Layout) -> Inputs:
 
     schema, identifier = parse_model_name(layout.model_name)
     preprocess: dict[str, Any] = PreprocessCfg().__dict__.copy()
+    tag_cfg: dict[str, Any] = {}
     if schema is None:
         identifier = identifier.replace("/", "-")
         model_cfg, tag_cfg = _builtin(layout, identifier)
@@ -129,9 +130,9 @@ def read(layout: Layout) -> Inputs:
     preprocess["size"] = model_cfg["vision_cfg"].get("image_size", preprocess["size"])
     return Inputs(
         context=int(text.get("context_length", 77)),
-        preprocess=_preprocess(preprocess, f"openclip-{identifier.rsplit('/', 1)[-1]}"),
+        preprocess=preprocess_of(preprocess, f"openclip-{identifier.rsplit('/', 1)[-1]}"),
         tokenizer=simple_tokenizer(),
-        checkpoint=_fetching(layout, lambda: _checkpoint(layout, schema, identifier)),
+        checkpoint=_fetching(layout, lambda: _checkpoint(layout, schema, identifier, tag_cfg)),
     )
 
 
@@ -165,25 +166,21 @@ def _saved_config(layout: Layout, schema: str, identifier: str) -> str:
     ).read_text()
 
 
-def _checkpoint(layout: Layout, schema: str | None, identifier: str) -> Path | None:
-    """The weights file open_clip loads, fetched into the model directory if need be."""
-    from open_clip.pretrained import (
-        download_pretrained,
-        download_pretrained_from_hf,
-        get_pretrained_cfg,
-    )
+def _checkpoint(
+    layout: Layout, schema: str | None, identifier: str, tag_cfg: dict[str, Any]
+) -> Path | None:
+    """The weights file open_clip loads (a built-in model's from its tag's `tag_cfg`), fetched
+    into the model directory if need be."""
+    from open_clip.pretrained import download_pretrained, download_pretrained_from_hf
 
     cache = str(layout.root)
     if schema == "local-dir":
         return _checkpoint_in(Path(identifier))
     if schema == "hf-hub":
         return Path(download_pretrained_from_hf(identifier, cache_dir=cache))
-    if not layout.pretrained:
-        return None
-    tag_cfg = get_pretrained_cfg(identifier, layout.pretrained)
     if tag_cfg:
         return Path(download_pretrained(tag_cfg, cache_dir=cache))
-    return Path(layout.pretrained)
+    return Path(layout.pretrained) if layout.pretrained else None
 
 
 def _fetching(layout: Layout, step: Any) -> Any:
@@ -215,7 +212,7 @@ def load(layout: Layout, device: Any) -> Any:
     return model.eval()
 
 
-def _preprocess(cfg: dict[str, Any], name: str) -> Preprocess:
+def preprocess_of(cfg: dict[str, Any], name: str) -> Preprocess:
     """open_clip's inference transform (image_transform, is_train False) as a Preprocess:
     'shortest' scales the shorter side and crops the centre (torchvision's Resize and
     CenterCrop: the longer side truncated, the offset rounded), 'squash' stretches."""

@@ -130,8 +130,13 @@ class Towers:
         self.normalized = spec.family != "sentence-transformers"
         self._vision: torch.nn.Module
         self._text_tower: _TextTower | _OpenClipTower
+        # /meta's "model": the directory's name, or OpenCLIP's name and tag as config.json
+        # says them.
+        self.name = spec.path.name
         if spec.family == openclip.FAMILY:
-            self._model = openclip.load(openclip.Layout.read(spec.path), self.device)
+            layout = openclip.Layout.read(spec.path)
+            self.name = layout.label
+            self._model = openclip.load(layout, self.device)
             _check_openclip_preprocess(self._model, spec)
             self._vision = _OpenClipTower(self._model, IMAGE)
             self._text_tower = _OpenClipTower(self._model, TEXT)
@@ -218,11 +223,7 @@ class Towers:
         """What every vector depends on (the same keys as the image models' ModelInfo where
         they mean the same)."""
         return {
-            "model": (
-                openclip.Layout.read(self.spec.path).label
-                if self.spec.family == openclip.FAMILY
-                else self.spec.path.name
-            ),
+            "model": self.name,
             "architecture": type(self._model).__name__,
             "weights": str(self.spec.path),
             "weights_sha256": self.weights_sha256,
@@ -373,15 +374,11 @@ def _weight_files(spec: ClipSpec) -> list[Path]:
 def _check_openclip_preprocess(model: Any, spec: ClipSpec) -> None:
     """The preprocessing open_clip set on the model it built is the one the ingress applies
     (img2vec/openclip.py reads it from the same configs without building the model)."""
-    cfg, pre = model.visual.preprocess_cfg, spec.preprocess
-    size = cfg["size"] if isinstance(cfg["size"], int) else tuple(cfg["size"])
-    expected = pre.resize if isinstance(pre.resize, int) else pre.resize[0]
-    if (
-        (size if isinstance(size, int) else size[0]) != expected
-        or tuple(cfg["mean"]) != pre.mean
-        or tuple(cfg["std"]) != pre.std
-    ):
-        raise ValueError(f"{spec.path}: open_clip preprocesses as {cfg}, the spec as {pre}")
+    built = openclip.preprocess_of(model.visual.preprocess_cfg, spec.preprocess.name)
+    if built != spec.preprocess:
+        raise ValueError(
+            f"{spec.path}: open_clip preprocesses as {built}, the spec as {spec.preprocess}"
+        )
 
 
 def _files_sha256(files: list[Path]) -> str | None:
