@@ -114,20 +114,18 @@ class OpenClipBaseline(_Locked):
     texts, then each image alone (its transform, `encode_image`), one lock per image."""
 
     def __init__(self, weights: str, device: str = "cpu") -> None:
-        import json
         from pathlib import Path
 
         import open_clip
 
-        config = json.loads((Path(weights) / "config.json").read_text())
-        name = config["model_name"]
-        if name.startswith("local-dir:") and not Path(name[10:]).is_absolute():
-            name = f"local-dir:{Path(weights) / name[10:]}"
+        from img2vec.openclip import Layout
+
+        layout = Layout.read(Path(weights))  # config.json, a relative local-dir: resolved
         self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=config.get("pretrained") or None, cache_dir=weights, device=device
+            layout.model_name, pretrained=layout.pretrained, cache_dir=weights, device=device
         )
         self.model.eval()
-        self.tokenizer = open_clip.get_tokenizer(name)
+        self.tokenizer = open_clip.get_tokenizer(layout.model_name)
         self.device = device
         self.lock = threading.Lock()
 

@@ -2,7 +2,7 @@
 independent reference (transformers' own processor and model, tests/support/clip_reference.py): the
 tokenizer's ids, and each tower's vectors, with random towers and OpenAI CLIP's real
 tokenizer; SigLIP's and SigLIP 2's padding and pooling with small tokenizers; MetaCLIP 1 and 2
-on CLIP's path."""
+on CLIP's path; OpenCLIP against open_clip itself (its tokenizer, transform and towers)."""
 
 from __future__ import annotations
 
