@@ -132,13 +132,13 @@ def service(
     args: argparse.Namespace,
     workdir: Path,
     family: str,
-    graph: str = "auto",
+    engine: str = "auto",
 ) -> list[dict]:
-    """The service as shipped (graph auto: both towers on OpenVINO on CPU), or with the
+    """The service as shipped (engine auto: both towers on OpenVINO on CPU), or with the
     towers eager like the baseline's (`service-eager`: what batching alone gives)."""
     config = yaml.safe_load((ROOT / args.config).read_text())
-    env = {"IMG2VEC_WEIGHTS": str(model), "IMG2VEC_DEVICE": args.device, "IMG2VEC_GRAPH": graph}
-    name = "service" if graph == "auto" else f"service-{graph}"
+    env = {"IMG2VEC_WEIGHTS": str(model), "IMG2VEC_DEVICE": args.device, "IMG2VEC_ENGINE": engine}
+    name = "service" if engine == "auto" else f"service-{engine}"
     with launched(config, workdir, ROOT, extra_env=env) as (url, _):
         rows = drive(name, url, sets, args, family)
         # The passes the model replica ran: how the requests' inputs were batched.
@@ -206,7 +206,7 @@ def markdown(results: dict) -> str:
         "OpenAI's CLIPModel without no_grad, AutoModel's features for SigLIP 2 and MetaCLIP 2, "
         "open_clip with each image alone for OpenCLIP. "
         "`service eager`: the service with both towers eager, as the baseline runs them: what "
-        "batching across requests gives on its own; `service`: as shipped (graph auto, both "
+        "batching across requests gives on its own; `service`: as shipped (engine auto, both "
         "towers on OpenVINO, the same vectors).",
     ]
     return "\n".join(lines)
@@ -246,8 +246,8 @@ def main() -> None:
                 if system == "baseline":
                     results["load"] += baseline(model, sets, args, Path(tmp), family)
                 elif system == "service" or family == families[0]:
-                    graph = system.removeprefix("service").removeprefix("-") or "auto"
-                    results["load"] += service(model, sets, args, Path(tmp), family, graph)
+                    engine = system.removeprefix("service").removeprefix("-") or "auto"
+                    results["load"] += service(model, sets, args, Path(tmp), family, engine)
     docs = None if args.no_docs else ROOT / "docs" / "benchmarks.md"
     publish(results, "clip", markdown(results), ROOT / args.out, docs, (BEGIN, END))
 

@@ -88,7 +88,7 @@ def probe_compile() -> None:
     for dtype in ("float16", "float32"):
         frozen = build_embedder(model="resnet50", weights="random", device="cuda", dtype=dtype)
         compiled = build_embedder(
-            model="resnet50", weights="random", device="cuda", dtype=dtype, graph="eager"
+            model="resnet50", weights="random", device="cuda", dtype=dtype, engine="eager"
         )
         start = time.perf_counter()
         compiled.engine.module = torch.compile(compiled.engine.module)  # type: ignore[attr-defined]

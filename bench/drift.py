@@ -82,7 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="cosine drift of each option")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtypes", default="float32,tf32,float16,bfloat16")
-    parser.add_argument("--graphs", default="openvino,torchscript,eager")
+    parser.add_argument("--engines", default="openvino,torchscript,eager")
     parser.add_argument("--no-draft", action="store_true", help="skip the JPEG draft rows")
     args = parser.parse_args()
     sets = image_sets("640x480,1920x1080")
@@ -94,7 +94,7 @@ def main() -> None:
             expected = {
                 name: np.stack([ref.vector(img) for img in images]) for name, images in sets.items()
             }
-            for graph in args.graphs.split(","):
+            for engine in args.engines.split(","):
                 for dtype in args.dtypes.split(","):
                     try:
                         emb = build_embedder(
@@ -102,13 +102,15 @@ def main() -> None:
                             weights=str(path),
                             device=args.device,
                             dtype=dtype,
-                            graph=graph,
+                            engine=engine,
                         )
                     except Img2VecError as exc:  # not offered here (engine, device or CPU)
-                        print(json.dumps({"graph": graph, "dtype": dtype, "skipped": exc.message}))
+                        print(
+                            json.dumps({"engine": engine, "dtype": dtype, "skipped": exc.message})
+                        )
                         continue
                     if model == "mobilenet_v2":
-                        row = {"model": model, "graph": graph, "dtype": dtype, **recall(emb)}
+                        row = {"model": model, "engine": engine, "dtype": dtype, **recall(emb)}
                         rows.append(row)
                         print(json.dumps(row), flush=True)
                     for set_name, images in sets.items():
@@ -124,7 +126,7 @@ def main() -> None:
                             row = {
                                 "model": model,
                                 "images": set_name,
-                                "graph": graph,
+                                "engine": engine,
                                 "dtype": dtype,
                                 "jpeg_draft": draft,
                                 "cosine_min": round(float(cos.min()), 7),

@@ -3,7 +3,7 @@
 `python -m bench.engines [--batches 1,8] [--model resnet50]`: the calibrated random ResNet50
 (the tests' weights: BatchNorm statistics from real photos), bare forward passes of uint8
 batches, normalization included, on each engine: eager PyTorch, the frozen TorchScript graph,
-OpenVINO f32 and bf16 (img2vec's `graph: openvino`), and ONNX Runtime's CPU provider when
+OpenVINO f32 and bf16 (img2vec's `engine: openvino`), and ONNX Runtime's CPU provider when
 `onnxruntime` and `onnx` are installed (`pip install onnxruntime onnx`: not a dependency of
 img2vec). Each engine's vectors of real photos are compared with eager PyTorch's: relative
 error, and its ratio to the smallest distance between two photos (parity needs < 0.001).
@@ -92,16 +92,16 @@ def main() -> None:
         common["torch_threads"] = args.threads
         engines: dict[str, Run] = {}
         for name, options in (
-            ("eager PyTorch", {"graph": "eager"}),
-            ("frozen TorchScript", {"graph": "torchscript"}),
-            ("OpenVINO f32 (graph openvino)", {"graph": "openvino"}),
-            ("OpenVINO bf16 (dtype bfloat16)", {"graph": "openvino", "dtype": "bfloat16"}),
+            ("eager PyTorch", {"engine": "eager"}),
+            ("frozen TorchScript", {"engine": "torchscript"}),
+            ("OpenVINO f32 (engine openvino)", {"engine": "openvino"}),
+            ("OpenVINO bf16 (dtype bfloat16)", {"engine": "openvino", "dtype": "bfloat16"}),
         ):
             try:
                 engines[name] = build_embedder(**common, **options).embed  # type: ignore[arg-type]
             except Exception as exc:
                 print(json.dumps({"engine": name, "refused": str(exc)}))
-        module = build_embedder(**common, graph="eager")._module  # type: ignore[arg-type]
+        module = build_embedder(**common, engine="eager")._module  # type: ignore[arg-type]
         ort_engine = _onnxruntime(
             Normalized(module, IMAGENET_MEAN, IMAGENET_STD).eval(), args.threads, Path(tmp)
         )

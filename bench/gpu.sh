@@ -39,14 +39,14 @@ want tests && {
     tests/unit/test_cuda.py tests/unit/test_model.py 2>&1 | tail -40
 } > "$out/tests.log" 2>&1
 
-want model && step model && for graph in torchscript eager compiled; do
+want model && step model && for engine in torchscript eager compiled; do
   dtypes=float32,tf32,float16,bfloat16
-  [[ $graph == eager ]] && dtypes=float32,float16
-  # graph compiled (torch.compile, CUDA graphs at the padded sizes): float32 and float16, with
+  [[ $engine == eager ]] && dtypes=float32,float16
+  # engine compiled (torch.compile, CUDA graphs at the padded sizes): float32 and float16, with
   # its compile time in model.err; its drift in the drift step.
-  [[ $graph == compiled ]] && dtypes=float16,float32
-  limit=100; [[ $graph == eager ]] && limit=45; [[ $graph == compiled ]] && limit=150
-  timeout $limit "$py" -m bench.model --device cuda --graph "$graph" --dtypes "$dtypes" \
+  [[ $engine == compiled ]] && dtypes=float16,float32
+  limit=100; [[ $engine == eager ]] && limit=45; [[ $engine == compiled ]] && limit=150
+  timeout $limit "$py" -m bench.model --device cuda --engine "$engine" --dtypes "$dtypes" \
     --batches 1,8,32,64,128,256 --min-time 0.8
 done > "$out/model.jsonl" 2> "$out/model.err"
 
@@ -74,10 +74,10 @@ want where && step where && for env in "" RAY_SERVE_ENABLE_HA_PROXY=1; do
 done > "$out/where.log" 2>&1
 
 want drift && step drift && timeout 75 "$py" -m bench.drift --device cuda --dtypes float32,tf32,float16,bfloat16 \
-  --graphs torchscript,compiled --no-draft > "$out/drift.jsonl" 2>&1
+  --engines torchscript,compiled --no-draft > "$out/drift.jsonl" 2>&1
 
 # multi2vec-clip on the GPU: the container's one-lock shape on CUDA against the service's GPU
-# config (towers eager on CUDA: graph auto is OpenVINO on CPU only).
+# config (towers eager on CUDA: engine auto is OpenVINO on CPU only).
 want clip && step clip && timeout 150 "$py" -m bench.clip --device cuda \
   --config serve_config.clip.gpu.yaml --systems baseline,service --concurrency 1,32,256 \
   --duration 6 --warmup 2 --no-docs --out /tmp/gpu-clip > "$out/clip.log" 2>&1

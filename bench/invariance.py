@@ -38,13 +38,13 @@ CONCURRENCY = (1, 32)
 
 
 def measure(
-    protocol: str, graph: str, invariance: bool, sets: dict, env: dict, args: argparse.Namespace
+    protocol: str, engine: str, invariance: bool, sets: dict, env: dict, args: argparse.Namespace
 ) -> list[dict]:
     """One service, launched as `make serve` / `make serve-clip` launch it, driven with each
     request set at each concurrency."""
     config_name = "serve_config.yaml" if protocol == "img2vec-neural" else "serve_config.clip.yaml"
     config = yaml.safe_load((ROOT / config_name).read_text())
-    env = {**env, "IMG2VEC_GRAPH": graph, "IMG2VEC_BATCH_INVARIANCE": str(invariance).lower()}
+    env = {**env, "IMG2VEC_ENGINE": engine, "IMG2VEC_BATCH_INVARIANCE": str(invariance).lower()}
     path = "/vectors" if protocol == "img2vec-neural" else "/vectorize"
     rows = []
     with (
@@ -65,7 +65,7 @@ def measure(
                 )
                 row = {
                     "protocol": protocol,
-                    "graph": graph,
+                    "engine": engine,
                     "batch_invariance": invariance,
                     "kind": kind,
                     "batch_invariant": _find(meta, "batch_invariant"),
@@ -91,7 +91,7 @@ def _find(meta: object, key: str) -> object:
 def markdown(results: dict) -> str:
     m = results["machine"]
     rows = {
-        (r["protocol"], r["graph"], r["kind"], r["concurrency"], r["batch_invariance"]): r
+        (r["protocol"], r["engine"], r["kind"], r["concurrency"], r["batch_invariance"]): r
         for r in results["load"]
     }
     lines = [
@@ -103,13 +103,13 @@ def markdown(results: dict) -> str:
         "| on: p50 ms | off: p50 ms | fixed pass (on) | invariant on / off |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    for protocol, graph, kind, c, inv in rows:
-        if not inv or (protocol, graph, kind, c, False) not in rows:
+    for protocol, engine, kind, c, inv in rows:
+        if not inv or (protocol, engine, kind, c, False) not in rows:
             continue
-        on, off = rows[(protocol, graph, kind, c, True)], rows[(protocol, graph, kind, c, False)]
+        on, off = rows[(protocol, engine, kind, c, True)], rows[(protocol, engine, kind, c, False)]
         ratio = f"{on['images_per_s'] / off['images_per_s']:.2f}" if off["images_per_s"] else "-"
         lines.append(
-            f"| {protocol} | {graph} | {kind} | {c} | {on['images_per_s']} | "
+            f"| {protocol} | {engine} | {kind} | {c} | {on['images_per_s']} | "
             f"{off['images_per_s']} | {ratio} | {on['p50_ms']} | {off['p50_ms']} | "
             f"{on['fixed_pass'] or '-'} | {on['batch_invariant']} / {off['batch_invariant']} |"
         )
@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument(
         "--cases",
         default="img2vec-neural:auto,multi2vec-clip:auto,multi2vec-clip:eager",
-        help="protocol:graph,...",
+        help="protocol:engine,...",
     )
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--no-docs", action="store_true")
@@ -145,14 +145,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="img2vec-bench-inv-model-") as tmp:
         clip = write_vit_b32(Path(tmp))
         for case in args.cases.split(","):
-            protocol, graph = case.split(":")
+            protocol, engine = case.split(":")
             if protocol == "img2vec-neural":
                 sets, env = {"640x480": request_bodies(photos)}, {"IMG2VEC_WEIGHTS": "random"}
             else:
                 sets = {"object": bodies("object", photos), "nearText": bodies("nearText", photos)}
                 env = {"IMG2VEC_WEIGHTS": str(clip)}
             for invariance in (True, False):
-                results["load"] += measure(protocol, graph, invariance, sets, env, args)
+                results["load"] += measure(protocol, engine, invariance, sets, env, args)
     docs = None if args.no_docs else ROOT / "docs" / "benchmarks.md"
     publish(results, "invariance", markdown(results), ROOT / args.out, docs, (BEGIN, END))
 

@@ -60,7 +60,7 @@ def bench_model(
     min_time_s: float = 4.0,
     torch_threads: int | None = None,
     dtype: str = "float32",
-    graph: str = "auto",
+    engine: str = "auto",
 ) -> dict:
     embedder = build_embedder(
         model="resnet50",
@@ -68,14 +68,14 @@ def bench_model(
         device=device,
         torch_threads=torch_threads,
         dtype=dtype,
-        graph=graph,
+        engine=engine,
     )
     rows = [time_forward(embedder, b, min_time_s=min_time_s) for b in batches]
     best = max(rows, key=lambda r: r["images_per_s"])
     return {
         "device": str(embedder.device),
         "dtype": dtype,
-        "graph": embedder.info().graph,
+        "engine": embedder.info().engine,
         "torch_threads": torch.get_num_threads(),
         "rows": rows,
         "best": best,
@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--batches", default="1,2,4,8,16")
     parser.add_argument("--min-time", type=float, default=4.0)
     parser.add_argument(
-        "--graph",
+        "--engine",
         default="auto",
         choices=["auto", "openvino", "torchscript", "eager", "compiled"],
     )
@@ -101,7 +101,7 @@ def main() -> None:
             batches=batches,
             min_time_s=args.min_time,
             dtype=dtype,
-            graph=args.graph,
+            engine=args.engine,
         )
         print(json.dumps(result))
 

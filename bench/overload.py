@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--rounds", type=int, default=2, help="bursts, one after the other")
     parser.add_argument(
-        "--serve-env", default="", help="the service's environment, e.g. IMG2VEC_GRAPH=eager"
+        "--serve-env", default="", help="the service's environment, e.g. IMG2VEC_ENGINE=eager"
     )
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--no-docs", action="store_true")

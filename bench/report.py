@@ -96,7 +96,7 @@ def markdown(results: dict) -> str:
             f"**Bare model** (ResNet50 forward, {model['dtype']}, {model['device']}, "
             f"{model['torch_threads']} threads; img/s):",
             "",
-            f"| batch | {model['graph']} (the service's default engine here) | eager torchvision |",
+            f"| batch | {model['engine']} (the service's default here) | eager torchvision |",
             "| ---: | ---: | ---: |",
         ]
         eager_rows = {r["batch"]: r for r in eager["rows"]} if eager else {}
@@ -106,7 +106,7 @@ def markdown(results: dict) -> str:
         lines.append("")
     engines = [e for e in results.get("engines", []) if "rows" in e]
     if engines:
-        names = [f"{e['graph']} {e['dtype']}" for e in engines]
+        names = [f"{e['engine']} {e['dtype']}" for e in engines]
         lines += [
             "**Engines** (the same bare ResNet50, img/s; float32 ones give the same vectors, "
             "bfloat16 does not: docs/benchmarks.md#engines):",
@@ -120,7 +120,7 @@ def markdown(results: dict) -> str:
         lines.append("")
     for e in results.get("engines", []):
         if "refused" in e:
-            lines += [f"{e['graph']} {e['dtype']}: not run here ({e['refused']})", ""]
+            lines += [f"{e['engine']} {e['dtype']}: not run here ({e['refused']})", ""]
     rows = results.get("load", [])
     if rows:
         lines += [

@@ -174,20 +174,20 @@ def run_service(
 
 
 def _engines(spec: str) -> list[tuple[str, str]]:
-    """`graph:dtype,...` -> [(graph, dtype), ...]."""
+    """`engine:dtype,...` -> [(engine, dtype), ...]."""
     return [tuple(item.split(":", 1)) for item in spec.split(",") if item]  # type: ignore[misc]
 
 
 def run_engine_service(
-    images: dict, graph: str, dtype: str, args: argparse.Namespace, workdir: Path
+    images: dict, engine: str, dtype: str, args: argparse.Namespace, workdir: Path
 ) -> list[dict]:
     """The service on another engine or dtype than the default, at concurrency 1 and 32 on
     the primary image set: enough for its latency and its ratio to the bare models."""
     config = _service_config(args)
-    config["applications"][0]["args"].update(graph=graph, dtype=dtype)
+    config["applications"][0]["args"].update(engine=engine, dtype=dtype)
     sets = {PRIMARY: request_bodies(images[PRIMARY])} if PRIMARY in images else {}
     sub = argparse.Namespace(**{**vars(args), "concurrency": [1, 32]})
-    name = f"service {graph} {dtype}"
+    name = f"service {engine} {dtype}"
     try:
         return run_service(sets, sub, workdir, config, name)
     except RuntimeError as exc:  # refused at start-up (the dtype on this CPU): say so
@@ -266,12 +266,12 @@ def main() -> None:
     parser.add_argument(
         "--engines",
         default="torchscript:float32,openvino:float32,openvino:bfloat16",
-        help="bare-model rows: graph:dtype,...",
+        help="bare-model rows: engine:dtype,...",
     )
     parser.add_argument(
         "--service-engines",
         default="torchscript:float32,openvino:bfloat16",
-        help="service rows besides the default engine (c1 and c32): graph:dtype,...",
+        help="service rows besides the default engine (c1 and c32): engine:dtype,...",
     )
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite benchmarks.md")
@@ -290,27 +290,27 @@ def main() -> None:
     if "model" in systems:
         batches = tuple(int(b) for b in args.model_batches.split(","))
         # The service's default engine on this device, and plain eager torchvision.
-        results["model"] = bench_model(device=args.model_device, batches=batches, graph="auto")
+        results["model"] = bench_model(device=args.model_device, batches=batches, engine="auto")
         results["model_eager"] = bench_model(
-            device=args.model_device, batches=batches, graph="eager"
+            device=args.model_device, batches=batches, engine="eager"
         )
         print(json.dumps(results["model"]), json.dumps(results["model_eager"]), flush=True)
         results["engines"] = []
-        for graph, dtype in _engines(args.engines):
+        for engine, dtype in _engines(args.engines):
             try:
                 row = bench_model(
-                    device=args.model_device, batches=batches, graph=graph, dtype=dtype
+                    device=args.model_device, batches=batches, engine=engine, dtype=dtype
                 )
             except Img2VecError as exc:  # e.g. bfloat16 on a CPU without AMX / AVX512-BF16
-                row = {"graph": graph, "dtype": dtype, "refused": exc.message}
+                row = {"engine": engine, "dtype": dtype, "refused": exc.message}
             results["engines"].append(row)
             print(json.dumps(row), flush=True)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="img2vec-bench-") as tmp:
         if "service" in systems:
             rows += run_service(sets, args, Path(tmp))
-            for graph, dtype in _engines(args.service_engines):
-                rows += run_engine_service(images, graph, dtype, args, Path(tmp))
+            for engine, dtype in _engines(args.service_engines):
+                rows += run_engine_service(images, engine, dtype, args, Path(tmp))
         if "baseline" in systems:
             rows += run_baseline(sets, args, Path(tmp))
     results["load"] = rows

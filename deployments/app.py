@@ -30,6 +30,9 @@ from img2vec.weights import DOWNLOAD, check_source, get_spec, preset_of, resolve
 
 build_log = logging.getLogger("img2vec.build")
 ENV_PREFIX = "IMG2VEC_"
+# Settings renamed since a release: the old name still works (YAML `args:` or
+# `IMG2VEC_<OLD>`), with a warning at build; both names at once is an error.
+RENAMED = {"graph": "engine"}
 
 
 class AppArgs(IngressSettings, ImageModelSettings):
@@ -50,14 +53,38 @@ def _merge(
 ) -> Args:
     """YAML args, then IMG2VEC_* overrides, validated together."""
     base = args.model_dump(exclude_unset=True) if isinstance(args, BaseModel) else dict(args or {})
-    for field in cls.model_fields:
+    overrides = {}
+    for field in [*cls.model_fields, *RENAMED]:
         value = env.get(ENV_PREFIX + field.upper())
         if value is not None and value.strip() != "":
-            base[field] = value.strip()
+            overrides[field] = value.strip()
+    base = {**_renamed(base, "args"), **_renamed(overrides, "environment")}
     try:
         return cls.model_validate(base)
     except ValidationError as exc:
         raise ConfigError(f"invalid img2vec settings: {exc}") from None
+
+
+def _renamed(values: dict[str, object], where: str) -> dict[str, object]:
+    """`values` with each old setting name replaced by its new one."""
+    for old, new in RENAMED.items():
+        if old not in values:
+            continue
+        if new in values:
+            raise ConfigError(
+                f"the {where} sets both {new} and {old}, its old name "
+                f"({values[new]!r}, {values[old]!r}): keep {new} (IMG2VEC_{new.upper()})"
+            )
+        build_log.warning(
+            "the setting %s (IMG2VEC_%s) is now called %s (IMG2VEC_%s); the old name will be "
+            "removed in a later release",
+            old,
+            old.upper(),
+            new,
+            new.upper(),
+        )
+        values[new] = values.pop(old)
+    return values
 
 
 def resolve_args(args: AppArgs | Mapping[str, object] | None, env: Mapping[str, str]) -> AppArgs:

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from img2vec.decoding import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
-from img2vec.options import ClipGraph, Device, Dtype, Graph
+from img2vec.options import ClipEngineName, Device, Dtype, EngineName
 from img2vec.weights import DEFAULT_DOWNLOAD_TIMEOUT_S, DEFAULT_MODEL, DOWNLOAD
 
 
@@ -63,7 +63,7 @@ class ImageModelSettings(_Settings):
         description="float32 matches img2vec-pytorch; tf32, float16 (GPU) and bfloat16 (CPU "
         "fast mode) change vectors",
     )
-    graph: Graph = Field(
+    engine: EngineName = Field(
         "auto",
         description="auto: OpenVINO on CPU, frozen TorchScript on GPU; or one of them, eager, "
         "or compiled (torch.compile with CUDA graphs, GPU only, not yet measured)",
@@ -84,7 +84,7 @@ class ClipModelSettings(_Settings):
     )
     device: Device = "auto"
     torch_threads: TorchThreads = None
-    graph: ClipGraph = Field(
+    engine: ClipEngineName = Field(
         "auto",
         description="auto: the image tower on OpenVINO on CPU (the same vectors, ~2.5x), else "
         "eager; the text tower is eager",

@@ -1,5 +1,5 @@
-"""The engines that run a backbone's forward pass, chosen by the `graph` setting
-(`resolve_graph`).
+"""The engines that run a backbone's forward pass, chosen by the `engine` setting
+(`resolve_engine`).
 
 One contract for every engine (`Engine`): a uint8 batch (N, H, W, 3), the ingress's pixels as
 they arrive, in; float32 vectors (N, dim) out; the one `normalize` inside. `TorchEngine`:
@@ -7,7 +7,7 @@ PyTorch as `torchscript`, `eager` or `compiled`, on the model's device. `OpenVIN
 CPU engine, normalization part of the converted graph (`Normalized`), so that the parity test
 that holds for PyTorch holds for it (tests/unit/test_engines.py).
 
-OpenVINO (`graph: openvino`): the backbone converted from the loaded PyTorch module by
+OpenVINO (`engine: openvino`): the backbone converted from the loaded PyTorch module by
 `openvino.convert_model` (no ONNX file in between), compiled for the CPU with the precision
 asked for spelled out (`INFERENCE_PRECISION_HINT`: OpenVINO picks bf16 by itself on CPUs with
 AMX unless told f32, a silent drift of the vectors). Chosen over ONNX Runtime by the side by
@@ -39,12 +39,12 @@ import numpy as np
 import torch
 
 from img2vec.errors import ConfigError, brief
-from img2vec.options import DTYPES, GRAPHS
+from img2vec.options import DTYPES, ENGINES
 from img2vec.weights import cache_dir
 
 log = logging.getLogger(__name__)
 
-# GRAPHS (img2vec/options.py): `auto` is OpenVINO on CPU where it is installed (1.3-1.6x
+# ENGINES (img2vec/options.py): `auto` is OpenVINO on CPU where it is installed (1.3-1.6x
 # the frozen graph, the same vectors: docs/benchmarks.md#engines), the frozen TorchScript
 # graph elsewhere. `compiled` (CUDA only): torch.compile with CUDA graphs at the padded batch
 # sizes, prepared for a GPU lease (bench/gpu.sh measures it; nothing is claimed for it before
@@ -98,7 +98,7 @@ class Engine(Protocol):
     """The one contract: uint8 images (N, H, W, 3) in, float32 vectors (N, dim) out, the
     normalization inside. Called from one thread at a time (the batcher's forward thread)."""
 
-    name: str  # the `graph` it is: openvino, torchscript, eager or compiled
+    name: str  # the `engine` it is: openvino, torchscript, eager or compiled
 
     def __call__(self, batch: np.ndarray, /) -> np.ndarray: ...
 
@@ -111,7 +111,7 @@ class TorchEngine:
     def __init__(
         self,
         module: torch.nn.Module,
-        graph: str,
+        engine: str,
         device: torch.device,
         dtype: torch.dtype,
         mean: Sequence[float],
@@ -122,13 +122,13 @@ class TorchEngine:
         self._mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(std, device=device).view(1, 3, 1, 1)
         module = module.to(device, dtype).to(memory_format=torch.channels_last)
-        if graph == "compiled":
+        if engine == "compiled":
             # Each padded batch size is compiled and its CUDA graph captured at warm-up, on
             # the batcher's forward thread, before the replica reports ready.
             self.module: Any = torch.compile(module, mode="reduce-overhead", dynamic=False)
             self.name = "compiled"
             return
-        if graph == "torchscript":
+        if engine == "torchscript":
             example = torch.zeros((1, 3, *input_size), device=device, dtype=dtype)
             module = _freeze(module, example.contiguous(memory_format=torch.channels_last))
         self.module = module
@@ -143,24 +143,24 @@ class TorchEngine:
             return out.to(device="cpu", dtype=torch.float32).numpy()
 
 
-def resolve_graph(graph: str, device: torch.device, dtype: str) -> str:
-    """The graph `graph` names on this device: `auto` is OpenVINO on CPU where it is installed
+def resolve_engine(engine: str, device: torch.device, dtype: str) -> str:
+    """The engine `engine` names on this device: `auto` is OpenVINO on CPU where it is installed
     and runs this dtype, else the frozen TorchScript graph. OpenVINO is CPU only."""
-    if graph not in GRAPHS:
-        raise ConfigError(f"graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
-    if graph == "auto":
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "auto":
         usable = device.type == "cpu" and dtype in OPENVINO_PRECISIONS and openvino_available()
         return OPENVINO if usable else "torchscript"
-    if graph == "compiled" and device.type != "cuda":
+    if engine == "compiled" and device.type != "cuda":
         raise ConfigError(
-            "graph compiled (torch.compile with CUDA graphs) is for CUDA GPUs; on CPU use auto"
+            "engine compiled (torch.compile with CUDA graphs) is for CUDA GPUs; on CPU use auto"
         )
-    if graph == OPENVINO:
+    if engine == OPENVINO:
         if device.type != "cpu":
-            raise ConfigError("graph openvino runs on CPU; on a GPU use torchscript or eager")
+            raise ConfigError("engine openvino runs on CPU; on a GPU use torchscript or eager")
         if not openvino_available():
-            raise ConfigError("graph openvino needs the openvino package: pip install openvino")
-    return graph
+            raise ConfigError("engine openvino needs the openvino package: pip install openvino")
+    return engine
 
 
 def bucket_sizes(max_batch_size: int) -> list[int]:
@@ -183,7 +183,7 @@ def _freeze(module: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
     process stalls it: measured 5x slower under contention, 2.8x frozen), folds BatchNorm
     into the convolutions, and is ~8% faster on CPU. Vectors agree to cosine 0.9999999.
     torch.jit is deprecated but present in every torch this project supports (2.11-2.14);
-    where it fails, the eager module is kept (and /meta says `graph: eager`)."""
+    where it fails, the eager module is kept (and /meta says `engine: eager`)."""
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -348,7 +348,7 @@ class OpenVINOEngine:
 
         if dtype not in OPENVINO_PRECISIONS:
             raise ConfigError(
-                f"graph openvino runs {', '.join(OPENVINO_PRECISIONS)}, not {dtype!r}"
+                f"engine openvino runs {', '.join(OPENVINO_PRECISIONS)}, not {dtype!r}"
             )
         core = ov.Core()
         if dtype == "bfloat16" and "BF16" not in core.get_property(

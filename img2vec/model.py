@@ -29,7 +29,7 @@ from img2vec.engines import (
     bucket_sizes,
     configure_precision,
     precision,
-    resolve_graph,
+    resolve_engine,
 )
 from img2vec.errors import ConfigError, WeightsError, brief
 from img2vec.invariance import batch_invariant, fixed_pass_size, in_fixed_passes, probe_images
@@ -71,7 +71,7 @@ class ModelInfo:
     preprocess: str
     device: str
     dtype: str
-    graph: str
+    engine: str
     torch_threads: int
     # Whether an index built with img2vec-pytorch (float32) can take these vectors.
     vectors: str
@@ -95,7 +95,7 @@ class Embedder:
         device: torch.device,
         preprocess: Preprocess,
         dtype: str = "float32",
-        graph: str = "torchscript",
+        engine: str = "torchscript",
         pad_to_buckets: bool | None = None,
         name: str | None = None,
         batch_invariance: bool = True,
@@ -117,24 +117,24 @@ class Embedder:
         self.batch_invariance = batch_invariance
         self.fixed_pass: int | None = None
         self.batch_invariant: bool | None = None  # checked by warm_up()
-        asked, graph = graph, resolve_graph(graph, device, dtype)
+        asked, engine = engine, resolve_engine(engine, device, dtype)
         self._engine: Engine | None = None
-        if graph == OPENVINO:
+        if engine == OPENVINO:
             try:
                 self._engine = self._openvino(module, dtype)
             except Exception as exc:
                 if asked == OPENVINO or isinstance(exc, ConfigError):
                     raise
                 # `auto`: a backbone OpenVINO cannot take runs on PyTorch, and says so.
-                log.warning("OpenVINO could not take %s (%s): graph torchscript", spec.name, exc)
-                graph = "torchscript"
+                log.warning("OpenVINO could not take %s (%s): engine torchscript", spec.name, exc)
+                engine = "torchscript"
         if self._engine is not None:
             self.pad_to_buckets = False
         else:
             self._engine = TorchEngine(
-                module, graph, device, self.dtype, preprocess.mean, preprocess.std, self.input_size
+                module, engine, device, self.dtype, preprocess.mean, preprocess.std, self.input_size
             )
-        self.graph = self._engine.name
+        self.engine_name = self._engine.name
 
     def _openvino(self, module: torch.nn.Module, dtype: str) -> OpenVINOEngine:
         identity = {
@@ -177,7 +177,7 @@ class Embedder:
             preprocess=self.preprocess.name,
             device=str(self.device),
             dtype=self.dtype_name,
-            graph=self.graph,
+            engine=self.engine_name,
             torch_threads=torch.get_num_threads(),
             vectors=VECTORS_OF.get(self.dtype_name, VECTORS_OTHER),
             batch_invariant=self.batch_invariant,
@@ -209,7 +209,7 @@ class Embedder:
         self.batch_invariant = self._invariant(max_batch_size)
         if not self.batch_invariant and self.batch_invariance:
             self.fixed_pass = fixed_pass_size(self.device.type, max_batch_size)
-            log.info("%s (%s) not batch-invariant: fixed passes of %d", self.name, self.graph,
+            log.info("%s (%s) not batch-invariant: fixed passes of %d", self.name, self.engine_name,
                      self.fixed_pass)  # fmt: skip
             todo += self._warm([self.fixed_pass] if self.pad_to_buckets else [1])
             self.batch_invariant = self._invariant(max_batch_size)
@@ -360,7 +360,7 @@ def build_embedder(
     device: str = "auto",
     torch_threads: int | None = None,
     dtype: str = "float32",
-    graph: str = "auto",
+    engine: str = "auto",
     preprocess: str | None = None,
     download_timeout_s: float = DEFAULT_DOWNLOAD_TIMEOUT_S,
     batch_invariance: bool = True,
@@ -384,7 +384,7 @@ def build_embedder(
         torch.backends.cudnn.deterministic = batch_invariance
     preset = get_preset(preprocess or preset_of(model))
     embedder = Embedder(
-        spec, module, resolved, dev, preset, dtype, graph, name=model,
+        spec, module, resolved, dev, preset, dtype, engine, name=model,
         batch_invariance=batch_invariance,
     )  # fmt: skip
     log.info("embedder ready: %s (pid %d)", embedder.info(), os.getpid())

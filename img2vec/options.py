@@ -12,11 +12,11 @@ Device = Literal["auto", "cpu", "cuda"]
 # img2vec-pytorch); the others change vectors (docs/benchmarks.md#engines).
 Dtype = Literal["float32", "tf32", "float16", "bfloat16"]
 # The engine of an image backbone (img2vec/engines.py).
-Graph = Literal["auto", "torchscript", "eager", "openvino", "compiled"]
+EngineName = Literal["auto", "torchscript", "eager", "openvino", "compiled"]
 # The engine of a CLIP-style model's towers (img2vec/towers.py).
-ClipGraph = Literal["auto", "openvino", "eager"]
+ClipEngineName = Literal["auto", "openvino", "eager"]
 
 DEVICES: tuple[str, ...] = get_args(Device)
 DTYPES: tuple[str, ...] = get_args(Dtype)
-GRAPHS: tuple[str, ...] = get_args(Graph)
-CLIP_GRAPHS: tuple[str, ...] = get_args(ClipGraph)
+ENGINES: tuple[str, ...] = get_args(EngineName)
+CLIP_ENGINES: tuple[str, ...] = get_args(ClipEngineName)

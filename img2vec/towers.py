@@ -28,7 +28,7 @@ from img2vec.engines import normalize
 from img2vec.invariance import batch_invariant, fixed_pass_size, in_fixed_passes, probe_images
 from img2vec.model import pick_device
 from img2vec.multimodal import END_TOKEN_POOLED, ClipSpec
-from img2vec.options import CLIP_GRAPHS
+from img2vec.options import CLIP_ENGINES
 from img2vec.text_head import apply_head, read_head
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class Towers:
         spec: ClipSpec,
         device: str = "auto",
         torch_threads: int | None = None,
-        graph: str = "auto",
+        engine: str = "auto",
         batch_invariance: bool = True,
     ):
         if torch_threads:
@@ -156,9 +156,9 @@ class Towers:
         pre = spec.preprocess
         self._mean = torch.tensor(pre.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(pre.std, device=self.device).view(1, 3, 1, 1)
-        self._engine = self._openvino(graph, "image")
-        self._text_engine = self._openvino(graph, "text") if self._engine is not None else None
-        self.graph = "openvino" if self._engine is not None else "eager"
+        self._engine = self._openvino(engine, "image")
+        self._text_engine = self._openvino(engine, "text") if self._engine is not None else None
+        self.engine_name = "openvino" if self._engine is not None else "eager"
         # Keep every vector the same bits as its input alone: texts run in padded-length
         # bands (embed_texts), and an engine that is not invariant as it is runs in fixed
         # passes (img2vec/invariance.py).
@@ -167,20 +167,22 @@ class Towers:
         self.batch_invariant: bool | None = None  # checked by warm_up()
         self.dim = int(self.embed_texts([np.asarray([spec.pad_id], np.int32)]).shape[1])
 
-    def _openvino(self, graph: str, tower: str) -> Any:
-        """A tower on OpenVINO where `graph` asks for it (auto: on CPU, where installed): the
+    def _openvino(self, engine: str, tower: str) -> Any:
+        """A tower on OpenVINO where `engine` asks for it (auto: on CPU, where installed): the
         same vectors (relative error ~1e-6), 2.3-2.7x eager's speed for ViT-B/32 on 2 cores
         (bench/clip.py). The text tower takes ids of any length (and any batch)."""
         from img2vec.engines import Normalized, OpenVINOEngine, openvino_available
         from img2vec.errors import ConfigError
 
-        if graph not in CLIP_GRAPHS:
-            raise ConfigError(f"graph must be one of {', '.join(CLIP_GRAPHS)}, got {graph!r}")
+        if engine not in CLIP_ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(CLIP_ENGINES)}, got {engine!r}")
         usable = self.device.type == "cpu" and openvino_available()
-        if graph == "eager" or (graph == "auto" and not usable):
+        if engine == "eager" or (engine == "auto" and not usable):
             return None
         if not usable:
-            raise ConfigError("graph openvino runs on CPU, where the openvino package is installed")
+            raise ConfigError(
+                "engine openvino runs on CPU, where the openvino package is installed"
+            )
         pre = self.spec.preprocess
         identity = {
             "model": f"{self.spec.family}-{tower}-tower",
@@ -210,7 +212,7 @@ class Towers:
                 **options,
             )
         except Exception as exc:
-            if graph == "openvino":
+            if engine == "openvino":
                 raise
             log.warning("the %s tower on OpenVINO failed (%r): running it eager", tower, exc)
             return None
@@ -229,7 +231,7 @@ class Towers:
             "weights_sha256": self.weights_sha256,
             "device": str(self.device),
             "dtype": "float32",
-            "graph": self.graph,
+            "engine": self.engine_name,
             "preprocess": self.spec.preprocess.name,
             "normalized": self.normalized,
             **self.spec.describe(),
@@ -340,7 +342,9 @@ class Towers:
         if not self.batch_invariant and self.batch_invariance:
             self.fixed_pass = fixed_pass_size(self.device.type, max_batch_size)
             log.info(
-                "towers (%s) not batch-invariant: fixed passes of %d", self.graph, self.fixed_pass
+                "towers (%s) not batch-invariant: fixed passes of %d",
+                self.engine_name,
+                self.fixed_pass,
             )
             self._warm(max_batch_size)
             self.batch_invariant = batch_invariant(self.run, probes, max_batch_size)

@@ -44,7 +44,7 @@ def convert(name: str, weights: str, dtype: str) -> str:
     from img2vec.model import build_embedder
 
     embedder = build_embedder(
-        model=name, weights=weights, device="cpu", graph="openvino", dtype=dtype
+        model=name, weights=weights, device="cpu", engine="openvino", dtype=dtype
     )
     engine = embedder.engine
     if not isinstance(engine, OpenVINOEngine):

@@ -37,7 +37,7 @@ class ClipModel(HostedModel):
         spec = ClipSpec.from_dir(settings.weights)
         threads = settings.torch_threads or default_torch_threads(settings.device)
         self._towers = Towers(
-            spec, settings.device, threads, settings.graph, settings.batch_invariance
+            spec, settings.device, threads, settings.engine, settings.batch_invariance
         )
         self._host = ModelHost(
             run=self._towers.run,

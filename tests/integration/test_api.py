@@ -180,7 +180,7 @@ def test_meta_names_the_model_and_its_weights(resnet_url, resnet50_file):
     assert meta["weights_source"] == "file" and meta["weights"] == "custom"
     assert meta["weights_sha256"] == sha256_of(resnet50_file)
     assert meta["preprocess"] == "stretch224"
-    assert meta["dtype"] == "float32" and meta["graph"] == "openvino"  # the default on CPU
+    assert meta["dtype"] == "float32" and meta["engine"] == "openvino"  # the default on CPU
     assert meta["limits"]["max_image_pixels"] == MAX_IMAGE_PIXELS
     assert meta["limits"]["max_image_bytes"] == MAX_IMAGE_BYTES
     # Identity and batching come from one replica, which is named.

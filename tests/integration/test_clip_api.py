@@ -238,7 +238,7 @@ def test_past_capacity_every_request_is_answered_200_or_a_json_503_in_time(serve
     env = {
         "IMG2VEC_WEIGHTS": str(clip_dir),
         "IMG2VEC_TORCH_THREADS": "1",
-        "IMG2VEC_GRAPH": "eager",
+        "IMG2VEC_ENGINE": "eager",
         "IMG2VEC_REQUEST_TIMEOUT_S": "1",
     }
     url = deploy("clip-overload", "/clip-overload", env, serve_base, builder="build_clip_app")

@@ -32,7 +32,7 @@ def slow(serve_instance, resnet50_file):
     env = {
         "IMG2VEC_MODEL": "resnet50",
         "IMG2VEC_WEIGHTS": str(resnet50_file),
-        "IMG2VEC_GRAPH": "eager",
+        "IMG2VEC_ENGINE": "eager",
         "IMG2VEC_TORCH_THREADS": "1",
         "IMG2VEC_REQUEST_TIMEOUT_S": str(TIMEOUT_S),
     }

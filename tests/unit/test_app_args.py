@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
-from deployments.app import resolve_args
+from deployments.app import ClipArgs, _merge, resolve_args
 from img2vec.errors import ConfigError, WeightsError
 
 
@@ -60,15 +62,31 @@ def test_unknown_model_and_missing_weights_fail_at_build(tmp_path):
         resolve_args(None, {"IMG2VEC_WEIGHTS": str(tmp_path / "missing.pth")})
 
 
-def test_precision_and_graph_are_named_options():
-    args = resolve_args(None, {"IMG2VEC_DTYPE": "tf32", "IMG2VEC_GRAPH": "eager"})
-    assert (args.dtype, args.graph) == ("tf32", "eager")
+def test_precision_and_engine_are_named_options():
+    args = resolve_args(None, {"IMG2VEC_DTYPE": "tf32", "IMG2VEC_ENGINE": "eager"})
+    assert (args.dtype, args.engine) == ("tf32", "eager")
     # The defaults: the vectors of the container replaced, on the device's default engine.
-    assert (resolve_args(None, {}).dtype, resolve_args(None, {}).graph) == ("float32", "auto")
-    fast = resolve_args(None, {"IMG2VEC_DTYPE": "bfloat16", "IMG2VEC_GRAPH": "openvino"})
-    assert (fast.dtype, fast.graph) == ("bfloat16", "openvino")  # the CPU fast mode
+    assert (resolve_args(None, {}).dtype, resolve_args(None, {}).engine) == ("float32", "auto")
+    fast = resolve_args(None, {"IMG2VEC_DTYPE": "bfloat16", "IMG2VEC_ENGINE": "openvino"})
+    assert (fast.dtype, fast.engine) == ("bfloat16", "openvino")  # the CPU fast mode
     with pytest.raises(ConfigError, match="dtype"):
         resolve_args(None, {"IMG2VEC_DTYPE": "int8"})
+
+
+def test_the_engines_old_name_graph_still_works_with_a_warning(caplog):
+    """`graph` was the engine setting's name: a YAML or an environment written for it keeps
+    its meaning, says so at build, and the environment still overrides the YAML."""
+    with caplog.at_level(logging.WARNING, logger="img2vec.build"):
+        assert resolve_args({"graph": "eager"}, {}).engine == "eager"
+        assert resolve_args(None, {"IMG2VEC_GRAPH": "torchscript"}).engine == "torchscript"
+    assert caplog.text.count("now called engine (IMG2VEC_ENGINE)") == 2
+    assert resolve_args({"graph": "eager"}, {"IMG2VEC_ENGINE": "openvino"}).engine == "openvino"
+    assert resolve_args({"engine": "eager"}, {"IMG2VEC_GRAPH": "openvino"}).engine == "openvino"
+    assert _merge(ClipArgs, {"weights": "random", "graph": "eager"}, {}).engine == "eager"
+    with pytest.raises(ConfigError, match="both engine and graph"):
+        resolve_args({"engine": "eager", "graph": "openvino"}, {})
+    with pytest.raises(ConfigError, match="both engine and graph"):
+        resolve_args(None, {"IMG2VEC_ENGINE": "eager", "IMG2VEC_GRAPH": "openvino"})
 
 
 def test_download_happens_once_at_build_and_fails_fast_offline(monkeypatch, tmp_path):

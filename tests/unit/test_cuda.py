@@ -36,12 +36,12 @@ def case(request, photos, resnet50_file, mobilenet_v2_file):
 
 
 def test_the_compiled_graph_gives_the_reference_vectors_in_float32(case):
-    """graph compiled (torch.compile, CUDA graphs at the padded sizes): prepared for a GPU
+    """engine compiled (torch.compile, CUDA graphs at the padded sizes): prepared for a GPU
     lease; the same parity as the frozen graph before it is offered as anything more."""
     model, path, expected, arrays = case
-    emb = build_embedder(model=model, weights=str(path), device="cuda", graph="compiled")
+    emb = build_embedder(model=model, weights=str(path), device="cuda", engine="compiled")
     emb.warm_up(8)
-    assert emb.info().graph == "compiled"
+    assert emb.info().engine == "compiled"
     out = emb.embed(arrays)
     separation = min_separation(expected)
     for (name, ref), vec in zip(expected.items(), out, strict=True):
@@ -72,14 +72,14 @@ def test_faster_precisions_drift_within_their_bound(case, dtype):
         assert max(errors) < min_separation(expected) / 4, errors
 
 
-@pytest.mark.parametrize(("graph", "dtype"), [("torchscript", "float32"), ("eager", "float32"),
+@pytest.mark.parametrize(("engine", "dtype"), [("torchscript", "float32"), ("eager", "float32"),
                                             ("torchscript", "float16")])  # fmt: skip
-def test_a_vector_is_bit_identical_whatever_batch_it_ran_in(case, graph, dtype):
+def test_a_vector_is_bit_identical_whatever_batch_it_ran_in(case, engine, dtype):
     """The same bits alone as in any padded batch, mix and position (issue 33): cudnn picks
     its algorithms by heuristics (not timing), and where the buckets' kernels still differ,
     the warm-up check finds it and every pass runs at the largest batch."""
     model, path, _, arrays = case
-    emb = build_embedder(model=model, weights=str(path), device="cuda", graph=graph, dtype=dtype)
+    emb = build_embedder(model=model, weights=str(path), device="cuda", engine=engine, dtype=dtype)
     emb.warm_up(32)
     info = emb.info()
     assert info.batch_invariant is True, info

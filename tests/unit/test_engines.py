@@ -26,7 +26,7 @@ def own_cache(tmp_path, monkeypatch):
 
 def _openvino(model: str, weights: str, **options: object):
     return build_embedder(
-        model=model, weights=weights, device="cpu", graph=OPENVINO, torch_threads=2, **options
+        model=model, weights=weights, device="cpu", engine=OPENVINO, torch_threads=2, **options
     )
 
 
@@ -38,7 +38,7 @@ def test_openvino_gives_the_reference_vectors(model, resnet50_file, mobilenet_v2
     path = resnet50_file if model == "resnet50" else mobilenet_v2_file
     reference = ReferenceImg2Vec(model, path)
     embedder = _openvino(model, str(path))
-    assert embedder.info().graph == OPENVINO
+    assert embedder.info().engine == OPENVINO
     refs = {name: reference.vector(encode(img, "PNG")) for name, img in photos.items()}
     separation = min_separation(refs)
     ours = embedder.embed([STRETCH_224.to_array(img) for img in photos.values()])
@@ -86,8 +86,8 @@ def test_a_model_converted_by_other_code_is_converted_again(mobilenet_v2_file, m
 
 
 def test_graph_auto_is_openvino_on_cpu_and_the_engine_is_cpu_only(mobilenet_v2_file):
-    auto = build_embedder(model="mobilenet_v2", weights="random", device="cpu", graph="auto")
-    assert auto.info().graph == OPENVINO
+    auto = build_embedder(model="mobilenet_v2", weights="random", device="cpu", engine="auto")
+    assert auto.info().engine == OPENVINO
     with pytest.raises(ConfigError, match="openvino runs float32, bfloat16"):
         _openvino("mobilenet_v2", "random", dtype="float16")
 

@@ -35,7 +35,7 @@ def test_a_vector_that_depends_on_its_position_is_caught():
 
 
 def test_the_embedder_checks_itself_at_warm_up():
-    embedder = build_embedder(model="mobilenet_v2", weights="random", device="cpu", graph="eager")
+    embedder = build_embedder(model="mobilenet_v2", weights="random", device="cpu", engine="eager")
     assert embedder.info().batch_invariant is None
     embedder.warm_up(4)
     assert isinstance(embedder.info().batch_invariant, bool)

@@ -14,7 +14,7 @@ from img2vec.weights import SPECS
 from tests.support.parity import relative_error
 from tests.support.weights import TEST_DEVICE
 
-DEFAULT_GRAPH = "openvino" if TEST_DEVICE == "cpu" else "torchscript"
+DEFAULT_ENGINE = "openvino" if TEST_DEVICE == "cpu" else "torchscript"
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +89,8 @@ def test_real_weights_tell_photos_apart(mobilenet, arrays):
 def test_info_names_the_model_and_its_weights(resnet, mobilenet, mobilenet_v2_file):
     info = mobilenet.info()
     assert info.model == "mobilenet_v2" and info.dim == 1280 and info.device == TEST_DEVICE
-    # The default graph: OpenVINO on CPU (it is installed with the project), TorchScript on CUDA.
-    assert info.dtype == "float32" and info.graph == DEFAULT_GRAPH
+    # The default engine: OpenVINO on CPU (it is installed with the project), TorchScript on CUDA.
+    assert info.dtype == "float32" and info.engine == DEFAULT_ENGINE
     assert info.weights == "MobileNet_V2_Weights.IMAGENET1K_V1"
     assert info.weights_sha256 == SPECS["mobilenet_v2"].sha256
     assert resnet.info().weights == "custom"  # a random file is not the published one
@@ -181,16 +181,16 @@ def test_without_padding_only_batch_one_is_warmed(mobilenet):
 
 def test_the_graph_can_be_switched_to_eager(mobilenet_v2_file, mobilenet, arrays):
     eager = build_embedder(
-        model="mobilenet_v2", weights=str(mobilenet_v2_file), device=TEST_DEVICE, graph="eager"
+        model="mobilenet_v2", weights=str(mobilenet_v2_file), device=TEST_DEVICE, engine="eager"
     )
-    assert eager.info().graph == "eager" and mobilenet.info().graph == DEFAULT_GRAPH
+    assert eager.info().engine == "eager" and mobilenet.info().engine == DEFAULT_ENGINE
     for a, b in zip(eager.embed(arrays), mobilenet.embed(arrays), strict=True):
         assert relative_error(a, b) < 1e-4
-    with pytest.raises(ConfigError, match="graph must be one of"):
-        build_embedder(model="mobilenet_v2", weights="random", device=TEST_DEVICE, graph="onnx")
-    if TEST_DEVICE == "cpu":  # the GPU-only graph says so on a CPU, before any work
+    with pytest.raises(ConfigError, match="engine must be one of"):
+        build_embedder(model="mobilenet_v2", weights="random", device=TEST_DEVICE, engine="onnx")
+    if TEST_DEVICE == "cpu":  # the GPU-only engine says so on a CPU, before any work
         with pytest.raises(ConfigError, match="for CUDA GPUs"):
-            build_embedder(model="mobilenet_v2", weights="random", device="cpu", graph="compiled")
+            build_embedder(model="mobilenet_v2", weights="random", device="cpu", engine="compiled")
 
 
 def test_out_of_memory_is_recognised():

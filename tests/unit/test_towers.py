@@ -40,16 +40,16 @@ def _engine_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("IMG2VEC_ENGINE_CACHE", str(tmp_path_factory.getbasetemp() / "engines"))
 
 
-def warmed_towers(path, tmp_path_factory, graph: str = "auto") -> tuple[ClipSpec, Towers]:
+def warmed_towers(path, tmp_path_factory, engine: str = "auto") -> tuple[ClipSpec, Towers]:
     """A model directory's spec and towers, warmed up as the model replica warms them (the
     invariance check, fixed passes), converted into this run's engine cache: for
     module-scoped fixtures, which run before the autouse one."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IMG2VEC_ENGINE_CACHE", str(tmp_path_factory.getbasetemp() / "engines"))
         spec = ClipSpec.from_dir(path)
-        towers = Towers(spec, "cpu", 2, graph=graph)
+        towers = Towers(spec, "cpu", 2, engine=engine)
         towers.warm_up(8)
-    assert graph == "auto" or towers.graph == graph
+    assert engine == "auto" or towers.engine_name == engine
     return spec, towers
 
 
@@ -106,7 +106,7 @@ def test_a_texts_vector_is_bit_identical_whatever_it_is_batched_with(clip):
     check finds it is not and it runs fixed passes."""
     spec, towers, _ = clip
     assert towers.info()["batch_invariant"] is True
-    assert towers.info()["fixed_pass"] == (1 if towers.graph == "eager" else None)
+    assert towers.info()["fixed_pass"] == (1 if towers.engine_name == "eager" else None)
     texts = [*TEXTS, "a cat", "a dog", "red", "a photo of a dog", "a photo of a cup"]
     ids = TextTokenizer(spec).encode(texts)
     alone = [towers.embed_texts([t])[0] for t in ids]
@@ -361,6 +361,6 @@ def test_random_weights_run_the_api_offline_with_vit_b32_sizes(tmp_path, monkeyp
     written = (spec.path / "model.safetensors").stat().st_mtime
     assert ClipSpec.from_dir("random").path == spec.path
     assert (spec.path / "model.safetensors").stat().st_mtime == written  # not written again
-    towers = Towers(spec, "cpu", 2, graph="eager")
+    towers = Towers(spec, "cpu", 2, engine="eager")
     vectors = towers.embed_texts(TextTokenizer(spec).encode(["a cat", "a dog"]))
     assert vectors.shape == (2, 512) and relative_error(vectors[0], vectors[1]) > 1e-3

@@ -62,7 +62,7 @@ def _hooked(name: str, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor
 @pytest.mark.parametrize("name", sorted(REQUIRED))
 def test_the_embedding_is_taken_at_the_documented_pooling_point(name):
     spec = SPECS[name]
-    embedder = build_embedder(model=name, weights="random", device="cpu", graph="eager")
+    embedder = build_embedder(model=name, weights="random", device="cpu", engine="eager")
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
     ours = embedder.embed(images)
@@ -95,9 +95,9 @@ def test_native_names_select_the_models_own_preprocessing():
 def test_the_frozen_graph_gives_the_eager_vectors(name):
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
-    frozen = build_embedder(model=name, weights="random", device="cpu", graph="torchscript")
-    eager = build_embedder(model=name, weights="random", device="cpu", graph="eager")
-    assert frozen.info().graph == "torchscript"
+    frozen = build_embedder(model=name, weights="random", device="cpu", engine="torchscript")
+    eager = build_embedder(model=name, weights="random", device="cpu", engine="eager")
+    assert frozen.info().engine == "torchscript"
     for a, b in zip(frozen.embed(images), eager.embed(images), strict=True):
         assert relative_error(a, b) < 1e-4, name
 
@@ -114,7 +114,7 @@ def test_every_architecture_runs_on_the_cpu_engine_with_the_eager_vectors(
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
     engine = build_embedder(model=name, weights="random", device="cpu", torch_threads=2)
-    eager = build_embedder(model=name, weights="random", device="cpu", graph="eager")
-    assert engine.info().graph == "openvino"
+    eager = build_embedder(model=name, weights="random", device="cpu", engine="eager")
+    assert engine.info().engine == "openvino"
     for a, b in zip(engine.embed(images), eager.embed(images), strict=True):
         assert relative_error(a, b) < 1e-4, name
