@@ -132,13 +132,11 @@ class Batcher(Generic[T, R]):
         *,
         is_out_of_memory: Callable[[BaseException], bool] = lambda exc: False,
         observer: PassObserver | None = None,
-        max_queued: int | None = None,
     ) -> None:
         self._run = run
         self._settings = settings or BatchSettings()
         self._is_oom = is_out_of_memory
         self._observer = observer
-        self.max_queued = max_queued
         self._pending: deque[_Job[T, R]] = deque()
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
@@ -184,8 +182,6 @@ class Batcher(Generic[T, R]):
         `deadline` is a `time.monotonic()` after which it is answered `Overloaded` unrun."""
         if self._closed:
             raise NotReady("the model replica is shutting down")
-        if self.max_queued is not None and len(self._pending) >= self.max_queued:
-            raise Overloaded(f"{len(self._pending)} images are queued for the model; retry later")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append(_Job(item, future, time.monotonic(), deadline))

@@ -260,21 +260,6 @@ def test_settings_change_live_from_the_next_pass():
     assert batcher.snapshot()["config"] == {"max_batch_size": 2, "batch_wait_timeout_s": 0.0}
 
 
-def test_a_bounded_queue_refuses_at_once_when_full():
-    async def main():
-        model = FakeModel(gated=True)
-        batcher = Batcher(model, max_queued=2)
-        first = batcher.enqueue(1)
-        await until(model.started.is_set)
-        queued = [batcher.enqueue(2), batcher.enqueue(3)]
-        with pytest.raises(Overloaded, match="queued"):
-            batcher.enqueue(4)
-        model.release(2)
-        return await asyncio.gather(first, *queued)
-
-    assert run(main()) == [10, 20, 30]
-
-
 def test_close_answers_whatever_is_queued():
     async def main():
         model = FakeModel(gated=True)
