@@ -21,8 +21,7 @@ from ray.serve import Application
 
 from deployments.edge.clip import ClipIngress
 from deployments.edge.neural import NeuralIngress
-from deployments.model.clip import ClipModel
-from deployments.model.image import ImageModel
+from deployments.model.models import ClipModel, ImageModel
 from deployments.settings import ClipModelSettings, ImageModelSettings, IngressSettings
 from img2vec.errors import ConfigError, Img2VecError
 from img2vec.multimodal import ClipSpec

@@ -76,7 +76,7 @@ class ImageModelSettings(_Settings):
 
 
 class ClipModelSettings(_Settings):
-    """The multi2vec-clip model replica's structure (deployments/model/clip.py)."""
+    """The multi2vec-clip model replica's structure (deployments/model/models.py)."""
 
     weights: str = Field(
         description="a CLIP or SigLIP model directory in Hugging Face's save_pretrained layout, "

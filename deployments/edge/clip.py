@@ -26,15 +26,8 @@ from pydantic import BaseModel, ConfigDict, StrictStr
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.edge import http
 from deployments.edge.edge import Edge
-from deployments.edge.http import (
-    LIVE_ROUTE,
-    META_ROUTE,
-    READY_ROUTE,
-    new_app,
-    parse_json,
-    post_route,
-)
 from deployments.settings import IngressSettings
 from img2vec.decoding import ImageLimits, ImageReader
 from img2vec.errors import Img2VecError, InvalidRequest, NotReady
@@ -58,12 +51,12 @@ class ClipResponse(BaseModel):
     imageVectors: list[list[float]]
 
 
-clip_app = new_app(
+clip_app = http.new_app(
     "img2vec multi2vec-clip",
     "Texts and images to one vector space; a drop-in for Weaviate's multi2vec-clip inference API.",
 )
 
-VECTORIZE_ROUTE = post_route(ClipRequest, ClipResponse)
+VECTORIZE_ROUTE = http.post_route(ClipRequest, ClipResponse)
 
 
 async def _numbered(i: int, decoding: Awaitable[np.ndarray]) -> np.ndarray:
@@ -105,15 +98,15 @@ class ClipIngress:
             )
             self._tokenizer = TextTokenizer(spec)
 
-    @clip_app.get("/.well-known/live", **LIVE_ROUTE)
+    @clip_app.get("/.well-known/live", **http.LIVE_ROUTE)
     async def live(self) -> Response:
         return Response(status_code=204)
 
-    @clip_app.get("/.well-known/ready", **READY_ROUTE)
+    @clip_app.get("/.well-known/ready", **http.READY_ROUTE)
     async def ready(self) -> Response:
         return self._edge.ready(loading=self._tokenizer is None)
 
-    @clip_app.get("/meta", **META_ROUTE)
+    @clip_app.get("/meta", **http.META_ROUTE)
     async def meta(self) -> Response:
         """The model (what every stored vector depends on, long texts' truncation included)
         and live batching stats, from the one model replica that answered."""
@@ -156,7 +149,7 @@ class ClipIngress:
         return ex.response
 
     def _parse(self, body: bytes) -> ClipRequest:
-        req = parse_json(ClipRequest, body)
+        req = http.parse_json(ClipRequest, body)
         count = len(req.texts or ()) + len(req.images or ())
         if count > self._settings.max_bulk_items:
             raise InvalidRequest(

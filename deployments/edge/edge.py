@@ -37,18 +37,18 @@ from ray.serve.handle import DeploymentHandle
 import img2vec
 from deployments.edge.client import ModelClient, Result
 from deployments.edge.health import Drain, ModelHealth
-from deployments.edge.http import (
-    ByteBudget,
-    Held,
-    error_response,
-    json_error,
-    model_error,
-    read_body,
-)
+from deployments.edge.http import error_response, json_error, model_error
 from deployments.metrics import IngressMetrics, keep_fresh
 from deployments.settings import IngressSettings
 from img2vec.cpus import DECODE_THREAD, name_this_thread
-from img2vec.errors import INTERNAL_ERROR, Img2VecError, NotReady, Overloaded
+from img2vec.errors import (
+    INTERNAL_ERROR,
+    ImageTooLarge,
+    Img2VecError,
+    InvalidRequest,
+    NotReady,
+    Overloaded,
+)
 
 log = logging.getLogger("ray.serve")
 # A child of Serve's logger: its lines go where Serve writes the replica's log (file, stderr or
@@ -266,6 +266,83 @@ class Exchange:
 
     def answer(self, body: bytes) -> None:
         self.response = Response(body, media_type="application/json")
+
+
+class ByteBudget:
+    """The request bytes one ingress replica may hold at once: the bodies of every request
+    from its first byte read until it is answered. Past it a request is answered 503 at
+    once, so memory stays bounded however many clients send large images (and however long
+    the model takes). Used from the event loop only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, n: int) -> None:
+        if self.held + n > self.limit:
+            raise Overloaded(
+                f"the service holds {self.held} bytes of requests (max_inflight_bytes is "
+                f"{self.limit}); retry later"
+            )
+        self.held += n
+
+    def give(self, n: int) -> None:
+        self.held -= n
+
+
+class Held:
+    """What one request took from the budget, given back when the request ends."""
+
+    def __init__(self, budget: ByteBudget) -> None:
+        self.budget = budget
+        self.n = 0
+
+    def take(self, n: int) -> None:
+        self.budget.take(n)
+        self.n += n
+
+    def __enter__(self) -> Held:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.budget.give(self.n)
+
+
+async def read_body(
+    request: Request,
+    limit: int,
+    held: Held,
+    setting: str = "max_body_bytes",
+    expected: str = '{"id": ..., "image": ...}',
+) -> bytes:
+    """Read the body, refusing it as soon as it is known to exceed `limit`.
+
+    A declared Content-Length is taken from the budget before anything is read, and a
+    refusal happens before this coroutine first waits: Serve's receive task, which pulls
+    the body into this process, has then not run yet, so a refused body costs (almost)
+    nothing here. A chunked body is taken from the budget as it arrives."""
+    declared = request.headers.get("content-length")
+    taken = 0
+    if declared is not None and declared.isdigit():
+        if int(declared) > limit:
+            raise ImageTooLarge(
+                f"request body is {declared} bytes; the limit is {limit} bytes ({setting})"
+            )
+        taken = int(declared)
+        held.take(taken)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ImageTooLarge(f"request body is over the limit of {limit} bytes ({setting})")
+        if size > taken:
+            held.take(size - taken)
+            taken = size
+        chunks.append(chunk)
+    if not size:
+        raise InvalidRequest(f"request body is empty; expected JSON {expected}")
+    return b"".join(chunks)
 
 
 def _lower_priority() -> None:

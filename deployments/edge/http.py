@@ -1,7 +1,8 @@
-"""HTTP mechanics of the edge: the FastAPI app and its JSON error handlers, the wire schemas,
-the one table from error to status, JSON error bodies, the bounded body reader and the byte
-budget that keeps an ingress replica's memory bounded however many clients send large images.
-(The routes are the ingress deployments' methods: deployments/edge/neural.py, clip.py.)"""
+"""The HTTP vocabulary of the edge: the FastAPI app and its JSON error handlers, the wire
+schemas and the routes' OpenAPI descriptions, a body parsed against a schema, the one table
+from error to status, and JSON error bodies. (The routes are the ingress deployments'
+methods: deployments/edge/neural.py, clip.py; the byte budget and the bounded body read are
+the `Edge`'s: deployments/edge/edge.py.)"""
 
 from __future__ import annotations
 
@@ -12,66 +13,30 @@ import ray.exceptions
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from pydantic import BaseModel, ValidationError
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import img2vec
 from deployments.edge.proxy import RETRY_AFTER_S
-from img2vec.errors import (
-    INTERNAL_ERROR,
-    ImageTooLarge,
-    Img2VecError,
-    InvalidImage,
-    InvalidRequest,
-    NotReady,
-    Overloaded,
-)
+from img2vec import errors
+from img2vec.errors import INTERNAL_ERROR, Img2VecError, InvalidRequest, NotReady, Overloaded
 
 log = logging.getLogger("ray.serve")
 Schema = TypeVar("Schema", bound=BaseModel)
 
 # The one table from what went wrong to what the client is told.
 STATUS: dict[type[Img2VecError], int] = {
-    InvalidRequest: 422,
-    InvalidImage: 400,
-    ImageTooLarge: 413,
-    Overloaded: 503,
-    NotReady: 503,
+    errors.InvalidRequest: 422,
+    errors.InvalidImage: 400,
+    errors.ImageTooLarge: 413,
+    errors.Overloaded: 503,
+    errors.NotReady: 503,
 }
-
-
-class VectorRequest(BaseModel):
-    """What Weaviate sends. Unknown keys are ignored so that newer clients keep working."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    id: StrictStr
-    image: StrictStr = Field(description="base64 image bytes; a data: URL prefix is accepted")
-
-
-class VectorResponse(BaseModel):
-    id: str
-    vector: list[float]
-    dim: int
 
 
 class ErrorResponse(BaseModel):
     error: str
-
-
-class BulkRequest(BaseModel):
-    items: list[VectorRequest]
-
-
-class BulkError(BaseModel):
-    id: StrictStr | None
-    error: str
-    status: int
-
-
-class BulkResponse(BaseModel):
-    items: list[VectorResponse | BulkError]
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -140,83 +105,6 @@ def describe_validation(errors: Any) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-class ByteBudget:
-    """The request bytes one ingress replica may hold at once: the bodies of every request
-    from its first byte read until it is answered. Past it a request is answered 503 at
-    once, so memory stays bounded however many clients send large images (and however long
-    the model takes). Used from the event loop only."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.held = 0
-
-    def take(self, n: int) -> None:
-        if self.held + n > self.limit:
-            raise Overloaded(
-                f"the service holds {self.held} bytes of requests (max_inflight_bytes is "
-                f"{self.limit}); retry later"
-            )
-        self.held += n
-
-    def give(self, n: int) -> None:
-        self.held -= n
-
-
-class Held:
-    """What one request took from the budget, given back when the request ends."""
-
-    def __init__(self, budget: ByteBudget) -> None:
-        self.budget = budget
-        self.n = 0
-
-    def take(self, n: int) -> None:
-        self.budget.take(n)
-        self.n += n
-
-    def __enter__(self) -> Held:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.budget.give(self.n)
-
-
-async def read_body(
-    request: Request,
-    limit: int,
-    held: Held,
-    setting: str = "max_body_bytes",
-    expected: str = '{"id": ..., "image": ...}',
-) -> bytes:
-    """Read the body, refusing it as soon as it is known to exceed `limit`.
-
-    A declared Content-Length is taken from the budget before anything is read, and a
-    refusal happens before this coroutine first waits: Serve's receive task, which pulls
-    the body into this process, has then not run yet, so a refused body costs (almost)
-    nothing here. A chunked body is taken from the budget as it arrives."""
-    declared = request.headers.get("content-length")
-    taken = 0
-    if declared is not None and declared.isdigit():
-        if int(declared) > limit:
-            raise ImageTooLarge(
-                f"request body is {declared} bytes; the limit is {limit} bytes ({setting})"
-            )
-        taken = int(declared)
-        held.take(taken)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ImageTooLarge(f"request body is over the limit of {limit} bytes ({setting})")
-        if size > taken:
-            held.take(size - taken)
-            taken = size
-        chunks.append(chunk)
-    if not size:
-        raise InvalidRequest(f"request body is empty; expected JSON {expected}")
-    return b"".join(chunks)
-
-
 def post_route(request: type[BaseModel], response: type[BaseModel]) -> dict[str, Any]:
     """A POST route's OpenAPI description: the body is read from bytes by the route itself
     (Weaviate sends no Content-Type), so its schema is declared here."""
@@ -232,8 +120,6 @@ def post_route(request: type[BaseModel], response: type[BaseModel]) -> dict[str,
     }
 
 
-VECTORS_ROUTE = post_route(VectorRequest, VectorResponse)
-BULK_ROUTE = post_route(BulkRequest, BulkResponse)
 LIVE_ROUTE: dict[str, Any] = {"status_code": 204, "response_class": Response}
 READY_ROUTE: dict[str, Any] = {
     **LIVE_ROUTE,

@@ -2,9 +2,9 @@
 `/vectors/`) `{"id", "image"}` -> `{"id", "vector", "dim"}`; the bulk route
 `POST /vectors/batch`; `/.well-known/live|ready`, `/meta`.
 
-This protocol owns only its wire format; each route reads top-down, and everything shared
-(deadline, byte budget, door, drain, errors made JSON, metrics, decode pool, the model
-client) is the `Edge`'s (deployments/edge/edge.py).
+This protocol owns only its wire format (the schemas below); each route reads top-down, and
+everything shared (deadline, byte budget, door, drain, errors made JSON, metrics, decode
+pool, the model client) is the `Edge`'s (deployments/edge/edge.py).
 
 This module must not import torch: ingress replicas scale with request rate, and each would
 pay for it in start time and memory (docs/benchmarks.md#ingress). (No `from __future__ import
@@ -17,27 +17,51 @@ import warnings
 
 import orjson
 from fastapi import Request, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.edge import bulk
+from deployments.edge import bulk, http
 from deployments.edge.edge import Edge
-from deployments.edge.http import (
-    BULK_ROUTE,
-    LIVE_ROUTE,
-    META_ROUTE,
-    READY_ROUTE,
-    VECTORS_ROUTE,
-    VectorRequest,
-    new_app,
-    parse_json,
-)
 from deployments.settings import IngressSettings
 from img2vec.decoding import ImageLimits, ImageReader
 from img2vec.errors import InvalidRequest
 from img2vec.preprocessing import get_preset
 
-app = new_app(
+
+class VectorRequest(BaseModel):
+    """What Weaviate sends. Unknown keys are ignored so that newer clients keep working."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: StrictStr
+    image: StrictStr = Field(description="base64 image bytes; a data: URL prefix is accepted")
+
+
+class VectorResponse(BaseModel):
+    id: str
+    vector: list[float]
+    dim: int
+
+
+class BulkRequest(BaseModel):
+    items: list[VectorRequest]
+
+
+class BulkError(BaseModel):
+    id: StrictStr | None
+    error: str
+    status: int
+
+
+class BulkResponse(BaseModel):
+    items: list[VectorResponse | BulkError]
+
+
+VECTORS_ROUTE = http.post_route(VectorRequest, VectorResponse)
+BULK_ROUTE = http.post_route(BulkRequest, BulkResponse)
+
+app = http.new_app(
     "img2vec", "Images to vectors; a drop-in for Weaviate's img2vec-neural inference API."
 )
 
@@ -59,15 +83,15 @@ class NeuralIngress:
         replica = serve.get_replica_context().replica_id.unique_id
         self._edge = Edge(model, settings, replica)
 
-    @app.get("/.well-known/live", **LIVE_ROUTE)
+    @app.get("/.well-known/live", **http.LIVE_ROUTE)
     async def live(self) -> Response:
         return Response(status_code=204)
 
-    @app.get("/.well-known/ready", **READY_ROUTE)
+    @app.get("/.well-known/ready", **http.READY_ROUTE)
     async def ready(self) -> Response:
         return self._edge.ready()
 
-    @app.get("/meta", **META_ROUTE)
+    @app.get("/meta", **http.META_ROUTE)
     async def meta(self) -> Response:
         """Model identity (what every stored vector depends on) and live batching stats,
         both from the one model replica that answered (named by `replica`)."""
@@ -114,7 +138,7 @@ class NeuralIngress:
         return ex.response
 
     def _parse(self, body: bytes) -> VectorRequest:
-        req = parse_json(VectorRequest, body)
+        req = http.parse_json(VectorRequest, body)
         if len(req.id) > self._settings.max_id_length:
             raise InvalidRequest(
                 f"id is {len(req.id)} characters; the limit is {self._settings.max_id_length}"

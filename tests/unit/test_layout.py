@@ -71,7 +71,7 @@ def test_an_ingress_replica_never_loads_torch():
 
 def test_a_model_replica_never_loads_the_http_edge():
     model = modules_of("deployments/model")
-    assert "deployments.model.image" in model and "deployments.model.clip" in model
+    assert "deployments.model.models" in model
     assert loaded_after(model, ("deployments.edge",)) == []
     # Ray Serve itself loads FastAPI in every process; none of ours in a model replica may.
     assert offenders("deployments/model", ("fastapi", "starlette")) == []

@@ -1,16 +1,35 @@
-"""What every model replica runs besides its model: `ModelHost`, composed by both model
-deployments (`ImageModel`, deployments/model/image.py; `ClipModel`, deployments/model/clip.py).
+"""The model replicas: torch, never the HTTP edge. Two Serve deployments, one per protocol,
+each owning its model and the shape of its calls, and the `ModelHost` both compose for the
+rest.
 
-A model deployment owns its model and the shape of its calls (what it checks, how a call's
-inputs become requests). The host owns the rest: the batcher and its metrics, admission
-(`admit`, what the deployment's `@serve.batch` method returns), the answer to a call
-(`answer`: each input's vector or error, and how far behind the model is), the batch
+- `ImageModel` (img2vec-neural): one image backbone (img2vec/model.py). Every call arrives
+  with a group of images already decoded and resized (uint8 N x H x W x 3): from an ingress
+  replica (the model client, deployments/edge/client.py), a bulk request's chunk, or a single
+  image from another Serve app composing the model (`embed()`).
+- `ClipModel` (multi2vec-clip): a CLIP-style model's two towers (img2vec/towers.py). Every
+  call is one request's inputs, prepared by an ingress replica (deployments/edge/clip.py):
+  images decoded, resized and cropped, texts tokenized and truncated (int32 ids each). A
+  request is admitted whole or refused whole: Weaviate needs every vector of an object.
+
+Everything that can fail because of one client's bytes has failed before here; each call's
+arrays are checked once more before any of it may join a pass.
+
+Two stages, each with one job:
+- `@serve.batch` (each deployment's `_gather`) gathers the calls that reach this replica at
+  the same moment, from every ingress replica, and admits their inputs into the batcher in
+  one step (`ModelHost.admit`): one backlog estimate per gathering, not per call. It never
+  waits (`batch_wait_timeout_s` 0) and returns as soon as the inputs are queued, so the next
+  gathering forms while the model runs.
+- The batcher (img2vec/batching.py) decides what runs in each forward pass. Not
+  `@serve.batch`: in Ray 2.60 it forms the next batch before it waits for the running one,
+  so under load its passes were small and ran back to back (measured, docs/architecture.md).
+
+`ModelHost` owns what is not the model's: the batcher and its metrics, admission, the answer
+to a call (each input's vector or error, and how far behind the model is), the batch
 settings applied live (`reconfigure`), and what `/meta` and readiness ask (`describe`,
-`info`).
-
-Where a caller goes away, its inputs leave the batcher's queue: awaiting their futures with
-`asyncio.gather`, cancelled with the call, cancels each of them, and the batcher drops
-cancelled inputs before their pass (`dropped_caller_gone`).
+`info`). Where a caller goes away, its inputs leave the batcher's queue: awaiting their
+futures with `asyncio.gather`, cancelled with the call, cancels each of them, and the batcher
+drops cancelled inputs before their pass (`dropped_caller_gone`).
 """
 
 from __future__ import annotations
@@ -19,6 +38,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -28,10 +48,13 @@ from ray import serve
 
 from deployments.handoff import GroupAnswer
 from deployments.metrics import ModelMetrics, keep_fresh
+from deployments.settings import ClipModelSettings, ImageModelSettings
 from img2vec.batching import Batcher, BatchSettings, Pending, WarmUp
 from img2vec.cpus import available_cpus
 from img2vec.errors import INTERNAL_ERROR, Img2VecError, Overloaded
-from img2vec.model import is_out_of_memory
+from img2vec.model import Embedder, build_embedder, is_out_of_memory
+from img2vec.multimodal import ClipSpec
+from img2vec.towers import IMAGE, TEXT, Input, Towers
 
 log = logging.getLogger("ray.serve")
 
@@ -200,3 +223,91 @@ def check_images(images: object, input_size: tuple[int, int], count: int | None 
         got = (images.dtype, images.shape) if isinstance(images, np.ndarray) else type(images)
         want = (count if count is not None else "N", *expected)
         raise ValueError(f"expected a uint8 array of shape {want}, got {got}")
+
+
+@serve.deployment(**MODEL_DEPLOYMENT)
+class ImageModel(HostedModel):
+    def __init__(self, settings: ImageModelSettings) -> None:
+        options = settings.model_dump()
+        threads = options.pop("torch_threads") or default_torch_threads(settings.device)
+        self._embedder: Embedder = build_embedder(**options, torch_threads=threads)
+        self._host = ModelHost(
+            run=self._embedder.embed,
+            warm_up=self._embedder.warm_up,
+            identity=self._identity,
+            gather=self._gather,
+        )
+
+    def _identity(self) -> dict[str, Any]:
+        return asdict(self._embedder.info())
+
+    async def embed_group(self, images: np.ndarray, deadlines: list[float | None]) -> GroupAnswer:
+        """Several images in one call (N, H, W, 3), each with its deadline (epoch seconds,
+        `time.time()`: the caller's clock, so that the time a call waited in Serve's queues
+        counts; None: no deadline). Each image is answered with its vector or its own error:
+        `Overloaded` at once when the model is already further behind than its time left,
+        or when its deadline passes before its forward pass starts."""
+        check_images(images, self._embedder.input_size, len(deadlines))
+        requests = [Pending([image], d) for image, d in zip(images, deadlines, strict=True)]
+        return await self._host.answer(await self._gather(requests))
+
+    async def embed(self, image: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        """One uint8 image (H, W, 3) -> its float32 vector (dim,), or its error raised: for
+        other Serve apps that compose the model through its handle."""
+        batch = image[np.newaxis] if isinstance(image, np.ndarray) else image
+        result = (await self.embed_group(batch, [deadline])).results[0]
+        if isinstance(result, Img2VecError):
+            raise result
+        return result
+
+    @serve.batch(max_batch_size=DEFAULTS.max_batch_size, batch_wait_timeout_s=0.0)
+    async def _gather(self, calls: list[list[Pending[np.ndarray]]]) -> list[list[list[Admitted]]]:
+        """Admit the images of every call gathered now, oldest first."""
+        return self._host.admit(calls)
+
+
+@serve.deployment(**MODEL_DEPLOYMENT)
+class ClipModel(HostedModel):
+    def __init__(self, settings: ClipModelSettings) -> None:
+        spec = ClipSpec.from_dir(settings.weights)
+        threads = settings.torch_threads or default_torch_threads(settings.device)
+        self._towers = Towers(
+            spec, settings.device, threads, settings.engine, settings.batch_invariance
+        )
+        self._host = ModelHost(
+            run=self._towers.run,
+            warm_up=self._towers.warm_up,
+            identity=self._towers.info,
+            gather=self._gather,
+        )
+
+    async def vectorize(
+        self, images: np.ndarray, texts: list[np.ndarray], deadline: float | None
+    ) -> GroupAnswer:
+        """One request's images (uint8 N x H x W x 3) and texts (int32 token ids each) ->
+        their vectors, images first then texts, in input order; or, for every input, the
+        one error that refused the request (Overloaded: the model is too far behind)."""
+        check_images(images, self._towers.input_size)
+        self._check_texts(texts)
+        inputs = [Input(IMAGE, image) for image in images] + [Input(TEXT, t) for t in texts]
+        return await self._host.answer(await self._gather([Pending(inputs, deadline)]))
+
+    @serve.batch(max_batch_size=DEFAULTS.max_batch_size, batch_wait_timeout_s=0.0)
+    async def _gather(self, calls: list[list[Pending[Input]]]) -> list[list[list[Admitted]]]:
+        """Admit every request gathered now, oldest first, whole."""
+        return self._host.admit(calls)
+
+    def _check_texts(self, texts: object) -> None:
+        context = self._towers.spec.context
+        for t in texts if isinstance(texts, list) else [None]:
+            if (
+                not isinstance(t, np.ndarray)
+                or t.dtype != np.int32
+                or t.ndim != 1
+                or not 0 < len(t) <= context
+            ):
+                raise ValueError(f"expected int32 token ids of 1 to {context} tokens per text")
+
+    def inputs(self) -> ClipSpec:
+        """How inputs are prepared, tokenizer included: what an ingress replica needs."""
+        return self._towers.spec
