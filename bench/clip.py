@@ -29,10 +29,10 @@ import torch
 import yaml
 
 from bench.images import image_sets
-from bench.loadgen import run_load
+from bench.loadgen import add_load_args, run_load
 from bench.processes import LOOPBACK, WORKER_NICE, free_port, launched, started, wait_ready
-from bench.report import publish
-from bench.run import machine
+from bench.report import add_output_args, publish
+from bench.run import record
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- clip:begin -->", "<!-- clip:end -->"
@@ -215,9 +215,7 @@ def markdown(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", default="1,32")
-    parser.add_argument("--duration", type=float, default=15.0)
-    parser.add_argument("--warmup", type=float, default=4.0)
-    parser.add_argument("--max-requests", type=int, default=3000)
+    add_load_args(parser)
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument(
         "--systems",
@@ -226,14 +224,11 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda, for both systems")
     parser.add_argument("--config", default="serve_config.clip.yaml")
-    parser.add_argument("--out", default="bench/results")
-    parser.add_argument("--no-docs", action="store_true")
+    add_output_args(parser)
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     results: dict = {
-        "command": ("python -m bench.clip " + " ".join(sys.argv[1:])).strip(),
-        "machine": machine(),
-        "args": vars(args),
+        **record("clip", args),
         "load": [],
     }
     photos = image_sets("640x480")["640x480"]
@@ -248,8 +243,7 @@ def main() -> None:
                 elif system == "service" or family == families[0]:
                     engine = system.removeprefix("service").removeprefix("-") or "auto"
                     results["load"] += service(model, sets, args, Path(tmp), family, engine)
-    docs = None if args.no_docs else ROOT / "docs" / "benchmarks.md"
-    publish(results, "clip", markdown(results), ROOT / args.out, docs, (BEGIN, END))
+    publish(results, "clip", markdown(results), args, (BEGIN, END))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -27,10 +26,10 @@ import yaml
 
 from bench.clip import bodies, write_vit_b32
 from bench.images import image_sets, request_bodies
-from bench.loadgen import run_load
+from bench.loadgen import add_load_args, run_load
 from bench.processes import launched
-from bench.report import publish
-from bench.run import machine
+from bench.report import add_output_args, publish
+from bench.run import record
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- invariance:begin -->", "<!-- invariance:end -->"
@@ -124,21 +123,16 @@ def markdown(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--max-requests", type=int, default=2000)
+    add_load_args(parser, duration=10.0, warmup=3.0, cap=2000)
     parser.add_argument(
         "--cases",
         default="img2vec-neural:auto,multi2vec-clip:auto,multi2vec-clip:eager",
         help="protocol:engine,...",
     )
-    parser.add_argument("--out", default="bench/results")
-    parser.add_argument("--no-docs", action="store_true")
+    add_output_args(parser)
     args = parser.parse_args()
     results: dict = {
-        "command": ("python -m bench.invariance " + " ".join(sys.argv[1:])).strip(),
-        "machine": machine(),
-        "args": vars(args),
+        **record("invariance", args),
         "load": [],
     }
     photos = image_sets("640x480")["640x480"]
@@ -153,8 +147,7 @@ def main() -> None:
                 env = {"IMG2VEC_WEIGHTS": str(clip)}
             for invariance in (True, False):
                 results["load"] += measure(protocol, engine, invariance, sets, env, args)
-    docs = None if args.no_docs else ROOT / "docs" / "benchmarks.md"
-    publish(results, "invariance", markdown(results), ROOT / args.out, docs, (BEGIN, END))
+    publish(results, "invariance", markdown(results), args, (BEGIN, END))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ soon as the last one is answered, for a bounded time and count, to loopback only
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import time
 from collections import Counter
@@ -147,3 +148,12 @@ def run_load(
     # workers, not above them (bench.processes.WORKER_NICE).
     with ThreadPoolExecutor(1, initializer=lower_this_thread) as pool:
         return pool.submit(asyncio.run, run).result()
+
+
+def add_load_args(
+    parser: argparse.ArgumentParser, duration: float = 15.0, warmup: float = 4.0, cap: int = 3000
+) -> None:
+    """Each load point's length: `run_load`'s `duration_s`, `warmup_s` and `max_requests`."""
+    parser.add_argument("--duration", type=float, default=duration, help="seconds measured")
+    parser.add_argument("--warmup", type=float, default=warmup, help="seconds discarded first")
+    parser.add_argument("--max-requests", type=int, default=cap, help="cap per point")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,8 +24,8 @@ import yaml
 
 from bench.images import image_sets, request_bodies
 from bench.processes import env_pairs, launched
-from bench.report import publish
-from bench.run import machine
+from bench.report import add_output_args, publish
+from bench.run import record
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- overload:begin -->", "<!-- overload:end -->"
@@ -81,8 +80,7 @@ def main() -> None:
     parser.add_argument(
         "--serve-env", default="", help="the service's environment, e.g. IMG2VEC_ENGINE=eager"
     )
-    parser.add_argument("--out", default="bench/results")
-    parser.add_argument("--no-docs", action="store_true")
+    add_output_args(parser)
     args = parser.parse_args()
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     body = request_bodies(image_sets("640x480")["640x480"][:1])[0]
@@ -98,13 +96,10 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             time.sleep(5)
     results = {
-        "command": ("python -m bench.overload " + " ".join(sys.argv[1:])).strip(),
-        "machine": machine(),
-        "args": vars(args),
+        **record("overload", args),
         "bursts": rows,
     }
-    docs = None if args.no_docs else ROOT / "docs" / "benchmarks.md"
-    publish(results, "overload", markdown(results), ROOT / args.out, docs, (BEGIN, END))
+    publish(results, "overload", markdown(results), args, (BEGIN, END))
 
 
 def markdown(results: dict) -> str:

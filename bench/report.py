@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from pathlib import Path
@@ -227,18 +228,29 @@ def replace_section(docs: Path, begin: str, end: str, text: str) -> bool:
     return True
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def add_output_args(parser: argparse.ArgumentParser) -> None:
+    """Where a benchmark's results go (`publish`)."""
+    parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite benchmarks.md")
+
+
 def publish(
-    results: dict, kind: str, text: str, out_dir: Path, docs: Path | None, markers: tuple[str, str]
+    results: dict, kind: str, text: str, args: argparse.Namespace, markers: tuple[str, str]
 ) -> Path:
-    """A benchmark's results: `<kind>-<date>-<cpu>.json` in `out_dir`, its table printed and
-    written into its own section of `docs` (None: not written). Returns the JSON file."""
+    """A benchmark's results: `<kind>-<date>-<cpu>.json` in `--out`, its table printed and
+    written into its own section of docs/benchmarks.md (not with `--no-docs`). Returns the
+    JSON file."""
+    out_dir = ROOT / args.out
     out_dir.mkdir(parents=True, exist_ok=True)
     m = results["machine"]
     path = out_dir / f"{kind}-{m['date']}-{cpu_tag(m)}.json"
     path.write_text(json.dumps(results, indent=2))
     print(text)
-    if docs is not None:
-        replace_section(docs, *markers, text)
+    if not args.no_docs:
+        replace_section(ROOT / "docs" / "benchmarks.md", *markers, text)
     return path
 
 

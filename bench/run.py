@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from bench.images import BULK, bulk_bodies, image_sets, request_bodies
-from bench.loadgen import run_load
+from bench.loadgen import add_load_args, run_load
 from bench.model import bench_model
 from bench.processes import (
     LOOPBACK,
@@ -205,6 +205,13 @@ def run_baseline(sets: dict, args: argparse.Namespace, workdir: Path) -> list[di
         return drive("baseline", url, proc.pid, sets, args)
 
 
+def record(module: str, args: argparse.Namespace) -> dict:
+    """What every benchmark's results start with: the command that produced them, the
+    machine, and the arguments."""
+    command = " ".join(["python -m bench." + module, *sys.argv[1:]])
+    return {"command": command, "machine": machine(), "args": vars(args)}
+
+
 def machine() -> dict:
     return {
         "date": dt.datetime.now().strftime("%Y-%m-%d"),
@@ -247,9 +254,7 @@ def main() -> None:
     parser.add_argument("--config", default="serve_config.yaml")
     parser.add_argument("--concurrency", default="1,8,32,64")
     parser.add_argument("--images", default="640x480,1920x1080,1x1")
-    parser.add_argument("--duration", type=float, default=15.0, help="seconds measured per point")
-    parser.add_argument("--warmup", type=float, default=4.0, help="seconds discarded per point")
-    parser.add_argument("--max-requests", type=int, default=3000, help="cap per point")
+    add_load_args(parser)
     parser.add_argument("--model-batches", default="1,2,4,8,16")
     parser.add_argument("--model-device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--systems", default="model,service,baseline")

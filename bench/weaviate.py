@@ -31,8 +31,8 @@ import numpy as np
 import yaml
 
 from bench.processes import LOOPBACK, WORKER_NICE, free_port, launched, started, wait_ready
-from bench.report import publish
-from bench.run import machine
+from bench.report import add_output_args, publish
+from bench.run import record
 from bench.weaviate_server import running
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,22 +196,19 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=144)
     parser.add_argument("--queries", type=int, default=48)
     parser.add_argument("--systems", default="service,baseline")
-    parser.add_argument("--out", default="bench/results")
-    parser.add_argument("--no-docs", action="store_true")
+    add_output_args(parser)
     args = parser.parse_args()
     objects = photo_objects(args.objects)
     results: dict = {
-        "machine": machine(),
+        **record("weaviate", args),
         "weaviate": Path(os.environ.get("WEAVIATE_SERVER", "?")).parent.name,
         "objects": len(objects),
-        "command": " ".join(["python -m bench.weaviate", *sys.argv[1:]]),
         "rows": [],
     }
     for name in args.systems.split(","):
         with tempfile.TemporaryDirectory(prefix=f"i2v-weaviate-{name}-") as tmp:
             results["rows"].append(measure(name, objects, args, Path(tmp)))
-    docs = None if args.no_docs else ROOT / "docs" / "benchmarks.md"
-    publish(results, "weaviate", markdown(results), ROOT / args.out, docs, (BEGIN, END))
+    publish(results, "weaviate", markdown(results), args, (BEGIN, END))
 
 
 if __name__ == "__main__":
