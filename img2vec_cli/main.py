@@ -7,6 +7,7 @@ import os
 import runpy
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -69,18 +70,7 @@ def cli() -> None:
     help="with --url: retries of a 503 or a lost connection",
 )
 @click.option("--timeout", default=60.0, show_default=True, help="with --url: seconds per request")
-def embed(
-    paths: tuple[Path, ...],
-    out: Path,
-    model: str,
-    weights: str,
-    device: str,
-    batch_size: int,
-    url: str | None,
-    concurrency: int,
-    retries: int,
-    timeout: float,
-) -> None:
+def embed(paths: tuple[Path, ...], out: Path, **options: Any) -> None:
     """Vectorize image files and folders (recursively) into OUT.
 
     Every row keeps the file's path. A file that is not a readable image is reported and
@@ -93,17 +83,7 @@ def embed(
     files = find_files(paths)
     if not files:
         raise click.ClickException("no files found")
-    rows, skipped = embed_files(
-        files,
-        model=model,
-        weights=weights,
-        device=device,
-        batch_size=batch_size,
-        url=url,
-        concurrency=concurrency,
-        retries=retries,
-        timeout=timeout,
-    )
+    rows, skipped = embed_files(files, **options)  # the options above, by name
     for path, reason in skipped:
         click.echo(f"skipped {path}: {reason}", err=True)
     if not rows:
