@@ -10,10 +10,16 @@ Gauges are set again every few seconds (`refresh`): Ray drops a gauge value afte
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ray.serve.metrics import Counter, Gauge, Histogram
+
+# A child of Serve's logger: its lines go where Serve writes the replica's log (file, stderr or
+# JSON, as its logging_config says).
+access = logging.getLogger("ray.serve.img2vec.access")
 
 # Seconds: from a millisecond to Weaviate's 50 s client timeout.
 LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50]
@@ -33,6 +39,18 @@ NAMES = (
     "img2vec_dropped_images",
     "img2vec_model_info",
 )
+
+
+class Timing:
+    """Where one request's time went, for its access-log line."""
+
+    __slots__ = ("decode_s", "id", "model_s", "nbytes", "started")
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.decode_s = self.model_s = 0.0
+        self.id: str | None = None
+        self.nbytes = 0
 
 
 class IngressMetrics:
@@ -62,9 +80,23 @@ class IngressMetrics:
         """Ray forgets a gauge value not set again within its TTL: call this periodically."""
         self.inflight_bytes.set(held_bytes)
 
-    def answered(self, route: str, status: int, seconds: float) -> None:
+    def account(self, route: str, status: int, timing: Timing, access_log: bool) -> None:
+        """One answered request: counted, its latency observed, and (with `access_log`) its
+        access-log line: route, status, id, bytes, and where its time went."""
+        took = time.perf_counter() - timing.started
         self.requests.inc(tags={"route": route, "status": str(status)})
-        self.latency.observe(seconds, tags={"route": route})
+        self.latency.observe(took, tags={"route": route})
+        if access_log:
+            access.info(
+                "%s %d id=%s bytes=%d total_ms=%.1f decode_ms=%.1f model_ms=%.1f",
+                route,
+                status,
+                _loggable(timing.id),
+                timing.nbytes,
+                1e3 * took,
+                1e3 * timing.decode_s,
+                1e3 * timing.model_s,
+            )
 
 
 class ModelMetrics:
@@ -129,3 +161,11 @@ async def keep_fresh(refresh: Callable[[], None], every_s: float = 5.0) -> None:
     while True:
         refresh()
         await asyncio.sleep(every_s)
+
+
+def _loggable(id_: str | None, limit: int = 100) -> str:
+    """The client's id in a log line: quoted, escaped, cut short (it is theirs, not ours)."""
+    if id_ is None:
+        return "-"
+    text = repr(id_)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -55,3 +55,15 @@ def name_this_thread(name: str) -> None:
     """Sets the calling thread's OS name (Linux: at most 15 bytes); a no-op elsewhere."""
     with contextlib.suppress(OSError):
         Path(f"/proc/self/task/{threading.get_native_id()}/comm").write_text(name[:15])
+
+
+def as_decode_thread() -> None:
+    """A decode pool's thread initializer: named `DECODE_THREAD`, so that `bench.where`
+    counts its CPU as decoding, and at a lower CPU priority than the rest of the node. Where
+    the model shares the CPU with decoding, its forward pass (whose threads wait on each
+    other at every op) should not be the one that gets preempted; decoding still fills every
+    idle cycle. Linux applies nice values per thread; elsewhere this is a no-op."""
+    name_this_thread(DECODE_THREAD)
+    with contextlib.suppress(OSError, AttributeError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 4))

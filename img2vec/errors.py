@@ -1,7 +1,7 @@
 """One exception family for everything the library can refuse.
 
 The library never speaks HTTP: each class names *what* went wrong, and the edge
-(`STATUS` in `deployments/edge/http.py`) owns the one table that maps a class to a status code.
+(`STATUS` in `deployments/edge/edge.py`) owns the one table that maps a class to a status code.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from deployments.edge.http import status_of
+from deployments.edge.edge import status_of
 from img2vec.errors import ImageTooLarge, Img2VecError, InvalidRequest
 
 if TYPE_CHECKING:

@@ -28,12 +28,13 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 
 import numpy as np
+import ray.exceptions
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.edge.health import ModelHealth
-from deployments.edge.http import model_error
 from deployments.handoff import GroupAnswer
-from img2vec.errors import Img2VecError, Overloaded
+from img2vec.errors import Img2VecError, NotReady, Overloaded
 from img2vec.overload import Backlog
 
 # Images per call: Serve's gRPC transport between deployments (throughput-optimized mode)
@@ -214,3 +215,19 @@ class ModelClient:
         self._backlog, self._said_at = answer.backlog, time.monotonic()
         self._health.answered()
         return answer.results
+
+
+def model_error(exc: BaseException) -> Img2VecError | None:
+    """What a failed call to a model replica means for the client, or None if it is our
+    fault. Errors raised in the model replica arrive wrapped in RayTaskError."""
+    # First: a RayTaskError wrapping one of ours is also an instance of it (Ray derives a
+    # class from both), but without its attributes; the original is its `cause`.
+    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, Img2VecError):
+        return exc.cause
+    if isinstance(exc, Img2VecError):
+        return exc
+    if isinstance(exc, BackPressureError):
+        return Overloaded("the model is at capacity; retry later")
+    if isinstance(exc, ray.exceptions.RayActorError | ray.exceptions.ActorUnavailableError):
+        return NotReady("a model replica is restarting; retry later")
+    return None

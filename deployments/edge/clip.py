@@ -27,7 +27,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.edge import http
-from deployments.edge.edge import Edge
+from deployments.edge.edge import Edge, parse_json
 from deployments.settings import IngressSettings
 from img2vec.decoding import ImageLimits, ImageReader
 from img2vec.errors import Img2VecError, InvalidRequest, NotReady
@@ -149,7 +149,7 @@ class ClipIngress:
         return ex.response
 
     def _parse(self, body: bytes) -> ClipRequest:
-        req = http.parse_json(ClipRequest, body)
+        req = parse_json(ClipRequest, body)
         count = len(req.texts or ()) + len(req.images or ())
         if count > self._settings.max_bulk_items:
             raise InvalidRequest(

@@ -3,16 +3,19 @@ shares, so that a protocol's route reads top-down and owns only its wire format:
 
     async with self._edge.exchange(route, request) as ex:   # drain, deadline, errors -> JSON
         body = await ex.read(limit)                          # door, byte budget, bounded read
-        ... parse (the protocol's schema) ...
-        pixels = await ex.decode(prepare, image)             # the decode pool
+        req = parse_json(TheProtocolsSchema, body)           # 422 saying what, no echo
+        pixels = await ex.decode(prepare, req.image)         # the decode pool
         vector = await ex.embed(pixels)                      # the model client
         ex.answer(encoded)
     return ex.response
 
-What the `Edge` holds: the byte budget, the deadline (`request_timeout_s`), the door (early
-refusal, deployments/edge/client.py), drain (graceful stop), the model's health (readiness),
-the metrics and the access-log line, the decode pool, and the model client; and the
-`/.well-known/live|ready` and `/meta` answers both protocols give.
+What the `Edge` holds: the byte budget (`ByteBudget`, `read_body`), the deadline
+(`request_timeout_s`), the door (early refusal, deployments/edge/client.py), drain (graceful
+stop), the model's health (readiness), the metrics and the access-log line
+(deployments/metrics.py), the decode pool, and the model client; and the
+`/.well-known/live|ready` and `/meta` answers both protocols give. This module also holds the
+one table from error to status (`STATUS`) and the JSON error body every answer but a vector
+is.
 
 No torch here (ingress replicas scale with request rate, docs/benchmarks.md#ingress).
 """
@@ -22,8 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,15 +33,17 @@ from typing import Any, TypeVar
 import numpy as np
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 from ray.serve.handle import DeploymentHandle
 
 import img2vec
-from deployments.edge.client import ModelClient, Result
+from deployments.edge.client import ModelClient, Result, model_error
 from deployments.edge.health import Drain, ModelHealth
-from deployments.edge.http import error_response, json_error, model_error
-from deployments.metrics import IngressMetrics, keep_fresh
+from deployments.edge.proxy import RETRY_AFTER_S
+from deployments.metrics import IngressMetrics, Timing, keep_fresh
 from deployments.settings import IngressSettings
-from img2vec.cpus import DECODE_THREAD, name_this_thread
+from img2vec import errors
+from img2vec.cpus import as_decode_thread
 from img2vec.errors import (
     INTERNAL_ERROR,
     ImageTooLarge,
@@ -51,23 +54,18 @@ from img2vec.errors import (
 )
 
 log = logging.getLogger("ray.serve")
-# A child of Serve's logger: its lines go where Serve writes the replica's log (file, stderr or
-# JSON, as its logging_config says).
-access = logging.getLogger("ray.serve.img2vec.access")
 
 T = TypeVar("T")
+Schema = TypeVar("Schema", bound=BaseModel)
 
-
-class Timing:
-    """Where one request's time went, for its access-log line."""
-
-    __slots__ = ("decode_s", "id", "model_s", "nbytes", "started")
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.decode_s = self.model_s = 0.0
-        self.id: str | None = None
-        self.nbytes = 0
+# The one table from what went wrong to what the client is told.
+STATUS: dict[type[Img2VecError], int] = {
+    errors.InvalidRequest: 422,
+    errors.InvalidImage: 400,
+    errors.ImageTooLarge: 413,
+    errors.Overloaded: 503,
+    errors.NotReady: 503,
+}
 
 
 class Edge:
@@ -84,7 +82,7 @@ class Edge:
         self.inflight = 0
         self._model = model
         self._pool = ThreadPoolExecutor(
-            settings.decode_workers, thread_name_prefix="decode", initializer=_lower_priority
+            settings.decode_workers, thread_name_prefix="decode", initializer=as_decode_thread
         )
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -134,23 +132,7 @@ class Edge:
                 self.client.release()
             self.inflight -= 1
             self.metrics.inflight_bytes.set(self.budget.held)
-        self._account(route, ex)
-
-    def _account(self, route: str, ex: Exchange) -> None:
-        timing = ex.timing
-        took = time.perf_counter() - timing.started
-        self.metrics.answered(route, ex.response.status_code, took)
-        if self.settings.access_log:
-            access.info(
-                "%s %d id=%s bytes=%d total_ms=%.1f decode_ms=%.1f model_ms=%.1f",
-                route,
-                ex.response.status_code,
-                _loggable(timing.id),
-                timing.nbytes,
-                1e3 * took,
-                1e3 * timing.decode_s,
-                1e3 * timing.model_s,
-            )
+        self.metrics.account(route, ex.response.status_code, ex.timing, self.settings.access_log)
 
     # -- what both protocols answer besides vectors ------------------------------------
 
@@ -268,6 +250,44 @@ class Exchange:
         self.response = Response(body, media_type="application/json")
 
 
+def json_error(message: str, status: int) -> JSONResponse:
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def status_of(exc: Img2VecError) -> int:
+    return next((STATUS[c] for c in type(exc).__mro__ if c in STATUS), 500)
+
+
+def error_response(exc: Img2VecError) -> JSONResponse:
+    return json_error(exc.message, status_of(exc))
+
+
+def parse_json(schema: type[Schema], body: bytes) -> Schema:
+    """A body validated against a protocol's schema, parsed from bytes ourselves (Weaviate
+    sends no Content-Type): anything else is a 422 saying what, without echoing the input."""
+    try:
+        return schema.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidRequest(describe_validation(exc.errors())) from None
+
+
+def describe_validation(errors: Any) -> str:
+    """pydantic/FastAPI error list -> one readable sentence, without echoing input."""
+    parts = []
+    for err in errors:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        if err.get("type") == "json_invalid":
+            parts.append(
+                f"body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})"
+            )
+        elif err.get("type") == "model_type":
+            parts.append("body must be a JSON object with string fields 'id' and 'image'")
+        else:
+            parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
 class ByteBudget:
     """The request bytes one ingress replica may hold at once: the bodies of every request
     from its first byte read until it is answered. Past it a request is answered 503 at
@@ -343,23 +363,3 @@ async def read_body(
     if not size:
         raise InvalidRequest(f"request body is empty; expected JSON {expected}")
     return b"".join(chunks)
-
-
-def _lower_priority() -> None:
-    """Decode threads run at a lower CPU priority than the rest of the node: where the
-    model shares the CPU with them, its forward pass (whose threads wait on each other at
-    every op) should not be the one that gets preempted. Decoding still fills every idle
-    cycle. Linux applies nice values per thread; elsewhere this is a no-op. Named, so that
-    `bench.where` counts its CPU as decoding."""
-    name_this_thread(DECODE_THREAD)
-    with contextlib.suppress(OSError, AttributeError):
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 4))
-
-
-def _loggable(id_: str | None, limit: int = 100) -> str:
-    """The client's id in a log line: quoted, escaped, cut short (it is theirs, not ours)."""
-    if id_ is None:
-        return "-"
-    text = repr(id_)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,38 +1,24 @@
-"""The HTTP vocabulary of the edge: the FastAPI app and its JSON error handlers, the wire
-schemas and the routes' OpenAPI descriptions, a body parsed against a schema, the one table
-from error to status, and JSON error bodies. (The routes are the ingress deployments'
-methods: deployments/edge/neural.py, clip.py; the byte budget and the bounded body read are
-the `Edge`'s: deployments/edge/edge.py.)"""
+"""The FastAPI app both protocols build (`new_app`: the errors FastAPI answers itself, 404,
+405, its own validation, made JSON as ours are) and the OpenAPI descriptions of their
+routes. A request's own way is its protocol's route and the `Edge` (deployments/edge/edge.py),
+which owns the error table and parses bodies."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any, TypeVar
+from typing import Any
 
-import ray.exceptions
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
-from ray.serve.exceptions import BackPressureError
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import img2vec
-from deployments.edge.proxy import RETRY_AFTER_S
-from img2vec import errors
-from img2vec.errors import INTERNAL_ERROR, Img2VecError, InvalidRequest, NotReady, Overloaded
+from deployments.edge.edge import describe_validation, json_error
+from img2vec.errors import INTERNAL_ERROR
 
 log = logging.getLogger("ray.serve")
-Schema = TypeVar("Schema", bound=BaseModel)
-
-# The one table from what went wrong to what the client is told.
-STATUS: dict[type[Img2VecError], int] = {
-    errors.InvalidRequest: 422,
-    errors.InvalidImage: 400,
-    errors.ImageTooLarge: 413,
-    errors.Overloaded: 503,
-    errors.NotReady: 503,
-}
 
 
 class ErrorResponse(BaseModel):
@@ -49,60 +35,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (503, "overloaded or model not ready; retry after the Retry-After header's seconds"),
     )
 }
-
-
-def json_error(message: str, status: int) -> JSONResponse:
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def status_of(exc: Img2VecError) -> int:
-    return next((STATUS[c] for c in type(exc).__mro__ if c in STATUS), 500)
-
-
-def error_response(exc: Img2VecError) -> JSONResponse:
-    return json_error(exc.message, status_of(exc))
-
-
-def model_error(exc: BaseException) -> Img2VecError | None:
-    """What a failed call to a model replica means for the client, or None if it is our
-    fault. Errors raised in the model replica arrive wrapped in RayTaskError."""
-    # First: a RayTaskError wrapping one of ours is also an instance of it (Ray derives a
-    # class from both), but without its attributes; the original is its `cause`.
-    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, Img2VecError):
-        return exc.cause
-    if isinstance(exc, Img2VecError):
-        return exc
-    if isinstance(exc, BackPressureError):
-        return Overloaded("the model is at capacity; retry later")
-    if isinstance(exc, ray.exceptions.RayActorError | ray.exceptions.ActorUnavailableError):
-        return NotReady("a model replica is restarting; retry later")
-    return None
-
-
-def parse_json(schema: type[Schema], body: bytes) -> Schema:
-    """A body validated against a protocol's schema, parsed from bytes ourselves (Weaviate
-    sends no Content-Type): anything else is a 422 saying what, without echoing the input."""
-    try:
-        return schema.model_validate_json(body)
-    except ValidationError as exc:
-        raise InvalidRequest(describe_validation(exc.errors())) from None
-
-
-def describe_validation(errors: Any) -> str:
-    """pydantic/FastAPI error list -> one readable sentence, without echoing input."""
-    parts = []
-    for err in errors:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        if err.get("type") == "json_invalid":
-            parts.append(
-                f"body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})"
-            )
-        elif err.get("type") == "model_type":
-            parts.append("body must be a JSON object with string fields 'id' and 'image'")
-        else:
-            parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts) or "invalid request"
 
 
 def post_route(request: type[BaseModel], response: type[BaseModel]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.edge import bulk, http
-from deployments.edge.edge import Edge
+from deployments.edge.edge import Edge, parse_json
 from deployments.settings import IngressSettings
 from img2vec.decoding import ImageLimits, ImageReader
 from img2vec.errors import InvalidRequest
@@ -138,7 +138,7 @@ class NeuralIngress:
         return ex.response
 
     def _parse(self, body: bytes) -> VectorRequest:
-        req = http.parse_json(VectorRequest, body)
+        req = parse_json(VectorRequest, body)
         if len(req.id) > self._settings.max_id_length:
             raise InvalidRequest(
                 f"id is {len(req.id)} characters; the limit is {self._settings.max_id_length}"
