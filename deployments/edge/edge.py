@@ -272,10 +272,10 @@ def parse_json(schema: type[Schema], body: bytes) -> Schema:
         raise InvalidRequest(describe_validation(exc.errors())) from None
 
 
-def describe_validation(errors: Any) -> str:
+def describe_validation(problems: Any) -> str:
     """pydantic/FastAPI error list -> one readable sentence, without echoing input."""
     parts = []
-    for err in errors:
+    for err in problems:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         if err.get("type") == "json_invalid":
             parts.append(
