@@ -295,7 +295,9 @@ def clean_text(text: str) -> str:
 
 
 def _checkpoint_in(directory: Path) -> Path | None:
-    found = sorted(directory.glob("*.safetensors")) or sorted(
-        [*directory.glob("*.bin"), *directory.glob("*.pth")]
-    )
-    return found[0] if found else None
+    """The file open_clip itself loads from a `local-dir:` directory, chosen by open_clip
+    (safetensors first, then its preferred names), so that /meta's hash names that file."""
+    from open_clip.factory import _find_checkpoint_in_dir
+
+    found = _find_checkpoint_in_dir(directory)
+    return Path(found) if found else None

@@ -231,6 +231,19 @@ def test_openclip_tokenizes_as_open_clip_and_gives_its_vectors(openclip_towers):
     assert towers.info()["model"] == "local-dir:tiny"
 
 
+def test_the_openclip_checkpoint_hashed_is_the_one_open_clip_loads(tmp_path):
+    """In a `local-dir:` holding several checkpoints, /meta's weights hash names the file
+    open_clip loads (its preferred name), not the first by name."""
+    from tests.support.clip_models import write_openclip
+
+    layout = write_openclip(tmp_path)
+    tiny = layout / "tiny"
+    (tiny / "a_finetune.safetensors").write_bytes(
+        (tiny / "open_clip_model.safetensors").read_bytes()
+    )
+    assert [p.name for p in ClipSpec.from_dir(layout).weights] == ["open_clip_model.safetensors"]
+
+
 def test_an_openclip_model_with_its_own_tokenizer_or_an_unknown_tag_is_refused_saying_why(
     tmp_path,
 ):
