@@ -60,6 +60,10 @@ class ClipSpec:
     # The weight files, where the layout names them (OpenCLIP's one checkpoint); else the
     # towers' directories' *.safetensors and *.bin.
     weights: tuple[Path, ...] = ()
+    # OpenCLIP: open_clip's cleaning of a text before its tokenizer (openclip.CLEANINGS), and
+    # the separator id its tokenizer replaces with 0 (`strip_sep_token`); None: neither.
+    clean: str | None = None
+    strip_id: int | None = None
 
     @classmethod
     def from_dir(cls, path: str | Path) -> ClipSpec:
@@ -127,20 +131,22 @@ class ClipSpec:
     @classmethod
     def _openclip(cls, root: Path) -> ClipSpec:
         """multi2vec-clip's OpenCLIP layout: open_clip reads the configuration, the tokenizer
-        is its SimpleTokenizer's equivalent, texts padded with 0 to the full context (its
-        text tower adds every position's embedding)."""
+        is the equivalent of open_clip's for the model, texts padded to the full context as
+        open_clip pads them (its text towers see every position)."""
         inputs = openclip.read(openclip.Layout.read(root))
         return cls(
             path=root,
             family=openclip.FAMILY,
             context=inputs.context,
-            pad_id=0,
+            pad_id=inputs.pad_id,
             fixed_length=True,
             preprocess=inputs.preprocess,
             tokenizer=inputs.tokenizer,
             image_path=root,
             text_path=root,
             weights=(inputs.checkpoint,) if inputs.checkpoint else (),
+            clean=inputs.clean,
+            strip_id=inputs.strip_id,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -171,8 +177,10 @@ class TextTokenizer:
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=spec.context)
         self.context = spec.context
-        # open_clip cleans a text before its tokenizer (ftfy, HTML entities, lower case).
-        self._clean = spec.family == openclip.FAMILY
+        # open_clip cleans a text before its tokenizer (ftfy, HTML entities, whitespace, and
+        # lower case for its SimpleTokenizer).
+        self._clean = spec.clean
+        self._strip_id = spec.strip_id
 
     def encode(self, texts: list[str]) -> list[np.ndarray]:
         """One array per text; every text gets its own end token, a long one is cut short
@@ -180,10 +188,14 @@ class TextTokenizer:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise InvalidRequest(f"texts[{i}] is not a string")
-        if self._clean:
-            texts = [openclip.clean_text(text) for text in texts]
+        if self._clean is not None:
+            texts = [openclip.clean_text(text, self._clean) for text in texts]
         encodings = self._tokenizer.encode_batch(texts, add_special_tokens=True)
-        return [np.asarray(e.ids, dtype=np.int32) for e in encodings]
+        ids = [np.asarray(e.ids, dtype=np.int32) for e in encodings]
+        if self._strip_id is not None:
+            for one in ids:
+                one[one == self._strip_id] = 0
+        return ids
 
 
 def image_preprocess(processor: dict[str, Any], name: str) -> Preprocess:

@@ -11,13 +11,18 @@ against open_clip's `get_tokenizer` and transforms.
 
 Served: the models open_clip tokenizes with its `SimpleTokenizer` (OpenAI CLIP's BPE, lower-cased,
 texts padded to the full context with 0): the ViT, ConvNeXt and ResNet CLIPs of LAION, DataComp,
-DFN and OpenAI. Not yet: those whose text tower brings its own tokenizer (XLM-RoBERTa, SigLIP
-through open_clip, MT5), which `read` refuses by name.
+DFN and OpenAI; and those whose config names a Hugging Face tokenizer (`hf_tokenizer_name`:
+XLM-RoBERTa, RoBERTa, MT5, the MetaCLIP "worldwide" and CLIPA models, SigLIP's through
+open_clip), tokenized as open_clip's `HFTokenizer` does: its cleaning, the fast tokenizer's
+own special tokens, texts padded to the full context with its pad token. Refused, saying why:
+a tokenizer without a fast (`tokenizers`) version or a pad token, and tokenizer settings other
+than `clean` and `strip_sep_token` (`tokenizer_mode`, NLLB's `language`).
 """
 
 from __future__ import annotations
 
 import json
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,14 +93,22 @@ def layout_for(name: str, cache: Path) -> Path:
     return root
 
 
+# open_clip's text cleanings (`get_clean_fn`), by the name its tokenizer_kwargs use.
+CLEANINGS = ("lower", "whitespace", "canonicalize")
+
+
 @dataclass(frozen=True)
 class Inputs:
     """What an OpenCLIP model's inputs are, as the ingress prepares them."""
 
     context: int
     preprocess: Preprocess
-    tokenizer: str  # tokenizers JSON, equivalent to open_clip's SimpleTokenizer
+    tokenizer: str  # tokenizers JSON, equivalent to open_clip's tokenizer for the model
     checkpoint: Path | None  # the weights file open_clip loads
+    pad_id: int = 0  # what texts are padded with to the full context
+    clean: str = "lower"  # the cleaning before the tokenizer (CLEANINGS)
+    # HFTokenizer's `strip_sep_token`: the separator token's id, replaced with 0.
+    strip_id: int | None = None
 
 
 def read(layout: Layout) -> Inputs:
@@ -118,22 +131,66 @@ def read(layout: Layout) -> Inputs:
         model_cfg = saved["model_cfg"]
         preprocess = merge_preprocess_dict(preprocess, saved.get("preprocess_cfg", {}))
     text = model_cfg.get("text_cfg", {})
-    if (
-        text.get("hf_tokenizer_name")
-        or text.get("tokenizer_kwargs")
-        or (schema is None and "siglip" in identifier.lower())
-    ):
-        raise ValueError(
-            f"{layout.model_name}: its text tower has its own tokenizer (not open_clip's "
-            "SimpleTokenizer); only OpenAI-BPE OpenCLIP models are served so far"
-        )
     preprocess["size"] = model_cfg["vision_cfg"].get("image_size", preprocess["size"])
+    tokens: dict[str, Any] = {"tokenizer": simple_tokenizer()}
+    if text.get("hf_tokenizer_name"):
+        tokens = _hf_tokenizer(layout, schema, identifier, text)
+    elif text.get("tokenizer_kwargs"):
+        tokens["clean"] = _simple_cleaning(layout, text["tokenizer_kwargs"])
     return Inputs(
         context=int(text.get("context_length", 77)),
         preprocess=preprocess_of(preprocess, f"openclip-{identifier.rsplit('/', 1)[-1]}"),
-        tokenizer=simple_tokenizer(),
         checkpoint=_fetching(layout, lambda: _checkpoint(layout, schema, identifier, tag_cfg)),
+        **tokens,
     )
+
+
+def _hf_tokenizer(
+    layout: Layout, schema: str | None, identifier: str, text: dict[str, Any]
+) -> dict[str, Any]:
+    """open_clip's `HFTokenizer` for this model, as `Inputs` fields: its fast tokenizer's
+    JSON, pad token, cleaning and separator stripping. The tokenizer comes from where
+    open_clip's `get_tokenizer` takes it (a `local-dir:` directory itself, else the hub name),
+    cached in the model directory; an HF text tower's config is fetched too (open_clip reads
+    it at load), so that an offline replica finds both."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    kwargs = dict(text.get("tokenizer_kwargs") or {})
+    clean = kwargs.pop("clean", "whitespace")
+    strip = bool(kwargs.pop("strip_sep_token", False))
+    if kwargs or text.get("tokenizer_mode") or clean not in CLEANINGS:
+        raise ValueError(
+            f"{layout.model_name}: its tokenizer settings {text.get('tokenizer_kwargs')} "
+            f"(tokenizer_mode {text.get('tokenizer_mode')!r}) are not served: only `clean` "
+            f"({', '.join(CLEANINGS)}) and `strip_sep_token`"
+        )
+    source = identifier if schema == "local-dir" else text["hf_tokenizer_name"]
+    tokenizer = _fetching(
+        layout, lambda: AutoTokenizer.from_pretrained(source, cache_dir=str(layout.root))
+    )
+    if text.get("hf_model_name"):
+        _fetching(layout, lambda: AutoConfig.from_pretrained(text["hf_model_name"]))
+    if not tokenizer.is_fast or tokenizer.pad_token_id is None:
+        raise ValueError(
+            f"{layout.model_name}: its tokenizer {source!r} has no fast (tokenizers) version or "
+            "no pad token; the ingress needs both"
+        )
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    spec["padding"] = spec["truncation"] = None  # the ingress sets both
+    return {
+        "tokenizer": json.dumps(spec),
+        "pad_id": int(tokenizer.pad_token_id),
+        "clean": clean,
+        "strip_id": int(tokenizer.sep_token_id) if strip else None,
+    }
+
+
+def _simple_cleaning(layout: Layout, kwargs: dict[str, Any]) -> str:
+    """The cleaning a SimpleTokenizer model's `tokenizer_kwargs` ask for (only `clean`)."""
+    clean = kwargs.get("clean", "lower")
+    if set(kwargs) - {"clean"} or clean not in CLEANINGS:
+        raise ValueError(f"{layout.model_name}: tokenizer settings {kwargs} are not served")
+    return str(clean)
 
 
 def _builtin(layout: Layout, identifier: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -282,16 +339,24 @@ def bytes_to_unicode() -> list[str]:
     return [chr(chars[b]) for b in [*printable, *(b for b in range(256) if b not in printable)]]
 
 
-def clean_text(text: str) -> str:
-    """open_clip's cleaning of a text before its tokenizer (SimpleTokenizer's "lower"): ftfy's
-    fixes, HTML entities unescaped twice, whitespace runs as one space, Python's lower-casing
-    (a final sigma is "ς"; the tokenizer's own lower-casing is then a no-op). The ingress runs
-    it (pure Python: no torch)."""
+def clean_text(text: str, clean: str = "lower") -> str:
+    """open_clip's cleaning of a text before its tokenizer (`get_clean_fn(clean)`): ftfy's
+    fixes and HTML entities unescaped twice, then whitespace runs as one space; "lower" also
+    lower-cases (Python's: a final sigma is "ς"; the tokenizer's own lower-casing is then a
+    no-op); "canonicalize" also drops punctuation, "_" read as a space. The ingress runs it
+    (pure Python: no torch)."""
     import html
 
     import ftfy
 
-    return " ".join(html.unescape(html.unescape(ftfy.fix_text(text))).split()).lower()
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    if clean == "canonicalize":
+        return " ".join(text.replace("_", " ").translate(_NO_PUNCTUATION).lower().split())
+    text = " ".join(text.split())
+    return text.lower() if clean == "lower" else text
+
+
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 def _checkpoint_in(directory: Path) -> Path | None:

@@ -93,8 +93,10 @@ class _TextTower(torch.nn.Module):
 
 
 class _OpenClipTower(torch.nn.Module):
-    """open_clip's `encode_image` (normalized pixels) or `encode_text` (token ids padded with
-    0 to the full context: its causal mask and end-token pooling need no attention mask)."""
+    """open_clip's `encode_image` (normalized pixels) or `encode_text` (token ids padded to
+    the full context as open_clip pads them: with 0 for its own text tower, whose causal mask
+    and end-token pooling need no attention mask; with the tokenizer's pad token for a
+    Hugging Face text tower, which masks it itself)."""
 
     masked = False
 

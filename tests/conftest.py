@@ -79,6 +79,15 @@ def openclip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def openclip_xlmr_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same layout with a Hugging Face XLM-RoBERTa text tower and its own tokenizer, as
+    open_clip's multilingual xlm-roberta-base-ViT-B-32."""
+    from tests.support.clip_models import write_openclip
+
+    return write_openclip(tmp_path_factory.mktemp("openclip-xlmr"), text="xlmr")
+
+
+@pytest.fixture(scope="session")
 def metaclip2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random MetaCLIP 2 (`MetaClip2Model`) with a tokenizer of XLM-V's special tokens."""
     from tests.support.clip_models import write_metaclip2

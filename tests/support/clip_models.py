@@ -253,12 +253,16 @@ def write_siglip2(
     return out
 
 
-def write_openclip(root: Path, seed: int = 0, model_cfg: dict | None = None) -> Path:
+def write_openclip(
+    root: Path, seed: int = 0, model_cfg: dict | None = None, text: str = "bpe"
+) -> Path:
     """multi2vec-clip's OpenCLIP layout with a random, small open_clip CLIP: `config.json`
     naming the model (`local-dir:` a directory of open_clip's own format beside it: its
     `open_clip_config.json` and safetensors weights) and `model_config`, as download.py writes
     it. open_clip's defaults otherwise: OpenAI's BPE and mean/std, bicubic, shorter side
-    scaled and the centre cropped, context 77."""
+    scaled and the centre cropped, context 77. `text="xlmr"`: the text tower is a Hugging Face
+    XLM-RoBERTa with its own tokenizer, as in open_clip's xlm-roberta-base-ViT-B-32
+    (`write_xlmr`)."""
     import open_clip
     from safetensors.torch import save_file
 
@@ -272,14 +276,64 @@ def write_openclip(root: Path, seed: int = 0, model_cfg: dict | None = None) -> 
     out = root / "openclip"
     weights = out / "tiny"
     weights.mkdir(parents=True, exist_ok=True)
+    if text == "xlmr":
+        model_cfg = {**model_cfg, "text_cfg": write_xlmr(weights)}
     (weights / "open_clip_config.json").write_text(
         json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {"interpolation": "bicubic"}})
     )
     torch.manual_seed(seed)
-    model = open_clip.CLIP(**model_cfg).eval()
+    hf_text = "hf_model_name" in model_cfg["text_cfg"]
+    model = (open_clip.CustomTextCLIP if hf_text else open_clip.CLIP)(**model_cfg).eval()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()},
               weights / "open_clip_model.safetensors")  # fmt: skip
     (out / "config.json").write_text(
         json.dumps({"model_name": "local-dir:tiny", "pretrained": "", "model_config": model_cfg})
     )
     return out
+
+
+# A small SentencePiece-style vocabulary: every character the tests' texts use, alone and
+# word-initial ("▁"), and a few whole words; what is not in it is <unk>.
+XLMR_SPECIAL = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
+XLMR_CHARS = (
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?'\"()[]<>/&-_|"
+    "äöüßéèçñΣΑσαςκτεινόфотокшиЖ猫の写真"
+)
+XLMR_WORDS = ("▁a", "▁photo", "▁of", "▁the", "▁cat", "▁dog", "▁fish", "▁chips", "▁schön")
+
+
+def write_xlmr(directory: Path) -> dict:
+    """An XLM-RoBERTa-shaped text tower in `directory`, as open_clip reads one: its fast
+    tokenizer (SentencePiece unigram, <s> text </s>, pad 1) and a tiny random model config;
+    returns open_clip's `text_cfg` naming both (open_clip's xlm-roberta-base-ViT-B-32 names
+    "xlm-roberta-base" for both, with the mean pooler)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import XLMRobertaConfig, XLMRobertaTokenizerFast
+
+    pieces = [*((t, 0.0) for t in XLMR_SPECIAL), *((w, -2.0) for w in XLMR_WORDS)]
+    chars = list(dict.fromkeys(XLMR_CHARS))
+    pieces += [(c, -6.0) for c in chars] + [("▁" + c, -5.0) for c in chars]
+    pieces += [("▁", -4.0)]
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=3))
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    fast = XLMRobertaTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+        cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
+    )  # fmt: skip
+    fast.save_pretrained(directory)
+    XLMRobertaConfig(
+        vocab_size=len(pieces), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=80, pad_token_id=1, bos_token_id=0,
+        eos_token_id=2,
+    ).save_pretrained(directory)  # fmt: skip
+    return {
+        "hf_model_name": str(directory),
+        "hf_tokenizer_name": str(directory),
+        "hf_pooler_type": "mean_pooler",
+        "hf_model_pretrained": False,
+    }

@@ -197,31 +197,45 @@ def test_metaclip_1_and_2_take_clips_path_and_give_the_references_vectors(metacl
     assert np.array_equal(towers.embed_texts(ids)[2], alone)
 
 
-@pytest.fixture(scope="module", params=["eager", "openvino"])
-def openclip_towers(request, openclip_dir, tmp_path_factory):
-    """An OpenCLIP model on both engines, and open_clip's own pipeline as the reference."""
+@pytest.fixture(
+    scope="module",
+    params=[("openclip_dir", "eager"), ("openclip_dir", "openvino"),
+            ("openclip_xlmr_dir", "eager"), ("openclip_xlmr_dir", "openvino")],
+    ids=lambda p: f"{p[0].removesuffix('_dir')}-{p[1]}",
+)  # fmt: skip
+def openclip_towers(request, tmp_path_factory):
+    """An OpenCLIP model on both engines, with open_clip's own text tower and tokenizer, and
+    with a Hugging Face text tower and tokenizer (XLM-RoBERTa); open_clip's own pipeline as
+    the reference."""
     from tests.support.clip_reference import ReferenceOpenClip
 
-    spec, towers = warmed_towers(openclip_dir, tmp_path_factory, request.param)
-    return spec, towers, ReferenceOpenClip(openclip_dir / "tiny")
+    layout, engine = request.getfixturevalue(request.param[0]), request.param[1]
+    spec, towers = warmed_towers(layout, tmp_path_factory, engine)
+    return spec, towers, ReferenceOpenClip(layout / "tiny")
 
 
-# What open_clip's SimpleTokenizer does to a text besides OpenAI's BPE: ftfy's fixes
-# (mojibake), HTML entities unescaped twice (ftfy leaves them inside markup), Python's
-# lower-casing (a final sigma), its special tokens' text read as characters; and it truncates
-# keeping the end token.
-OPENCLIP_TEXTS = [*TEXTS, "<b>fish &amp; chips</b>", "schÃ¶n ΣΑΣ", "a <|endoftext|> b"]
+# What open_clip's tokenizers do to a text besides their vocabulary: ftfy's fixes (mojibake),
+# HTML entities unescaped twice (ftfy leaves them inside markup), whitespace runs as one, and
+# for its SimpleTokenizer Python's lower-casing (a final sigma) with its special tokens' text
+# read as characters (an HF tokenizer reads its own as its tokens); both truncate keeping the
+# end token.
+OPENCLIP_TEXTS = [
+    *TEXTS, "<b>fish &amp; chips</b>", "schÃ¶n ΣΑΣ", "a <|endoftext|> b", "a <s> b </s>",
+    "Ж\u00a0\u00a0cat  \t dog",
+]  # fmt: skip
 
 
 def test_openclip_tokenizes_as_open_clip_and_gives_its_vectors(openclip_towers):
     """The multi2vec-clip container's OpenCLIP path (open_clip's get_tokenizer, its inference
-    transform, encode_text / encode_image, normalized): the same token ids, padded with 0 to
-    the full context; every text and photo within the bound; a text's bits alone and among
-    others."""
+    transform, encode_text / encode_image, normalized): the same token ids, padded to the full
+    context with the tokenizer's pad token (0 for open_clip's own); every text and photo within
+    the bound; a text's bits alone and among others."""
     spec, towers, ref = openclip_towers
-    assert (spec.family, spec.context, spec.pad_id, spec.fixed_length) == ("openclip", 77, 0, True)
+    assert (spec.family, spec.context, spec.fixed_length) == ("openclip", 77, True)
     ids = TextTokenizer(spec).encode(OPENCLIP_TEXTS)
-    padded = np.stack([np.pad(t, (0, spec.context - len(t))) for t in ids])
+    padded = np.stack(
+        [np.pad(t, (0, spec.context - len(t)), constant_values=spec.pad_id) for t in ids]
+    )
     assert np.array_equal(padded, ref.tokenizer(OPENCLIP_TEXTS).numpy())
     ours, theirs = towers.embed_texts(ids), ref.texts(OPENCLIP_TEXTS)
     for text, o, r in zip(OPENCLIP_TEXTS, ours, theirs, strict=True):
@@ -244,14 +258,37 @@ def test_the_openclip_checkpoint_hashed_is_the_one_open_clip_loads(tmp_path):
     assert [p.name for p in ClipSpec.from_dir(layout).weights] == ["open_clip_model.safetensors"]
 
 
-def test_an_openclip_model_with_its_own_tokenizer_or_an_unknown_tag_is_refused_saying_why(
-    tmp_path,
+def test_openclip_cleans_texts_as_open_clip_does():
+    """Each of open_clip's text cleanings (`get_clean_fn`: SimpleTokenizer's "lower", an HF
+    tokenizer's "whitespace", SigLIP's "canonicalize"), applied by the ingress without torch."""
+    from open_clip.tokenizer import get_clean_fn
+
+    from img2vec.openclip import CLEANINGS, clean_text
+
+    texts = [*OPENCLIP_TEXTS, "Hello, World! it's_a snake_case test...", " ΣΑΣ. "]
+    texts.append("ǅ ﬁ \uff21\uff22")  # a titlecase digraph, a ligature, full-width letters
+    for clean in CLEANINGS:
+        assert [clean_text(t, clean) for t in texts] == [get_clean_fn(clean)(t) for t in texts]
+
+
+def test_an_openclip_model_with_unserved_tokenizer_settings_or_an_unknown_tag_is_refused(
+    tmp_path, openclip_xlmr_dir
 ):
-    (tmp_path / "config.json").write_text(
-        json.dumps({"model_name": "xlm-roberta-base-ViT-B-32", "pretrained": "laion5b_s13b_b90k"})
-    )
-    with pytest.raises(ValueError, match="its own tokenizer"):
-        ClipSpec.from_dir(tmp_path)
+    """Tokenizer settings the ingress does not reproduce (NLLB's `language`, `tokenizer_mode`
+    "clips") are refused by name, before anything is fetched; an unknown tag lists the
+    known ones."""
+    layout = tmp_path / "layout"
+    shutil.copytree(openclip_xlmr_dir, layout)
+    saved = layout / "tiny" / "open_clip_config.json"
+    config = json.loads(saved.read_text())
+    config["model_cfg"]["text_cfg"]["tokenizer_kwargs"] = {"language": "fra_Latn"}
+    saved.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"tokenizer settings \{'language': 'fra_Latn'\}"):
+        ClipSpec.from_dir(layout)
+    config["model_cfg"]["text_cfg"] |= {"tokenizer_kwargs": {}, "tokenizer_mode": "clips"}
+    saved.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="tokenizer_mode 'clips'"):
+        ClipSpec.from_dir(layout)
     (tmp_path / "config.json").write_text(json.dumps({"model_name": "ViT-B-32", "pretrained": "x"}))
     with pytest.raises(ValueError, match=r"'x' is neither a tag of ViT-B-32 \(known: .*laion2b"):
         ClipSpec.from_dir(tmp_path)
