@@ -271,6 +271,25 @@ def test_openclip_cleans_texts_as_open_clip_does():
         assert [clean_text(t, clean) for t in texts] == [get_clean_fn(clean)(t) for t in texts]
 
 
+def test_openclip_tokenizer_settings_tokenize_as_open_clip(tmp_path, openclip_xlmr_dir):
+    """An HF tokenizer's settings in open_clip's config (`clean`, `strip_sep_token`: the
+    separator id replaced with 0, as CLIPA's BERT texts are) give open_clip's own ids."""
+    import open_clip
+
+    layout = tmp_path / "layout"
+    shutil.copytree(openclip_xlmr_dir, layout)
+    saved = layout / "tiny" / "open_clip_config.json"
+    config = json.loads(saved.read_text())
+    for kwargs in ({"clean": "canonicalize", "strip_sep_token": True}, {"clean": "lower"}):
+        config["model_cfg"]["text_cfg"]["tokenizer_kwargs"] = kwargs
+        saved.write_text(json.dumps(config))
+        spec = ClipSpec.from_dir(layout)
+        ids = TextTokenizer(spec).encode(OPENCLIP_TEXTS)
+        ours = np.stack([np.pad(t, (0, 77 - len(t)), constant_values=spec.pad_id) for t in ids])
+        theirs = open_clip.get_tokenizer(f"local-dir:{layout / 'tiny'}")(OPENCLIP_TEXTS)
+        assert np.array_equal(ours, theirs.numpy()), kwargs
+
+
 def test_an_openclip_model_with_unserved_tokenizer_settings_or_an_unknown_tag_is_refused(
     tmp_path, openclip_xlmr_dir
 ):
