@@ -15,8 +15,9 @@ DFN and OpenAI; and those whose config names a Hugging Face tokenizer (`hf_token
 XLM-RoBERTa, RoBERTa, MT5, the MetaCLIP "worldwide" and CLIPA models, SigLIP's through
 open_clip), tokenized as open_clip's `HFTokenizer` does: its cleaning, the fast tokenizer's
 own special tokens, texts padded to the full context with its pad token. Refused, saying why:
-a tokenizer without a fast (`tokenizers`) version or a pad token, and tokenizer settings other
-than `clean` and `strip_sep_token` (`tokenizer_mode`, NLLB's `language`).
+a tokenizer without a fast (`tokenizers`) version or a pad token, HF tokenizer settings other
+than `clean` and `strip_sep_token` (`tokenizer_mode`, NLLB's `language`), and SimpleTokenizer
+settings other than its default lower-casing.
 """
 
 from __future__ import annotations
@@ -135,8 +136,13 @@ def read(layout: Layout) -> Inputs:
     tokens: dict[str, Any] = {"tokenizer": simple_tokenizer()}
     if text.get("hf_tokenizer_name"):
         tokens = _hf_tokenizer(layout, schema, identifier, text)
-    elif text.get("tokenizer_kwargs"):
-        tokens["clean"] = _simple_cleaning(layout, text["tokenizer_kwargs"])
+    elif (text.get("tokenizer_kwargs") or {}) not in ({}, {"clean": "lower"}):
+        # The tokenizers JSON lower-cases as SimpleTokenizer's own cleaning does; its other
+        # settings (another cleaning, a reduction mask) are not in any open_clip model.
+        raise ValueError(
+            f"{layout.model_name}: SimpleTokenizer settings {text['tokenizer_kwargs']} are not "
+            "served (only its default lower-casing cleaning)"
+        )
     return Inputs(
         context=int(text.get("context_length", 77)),
         preprocess=preprocess_of(preprocess, f"openclip-{identifier.rsplit('/', 1)[-1]}"),
@@ -183,14 +189,6 @@ def _hf_tokenizer(
         "clean": clean,
         "strip_id": int(tokenizer.sep_token_id) if strip else None,
     }
-
-
-def _simple_cleaning(layout: Layout, kwargs: dict[str, Any]) -> str:
-    """The cleaning a SimpleTokenizer model's `tokenizer_kwargs` ask for (only `clean`)."""
-    clean = kwargs.get("clean", "lower")
-    if set(kwargs) - {"clean"} or clean not in CLEANINGS:
-        raise ValueError(f"{layout.model_name}: tokenizer settings {kwargs} are not served")
-    return str(clean)
 
 
 def _builtin(layout: Layout, identifier: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -271,31 +271,39 @@ def test_openclip_cleans_texts_as_open_clip_does():
         assert [clean_text(t, clean) for t in texts] == [get_clean_fn(clean)(t) for t in texts]
 
 
-def test_openclip_tokenizer_settings_tokenize_as_open_clip(tmp_path, openclip_xlmr_dir):
-    """An HF tokenizer's settings in open_clip's config (`clean`, `strip_sep_token`: the
-    separator id replaced with 0, as CLIPA's BERT texts are) give open_clip's own ids."""
+@pytest.mark.parametrize(
+    ("layout_fixture", "settings"),
+    [("openclip_xlmr_dir", {"clean": "canonicalize", "strip_sep_token": True}),
+     ("openclip_xlmr_dir", {"clean": "lower"}),
+     ("openclip_dir", {"clean": "lower"})],
+)  # fmt: skip
+def test_openclip_tokenizer_settings_tokenize_as_open_clip(
+    request, tmp_path, layout_fixture, settings
+):
+    """The tokenizer settings of open_clip's config (an HF tokenizer's `clean` and
+    `strip_sep_token`, the separator id replaced with 0, as CLIPA's BERT texts are; its
+    SimpleTokenizer's default, written out) give open_clip's own ids."""
     import open_clip
 
     layout = tmp_path / "layout"
-    shutil.copytree(openclip_xlmr_dir, layout)
+    shutil.copytree(request.getfixturevalue(layout_fixture), layout)
     saved = layout / "tiny" / "open_clip_config.json"
     config = json.loads(saved.read_text())
-    for kwargs in ({"clean": "canonicalize", "strip_sep_token": True}, {"clean": "lower"}):
-        config["model_cfg"]["text_cfg"]["tokenizer_kwargs"] = kwargs
-        saved.write_text(json.dumps(config))
-        spec = ClipSpec.from_dir(layout)
-        ids = TextTokenizer(spec).encode(OPENCLIP_TEXTS)
-        ours = np.stack([np.pad(t, (0, 77 - len(t)), constant_values=spec.pad_id) for t in ids])
-        theirs = open_clip.get_tokenizer(f"local-dir:{layout / 'tiny'}")(OPENCLIP_TEXTS)
-        assert np.array_equal(ours, theirs.numpy()), kwargs
+    config["model_cfg"]["text_cfg"]["tokenizer_kwargs"] = settings
+    saved.write_text(json.dumps(config))
+    spec = ClipSpec.from_dir(layout)
+    ids = TextTokenizer(spec).encode(OPENCLIP_TEXTS)
+    ours = np.stack([np.pad(t, (0, 77 - len(t)), constant_values=spec.pad_id) for t in ids])
+    theirs = open_clip.get_tokenizer(f"local-dir:{layout / 'tiny'}")(OPENCLIP_TEXTS)
+    assert np.array_equal(ours, theirs.numpy())
 
 
 def test_an_openclip_model_with_unserved_tokenizer_settings_or_an_unknown_tag_is_refused(
-    tmp_path, openclip_xlmr_dir
+    tmp_path, openclip_xlmr_dir, openclip_dir
 ):
     """Tokenizer settings the ingress does not reproduce (NLLB's `language`, `tokenizer_mode`
-    "clips") are refused by name, before anything is fetched; an unknown tag lists the
-    known ones."""
+    "clips", a SimpleTokenizer cleaning other than its lower-casing) are refused by name,
+    before anything is fetched; an unknown tag lists the known ones."""
     layout = tmp_path / "layout"
     shutil.copytree(openclip_xlmr_dir, layout)
     saved = layout / "tiny" / "open_clip_config.json"
@@ -308,6 +316,14 @@ def test_an_openclip_model_with_unserved_tokenizer_settings_or_an_unknown_tag_is
     saved.write_text(json.dumps(config))
     with pytest.raises(ValueError, match="tokenizer_mode 'clips'"):
         ClipSpec.from_dir(layout)
+    simple = tmp_path / "simple"
+    shutil.copytree(openclip_dir, simple)
+    saved = simple / "tiny" / "open_clip_config.json"
+    config = json.loads(saved.read_text())
+    config["model_cfg"]["text_cfg"]["tokenizer_kwargs"] = {"clean": "whitespace"}
+    saved.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"SimpleTokenizer settings \{'clean': 'whitespace'\}"):
+        ClipSpec.from_dir(simple)
     (tmp_path / "config.json").write_text(json.dumps({"model_name": "ViT-B-32", "pretrained": "x"}))
     with pytest.raises(ValueError, match=r"'x' is neither a tag of ViT-B-32 \(known: .*laion2b"):
         ClipSpec.from_dir(tmp_path)
