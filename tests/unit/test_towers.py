@@ -271,6 +271,16 @@ def test_openclip_cleans_texts_as_open_clip_does():
         assert [clean_text(t, clean) for t in texts] == [get_clean_fn(clean)(t) for t in texts]
 
 
+def openclip_with(source, dest, **text_cfg):
+    """A copy of an OpenCLIP layout whose open_clip config's `text_cfg` has these keys set."""
+    shutil.copytree(source, dest)
+    saved = dest / "tiny" / "open_clip_config.json"
+    config = json.loads(saved.read_text())
+    config["model_cfg"]["text_cfg"] |= text_cfg
+    saved.write_text(json.dumps(config))
+    return dest
+
+
 @pytest.mark.parametrize(
     ("layout_fixture", "settings"),
     [("openclip_xlmr_dir", {"clean": "canonicalize", "strip_sep_token": True}),
@@ -285,12 +295,8 @@ def test_openclip_tokenizer_settings_tokenize_as_open_clip(
     SimpleTokenizer's default, written out) give open_clip's own ids."""
     import open_clip
 
-    layout = tmp_path / "layout"
-    shutil.copytree(request.getfixturevalue(layout_fixture), layout)
-    saved = layout / "tiny" / "open_clip_config.json"
-    config = json.loads(saved.read_text())
-    config["model_cfg"]["text_cfg"]["tokenizer_kwargs"] = settings
-    saved.write_text(json.dumps(config))
+    source = request.getfixturevalue(layout_fixture)
+    layout = openclip_with(source, tmp_path / "layout", tokenizer_kwargs=settings)
     spec = ClipSpec.from_dir(layout)
     ids = TextTokenizer(spec).encode(OPENCLIP_TEXTS)
     ours = np.stack([np.pad(t, (0, 77 - len(t)), constant_values=spec.pad_id) for t in ids])
@@ -304,26 +310,15 @@ def test_an_openclip_model_with_unserved_tokenizer_settings_or_an_unknown_tag_is
     """Tokenizer settings the ingress does not reproduce (NLLB's `language`, `tokenizer_mode`
     "clips", a SimpleTokenizer cleaning other than its lower-casing) are refused by name,
     before anything is fetched; an unknown tag lists the known ones."""
-    layout = tmp_path / "layout"
-    shutil.copytree(openclip_xlmr_dir, layout)
-    saved = layout / "tiny" / "open_clip_config.json"
-    config = json.loads(saved.read_text())
-    config["model_cfg"]["text_cfg"]["tokenizer_kwargs"] = {"language": "fra_Latn"}
-    saved.write_text(json.dumps(config))
+    language = {"tokenizer_kwargs": {"language": "fra_Latn"}}
     with pytest.raises(ValueError, match=r"tokenizer settings \{'language': 'fra_Latn'\}"):
-        ClipSpec.from_dir(layout)
-    config["model_cfg"]["text_cfg"] |= {"tokenizer_kwargs": {}, "tokenizer_mode": "clips"}
-    saved.write_text(json.dumps(config))
+        ClipSpec.from_dir(openclip_with(openclip_xlmr_dir, tmp_path / "nllb", **language))
+    clips = openclip_with(openclip_xlmr_dir, tmp_path / "clips", tokenizer_mode="clips")
     with pytest.raises(ValueError, match="tokenizer_mode 'clips'"):
-        ClipSpec.from_dir(layout)
-    simple = tmp_path / "simple"
-    shutil.copytree(openclip_dir, simple)
-    saved = simple / "tiny" / "open_clip_config.json"
-    config = json.loads(saved.read_text())
-    config["model_cfg"]["text_cfg"]["tokenizer_kwargs"] = {"clean": "whitespace"}
-    saved.write_text(json.dumps(config))
+        ClipSpec.from_dir(clips)
+    simple = {"tokenizer_kwargs": {"clean": "whitespace"}}
     with pytest.raises(ValueError, match=r"SimpleTokenizer settings \{'clean': 'whitespace'\}"):
-        ClipSpec.from_dir(simple)
+        ClipSpec.from_dir(openclip_with(openclip_dir, tmp_path / "simple", **simple))
     (tmp_path / "config.json").write_text(json.dumps({"model_name": "ViT-B-32", "pretrained": "x"}))
     with pytest.raises(ValueError, match=r"'x' is neither a tag of ViT-B-32 \(known: .*laion2b"):
         ClipSpec.from_dir(tmp_path)
