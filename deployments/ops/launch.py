@@ -43,7 +43,15 @@ from types import FrameType
 
 import psutil
 
-from deployments.ops.node import load_config, prepare_environment, ray_address, start_ray
+from deployments.ops.node import (
+    auth_refusal,
+    load_config,
+    prepare_environment,
+    ray_address,
+    ray_cli_hint,
+    read_env_file,
+    start_ray,
+)
 from deployments.ops.supervisor import (
     as_server,
     end_processes,
@@ -220,12 +228,12 @@ def run(args: argparse.Namespace) -> int:
     address = ray_address(args.address)
     local = address == "local"
     config = load_config(Path(args.config), args.port, args.host)
-    env_file = Path(args.env_file) if args.env_file else Path(args.config).parent / "serve.env"
+    env_file = _env_file(args)
     haproxy_files = prepare_environment(env_file, local, config["http_options"].get("host"))
 
     from deployments import lifecycle
 
-    start_ray(address, args.metrics_port)
+    dashboard = start_ray(address, args.metrics_port)
     stop = _Stop()
     # After ray.init, which installs its own handler (exit at once, dropping requests).
     signal.signal(signal.SIGTERM, stop)
@@ -240,6 +248,9 @@ def run(args: argparse.Namespace) -> int:
         http.get("port", 8000),
         args.public_metrics_port or args.metrics_port,
     )
+    hint = ray_cli_hint(dashboard, args.config)
+    if hint:
+        log.info("%s", hint)
     watch = _serve(names, handle, stop, local)
     stopping = time.monotonic()
     if stop.signal is not None and not watch.ray_down:
@@ -301,6 +312,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if is_server():
         return run(args)
+    # Ray's token off is refused before anything starts (serve.env's settings count too; the
+    # environment wins over them, as when they are applied).
+    env_file = _env_file(args)
+    settings = read_env_file(env_file) if env_file.is_file() else {}
+    refusal = auth_refusal({**settings, **os.environ})
+    if refusal:
+        log.error("img2vec: not starting: %s", refusal)
+        return 2
     # The supervisor: on its own local Ray, the node's metrics port is Ray's agent on
     # loopback, and the public one is served here; joined to a cluster, there is no node of
     # ours and no metrics port.
@@ -312,6 +331,11 @@ def main(argv: list[str] | None = None) -> int:
         metrics = (host, args.metrics_port, internal)
         argv += ["--metrics-port", str(internal), "--public-metrics-port", str(args.metrics_port)]
     return supervise(argv, metrics)
+
+
+def _env_file(args: argparse.Namespace) -> Path:
+    """Ray's process settings: --env-file, else serve.env beside the config."""
+    return Path(args.env_file) if args.env_file else Path(args.config).parent / "serve.env"
 
 
 def _free_loopback_port() -> int:

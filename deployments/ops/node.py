@@ -9,7 +9,7 @@ import ipaddress
 import logging
 import os
 import tempfile
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
 import yaml
@@ -115,6 +115,27 @@ def single_node_settings(files: str, local: bool = True) -> dict[str, str]:
     return settings
 
 
+# Ray's token authentication (Ray >= 2.52; on by default for a local Ray from 2.60). Off, any
+# host that reaches a replica's gRPC port (bound on every interface by Serve 2.60 whatever it
+# is told, docs/security.md#single-node) can have it unpickle what it sends: code execution.
+RAY_AUTH_MODE = "RAY_AUTH_MODE"
+ALLOW_AUTH_OFF = "IMG2VEC_ALLOW_RAY_AUTH_OFF"
+
+
+def auth_refusal(env: Mapping[str, str]) -> str | None:
+    """Why the launcher will not start with this environment, or None: Ray's token switched
+    off (RAY_AUTH_MODE=disabled) without IMG2VEC_ALLOW_RAY_AUTH_OFF=1 saying it is meant."""
+    mode = env.get(RAY_AUTH_MODE, "").strip().lower()
+    if mode != "disabled" or env.get(ALLOW_AUTH_OFF, "").strip() == "1":
+        return None
+    return (
+        f"{RAY_AUTH_MODE}=disabled switches Ray's token authentication off: every Serve "
+        "replica's gRPC port (on all interfaces) would then unpickle, that is run, what any "
+        "host that reaches it sends (docs/security.md#single-node). Unset it (Ray's token is "
+        f"the default), or set {ALLOW_AUTH_OFF}=1 to start without it all the same."
+    )
+
+
 # Of /dev/shm's free space, what the object store may take (the rest for anything else there).
 SHM_SHARE = 0.8
 
@@ -208,23 +229,39 @@ def prepare_environment(env_file: Path, local: bool, host: str | None) -> str:
     return haproxy_files
 
 
-def start_ray(address: str, metrics_port: int) -> None:
-    """Join the cluster at `address`, or start a local Ray sized to /dev/shm."""
+def start_ray(address: str, metrics_port: int) -> str | None:
+    """Join the cluster at `address`, or start a local Ray sized to /dev/shm; returns the
+    address of the local Ray's dashboard (what Ray's CLI talks to), if it runs one."""
     import ray
 
     if address != "local":
         log.info("img2vec: joining the Ray cluster at %s", address)
         ray.init(address=address, namespace="serve")
-        return
+        return None
     clear_stale_record()
     from ray._common.utils import get_system_memory
 
     store = object_store_bytes(shm_free_bytes(), get_system_memory())
     if store is not None:
         log.info("img2vec: object store %d MB, to fit in /dev/shm", store // 2**20)
-    ray.init(
+    context = ray.init(
         address="local",
         namespace="serve",
         object_store_memory=store,
         _metrics_export_port=metrics_port,
+    )
+    url = context.dashboard_url
+    return f"http://{url}" if url and not url.startswith("http") else url or None
+
+
+def ray_cli_hint(dashboard: str | None, config: str) -> str | None:
+    """The line that tells an operator how to point Ray's CLI (`serve status`, `serve config`,
+    `serve deploy`) at this Ray: it has Ray's token, and the CLI sends it only when told
+    RAY_AUTH_MODE=token (Ray 2.60 reads the token from ~/.ray/auth_token then)."""
+    if dashboard is None:
+        return None
+    return (
+        f"img2vec: Ray's CLI for this service: export RAY_AUTH_MODE=token "
+        f"RAY_DASHBOARD_ADDRESS={dashboard}; then `serve status`, `serve config`, "
+        f"`serve deploy {config}` (user_config applied live)"
     )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -144,6 +145,49 @@ def test_the_launcher_exports_metrics_on_its_fixed_port(launched):
         time.sleep(1)
 
 
+def ray_cli(args: list[str], exports: dict[str, str]) -> subprocess.CompletedProcess:
+    """Ray's CLI as an operator's shell runs it: none of the launcher's RAY_* variables, only
+    what the launcher told them to export."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    serve = str(Path(sys.executable).parent / "serve")
+    return subprocess.run(
+        [serve, *args], env={**env, **exports}, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_rays_cli_works_as_the_launcher_says(launched, tmp_path):
+    """The launcher's log says what to export; with it, `serve status`, `serve config` and
+    `serve deploy` (a new max_batch_size, applied live) work against `make serve`'s Ray,
+    which has Ray's token. Without it they are refused (the token is on)."""
+    url, _, _, log = launched
+    line = next(x for x in log.read_text().splitlines() if "Ray's CLI for this service" in x)
+    exports = dict(re.findall(r"(RAY_[A-Z_]+)=(\S+?)[;\s]", line + " "))
+    assert exports["RAY_AUTH_MODE"] == "token" and exports["RAY_DASHBOARD_ADDRESS"]
+    dashboard = {"RAY_DASHBOARD_ADDRESS": exports["RAY_DASHBOARD_ADDRESS"]}
+    refused = ray_cli(["status"], dashboard)
+    assert refused.returncode != 0 and "token" in (refused.stdout + refused.stderr).lower()
+    status = ray_cli(["status"], exports)
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert "RUNNING" in status.stdout and "Embedder" in status.stdout
+    shown = ray_cli(["config"], exports)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "deployments.app:build_app" in shown.stdout
+    config = load_config()
+    embedder = deployments(config)["Embedder"]
+    embedder["user_config"] = {**embedder["user_config"], "max_batch_size": 4}
+    edited = tmp_path / "serve_config.yaml"
+    edited.write_text(yaml.safe_dump(config))
+    deployed = ray_cli(["deploy", str(edited)], exports)
+    assert deployed.returncode == 0, deployed.stderr[-2000:]
+    deadline = time.monotonic() + 60
+    while httpx.get(url + "/meta", timeout=10).json()["batching"]["config"]["max_batch_size"] != 4:
+        assert time.monotonic() < deadline, "serve deploy's user_config never reached the model"
+        time.sleep(1)
+    assert httpx.get(url + "/.well-known/ready").status_code == 204
+    restored = ray_cli(["deploy", str(CONFIG)], exports)  # as the module's other tests expect
+    assert restored.returncode == 0, restored.stderr[-2000:]
+
+
 def test_overload_is_answered_in_json_with_serve_env_too(launched):
     """The same burst the integration tests send without serve.env (throughput-optimized
     Serve changes how requests travel, not what they are answered)."""
@@ -199,7 +243,7 @@ def test_sigterm_drains_in_flight_requests_and_leaves_nothing_behind(tmp_path):
 
 def test_plain_serve_run_recovers_with_the_readme_command_and_leaves_nothing_on_sigterm(tmp_path):
     """`serve run serve_config.yaml` (Ray's CLI, without serve.env) joins the cluster Ray's
-    temp dir last recorded, and hangs when that one is dead. The README's remedy,
+    temp dir last recorded, and hangs when that one is dead. The remedy docs/operations.md gives,
     `serve run --address local serve_config.yaml`, serves in spite of the record; on SIGTERM
     (Ray's own handling: it does not drain, the launcher does) every process it started is
     gone within RAY_STOP_BOUND_S."""
@@ -243,7 +287,7 @@ def test_an_application_that_cannot_start_ends_the_launcher_with_its_reason(tmp_
 def test_serve_env_is_what_the_launcher_applies():
     env = serve_env(ROOT)
     assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "deployments.edge.proxy:middlewares"
-    # The C front end in place of Serve's Python proxy (docs/benchmarks.md#where).
+    # The C front end in place of Serve's Python proxy (docs/benchmarks.md#where-the-cpu-goes).
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
 
 

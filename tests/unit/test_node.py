@@ -4,6 +4,10 @@ cluster's record removed before Ray can try to join it (a bare `ray.init()` woul
 from __future__ import annotations
 
 import logging
+import shutil
+from pathlib import Path
+
+import pytest
 
 from deployments.ops import node
 
@@ -77,3 +81,40 @@ def test_on_loopback_serve_envs_haproxy_stays_off_unless_the_environment_asks_fo
         assert not node.keep_on_loopback(env, set(), host) and env == on, host
     env = {node.HAPROXY: "0"}
     assert not node.keep_on_loopback(env, set(), "127.0.0.1") and env[node.HAPROXY] == "0"
+
+
+def test_rays_token_switched_off_is_refused_unless_explicitly_allowed():
+    from deployments.ops.node import auth_refusal
+
+    assert auth_refusal({}) is None  # Ray's default: the token
+    assert auth_refusal({"RAY_AUTH_MODE": "token"}) is None
+    why = auth_refusal({"RAY_AUTH_MODE": "Disabled"})
+    assert why is not None and "IMG2VEC_ALLOW_RAY_AUTH_OFF=1" in why and "gRPC" in why
+    allowed = {"RAY_AUTH_MODE": "disabled", "IMG2VEC_ALLOW_RAY_AUTH_OFF": "1"}
+    assert auth_refusal(allowed) is None
+
+
+@pytest.mark.parametrize("where", ["environment", "serve.env"])
+def test_the_launcher_refuses_to_start_with_rays_token_off(where, tmp_path, monkeypatch, caplog):
+    """Nothing starts (no supervisor, no Ray) and the exit code is 2, whether the setting comes
+    from the environment or from serve.env; IMG2VEC_ALLOW_RAY_AUTH_OFF=1 lets it start."""
+    from deployments.ops import launch
+
+    config = tmp_path / "serve_config.yaml"
+    shutil.copy(Path(__file__).parents[2] / "serve_config.yaml", config)
+    env_file = tmp_path / "serve.env"
+    env_file.write_text("RAY_AUTH_MODE=disabled\n" if where == "serve.env" else "")
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("IMG2VEC_ALLOW_RAY_AUTH_OFF", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if where == "environment":
+        monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    started = []
+    monkeypatch.setattr(launch, "supervise", lambda argv, metrics: started.append(argv) or 0)
+    monkeypatch.setattr(launch, "is_server", lambda: False)
+    assert launch.main([str(config)]) == 2
+    assert started == []
+    assert "IMG2VEC_ALLOW_RAY_AUTH_OFF" in caplog.text
+    monkeypatch.setenv("IMG2VEC_ALLOW_RAY_AUTH_OFF", "1")
+    assert launch.main([str(config)]) == 0
+    assert len(started) == 1
