@@ -22,13 +22,17 @@ from ray.serve import Application
 from deployments.edge.clip import ClipIngress
 from deployments.edge.neural import NeuralIngress
 from deployments.model.models import ClipModel, ImageModel
-from deployments.settings import ClipModelSettings, ImageModelSettings, IngressSettings
+from deployments.settings import (
+    ENV_PREFIX,
+    ClipModelSettings,
+    ImageModelSettings,
+    IngressSettings,
+)
 from img2vec.errors import ConfigError, Img2VecError
 from img2vec.multimodal import ClipSpec
 from img2vec.weights import DOWNLOAD, check_source, get_spec, preset_of, resolve_weights
 
 build_log = logging.getLogger("img2vec.build")
-ENV_PREFIX = "IMG2VEC_"
 # Settings renamed since a release: the old name still works (YAML `args:` or
 # `IMG2VEC_<OLD>`), with a warning at build; both names at once is an error.
 RENAMED = {"graph": "engine"}

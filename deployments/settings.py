@@ -53,7 +53,9 @@ class ImageModelSettings(_Settings):
         description="a name in img2vec.weights.SPECS; <name>:native for the model's own crop",
     )
     weights: str = Field(DOWNLOAD, description="'download', a state-dict path, or 'random'")
-    device: Device = "auto"
+    device: Device = Field(
+        "auto", description="auto: CUDA when Ray gave the replica a GPU, else CPU"
+    )
     # float32 is IEEE float32 on every device (TF32 off on GPUs): the vectors of the container
     # img2vec replaces. The others change vectors (`make bench-drift`, docs/benchmarks.md):
     # float16 (GPU) kept cosine >= 0.99995 with real MobileNetV2 weights; bfloat16 (CPU fast
@@ -82,12 +84,14 @@ class ClipModelSettings(_Settings):
         description="a CLIP or SigLIP model directory in Hugging Face's save_pretrained layout, "
         "a hub name (owner/model) fetched once into the Hugging Face cache, or 'random'"
     )
-    device: Device = "auto"
+    device: Device = Field(
+        "auto", description="auto: CUDA when Ray gave the replica a GPU, else CPU"
+    )
     torch_threads: TorchThreads = None
     engine: ClipEngineName = Field(
         "auto",
-        description="auto: the image tower on OpenVINO on CPU (the same vectors, ~2.5x), else "
-        "eager; the text tower is eager",
+        description="auto: both towers on OpenVINO on CPU (the same vectors), eager on GPU; "
+        "or openvino, or eager",
     )
     batch_invariance: BatchInvariance = True
 
@@ -143,3 +147,69 @@ class IngressSettings(_Settings):
             for name, value in self.model_dump().items()
             if name.startswith("max_") or name == "request_timeout_s"
         }
+
+
+# The settings reference (docs/configuration.md), generated from the declarations above:
+# `python -m deployments.settings` rewrites it, and a test fails when it is stale.
+REFERENCE_BEGIN, REFERENCE_END = "<!-- settings:begin -->", "<!-- settings:end -->"
+ENV_PREFIX = "IMG2VEC_"
+
+
+def _allowed(annotation: Any) -> str:
+    from typing import Literal, get_args, get_origin
+
+    if get_origin(annotation) is Literal:
+        return ", ".join(f"`{v}`" for v in get_args(annotation))
+    if annotation is bool:
+        return "`true`, `false`"
+    names = [getattr(a, "__name__", str(a)) for a in get_args(annotation) if a is not type(None)]
+    return " or ".join(names) if names else getattr(annotation, "__name__", str(annotation))
+
+
+def reference() -> str:
+    """One table per settings class: name, environment variable, default, allowed values and
+    description, as declared."""
+    from pydantic_core import PydanticUndefined
+
+    parts = []
+    for title, cls in (
+        ("img2vec-neural's model replica (`serve_config.yaml`)", ImageModelSettings),
+        ("multi2vec-clip's model replica (`serve_config.clip.yaml`)", ClipModelSettings),
+        ("Both protocols' ingress replicas", IngressSettings),
+    ):
+        lines = [
+            f"**{title}**",
+            "",
+            "| setting | environment | default | values | meaning |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for name, field in cls.model_fields.items():
+            default = field.default
+            shown = "required" if default is PydanticUndefined else f"`{default}`"
+            if default is None:
+                shown = "unset"
+            if isinstance(default, bool):
+                shown = f"`{str(default).lower()}`"
+            lines.append(
+                f"| `{name}` | `{ENV_PREFIX}{name.upper()}` | {shown} "
+                f"| {_allowed(field.annotation)} | {field.description or ''} |"
+            )
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def write_reference(path: Any) -> bool:
+    """Rewrite the reference between its markers in `path`; True when it changed."""
+    text = path.read_text()
+    start = text.index(REFERENCE_BEGIN) + len(REFERENCE_BEGIN)
+    end = text.index(REFERENCE_END)
+    new = text[:start] + "\n" + reference() + "\n" + text[end:]
+    path.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    from pathlib import Path
+
+    target = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    print(("rewrote " if write_reference(target) else "unchanged: ") + str(target))

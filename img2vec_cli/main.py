@@ -26,7 +26,7 @@ def cli() -> None:
     models   list the backbones and their preprocessing presets
     weights  download and verify weights files, for offline use and image builds
     serve    run the service on this machine (what `make serve` and the Docker image run)
-    bench    the benchmark (from a checkout of the repository)
+    bench    bench/run.py, the side-by-side benchmark (from a checkout; make bench runs all)
     """
 
 

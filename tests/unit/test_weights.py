@@ -38,7 +38,7 @@ def test_resnet50_v1_is_pinned_by_its_full_sha256():
     assert spec.weights_tag == "ResNet50_Weights.IMAGENET1K_V1"  # named, never a default
     assert spec.sha256 == RESNET50_V1_SHA256
     assert spec.weights_file == "resnet50-0676ba61.pth"
-    assert RESNET50_V1_SHA256 in (ROOT / "README.md").read_text()
+    assert RESNET50_V1_SHA256 in (ROOT / "docs" / "configuration.md").read_text()
     assert not spec.matches(RESNET50_V1_SHA256[:-1] + "0")  # the full digest, not a prefix
 
 
