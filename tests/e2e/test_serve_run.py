@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -87,7 +89,7 @@ def test_config_args_are_valid_builder_args():
 
 
 @pytest.fixture(scope="module")
-def launched(tmp_path_factory) -> tuple[str, str, str, Path]:
+def launched(tmp_path_factory) -> Iterator[tuple[str, str, str, Path, int]]:
     """The launcher as `make serve` runs it, on serve_config.yaml itself (serve.env beside
     it), with the port overridden to a free loopback one; IMG2VEC_WEIGHTS=random as the
     README's quick start says. As a user after a crash: no RAY_ADDRESS, and Ray's temp dir
@@ -101,14 +103,14 @@ def launched(tmp_path_factory) -> tuple[str, str, str, Path]:
         with started(cmd, env, log, ROOT, ray_tmpdir=ray_tmp) as proc:
             url = f"http://{LOOPBACK}:{port}"
             wait_ready(url, timeout_s=240, proc=proc)
-            yield url, f"http://{LOOPBACK}:{metrics_port}/metrics", dead, log
+            yield url, f"http://{LOOPBACK}:{metrics_port}/metrics", dead, log, proc.pid
 
 
 def test_the_launcher_starts_its_own_ray_over_a_dead_clusters_record(launched):
     """Whatever stopped before, the next start serves: the launcher never joins the cluster
     Ray's temp dir last recorded (it hung, retrying a dead GCS, before), and says what it
     removed."""
-    url, _, dead, log = launched
+    url, _, dead, log, _ = launched
     assert httpx.get(url + "/.well-known/ready").status_code == 204
     text = log.read_text()
     assert f"record of a Ray cluster at {dead} that is no longer running" in text, text[-3000:]
@@ -159,7 +161,7 @@ def test_rays_cli_works_as_the_launcher_says(launched, tmp_path):
     """The launcher's log says what to export; with it, `serve status`, `serve config` and
     `serve deploy` (a new max_batch_size, applied live) work against `make serve`'s Ray,
     which has Ray's token. Without it they are refused (the token is on)."""
-    url, _, _, log = launched
+    url, _, _, log, _ = launched
     line = next(x for x in log.read_text().splitlines() if "Ray's CLI for this service" in x)
     exports = dict(re.findall(r"(RAY_[A-Z_]+)=(\S+?)[;\s]", line + " "))
     assert exports["RAY_AUTH_MODE"] == "token" and exports["RAY_DASHBOARD_ADDRESS"]
@@ -186,6 +188,66 @@ def test_rays_cli_works_as_the_launcher_says(launched, tmp_path):
     assert httpx.get(url + "/.well-known/ready").status_code == 204
     restored = ray_cli(["deploy", str(CONFIG)], exports)  # as the module's other tests expect
     assert restored.returncode == 0, restored.stderr[-2000:]
+
+
+class _Marker:
+    """A pickle that, when loaded, creates the file `path`: what an attacker would send."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def replica_grpc_ports(launcher_pid: int) -> dict[int, str]:
+    """port -> replica: the TCP ports every Serve replica of this launcher listens on, on all
+    interfaces (its gRPC server for calls between deployments; Serve 2.60 binds `[::]:0`)."""
+    import psutil
+
+    ports = {}
+    for proc in psutil.Process(launcher_pid).children(recursive=True):
+        try:
+            title = " ".join(proc.cmdline())
+            if "ServeReplica" not in title:
+                continue
+            for conn in proc.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN and conn.laddr.ip in ("::", "0.0.0.0"):
+                    ports[conn.laddr.port] = title[:60]
+        except psutil.Error:
+            continue
+    return ports
+
+
+def test_a_tokenless_pickle_sent_to_each_replicas_grpc_port_is_refused_and_nothing_runs(
+    launched, tmp_path
+):
+    """Each Serve replica's gRPC port listens on every interface and unpickles the request
+    metadata it receives. With Ray's token (the launcher's default, its refusal to start
+    without it: deployments/ops/node.py auth_refusal) a call without the token is refused
+    before anything is unpickled. Seen to fail (the marker file created) with
+    RAY_AUTH_MODE=disabled and IMG2VEC_ALLOW_RAY_AUTH_OFF=1."""
+    import grpc
+    from ray.serve.generated.serve_pb2 import ASGIRequest
+
+    url, _, _, _, pid = launched
+    ports = replica_grpc_ports(pid)
+    assert len(ports) >= 2, ports  # the ingress and the model replica at least
+    for port, replica in ports.items():
+        marker = tmp_path / f"ran-{port}"
+        request = ASGIRequest(pickled_request_metadata=pickle.dumps(_Marker(marker)))
+        with grpc.insecure_channel(f"{LOOPBACK}:{port}") as channel:
+            call = channel.unary_unary(
+                "/ray.serve.ASGIService/HandleRequest",
+                request_serializer=ASGIRequest.SerializeToString,
+                response_deserializer=lambda b: b,
+            )
+            with pytest.raises(grpc.RpcError) as refused:
+                call(request, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, (replica, refused.value)
+        time.sleep(0.5)
+        assert not marker.exists(), f"{replica}: the pickle ran"
+    assert httpx.get(url + "/.well-known/ready").status_code == 204
 
 
 def test_overload_is_answered_in_json_with_serve_env_too(launched):
