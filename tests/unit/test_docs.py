@@ -142,7 +142,7 @@ def tracked_files() -> list[Path]:
 
 
 def references() -> list[tuple[str, str, str]]:
-    """(file, doc, anchor) for every `some/doc.md#anchor` written in a tracked text file:
+    """(file, doc, anchor) for every `<doc>.md#<anchor>` written in a tracked text file:
     docstrings, comments and configs point readers into the docs too."""
     out = []
     for path in tracked_files():
