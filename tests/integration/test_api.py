@@ -250,7 +250,24 @@ def test_the_same_id_in_concurrent_requests_gets_each_its_own_vector(resnet_url,
         np.testing.assert_allclose(r.json()["vector"], solo[i], rtol=1e-4, atol=1e-4)
 
 
+# One of each kind of bad input: not JSON, a wrong type, not base64, not an image, a truncated
+# image, an id past max_id_length.
+BAD_BODIES = [
+    b"{not json",
+    json.dumps({"id": 1, "image": "AAAA"}).encode(),
+    json.dumps({"id": "x", "image": "%%%%"}).encode(),
+    json.dumps({"id": "x", "image": b64(b"plain text, not an image")}).encode(),
+    json.dumps({"id": "x", "image": b64(encode(Image.new("RGB", (64, 64)), "PNG")[:60])}).encode(),
+    json.dumps({"id": "x" * 5000, "image": b64(one_pixel_png())}).encode(),
+]
+
+
 def test_the_service_is_healthy_after_all_the_bad_input(resnet_url):
+    """The bad input is sent here, whatever ran before: each gets its 4xx, then the service
+    is ready and answers a good image."""
+    for body in BAD_BODIES:
+        r = post(resnet_url, body)
+        assert 400 <= r.status_code < 500 and r.json()["error"], (body[:40], r.text)
     assert httpx.get(resnet_url + "/.well-known/ready").status_code == 204
     r = post(resnet_url, vector_body(encode(Image.new("RGB", (3, 5), (1, 2, 3)), "BMP")))
     assert r.status_code == 200 and r.json()["dim"] == 2048

@@ -59,7 +59,7 @@ def offenders(folder: str, forbidden: tuple[str, ...], skip: str | None = None) 
         for path, names in imported_by(folder).items()
         if skip is None or not path.startswith(skip)
         for name in sorted(names)
-        if name == forbidden or name.startswith(forbidden)
+        if any(name == f or name.startswith(f + ".") for f in forbidden)
     ]
 
 
