@@ -109,7 +109,7 @@ class Edge:
         """One request, from arrival to answer: bounded in time (`request_timeout_s`) and in
         bytes held; whatever goes wrong inside is made its JSON answer (`ex.response`); then
         counted and logged. `door`: this route's requests pass the early refusal
-        (`ModelClient.admission`) when their body is read."""
+        (`ModelClient.admit`) when their body is read."""
         ex = Exchange(self, request, door)
         timeout = self.settings.request_timeout_s
         self.inflight += 1

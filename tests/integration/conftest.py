@@ -2,15 +2,15 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.limits import (
+    MAX_BODY_BYTES,
+    MAX_BULK_BYTES,
+    MAX_BULK_ITEMS,
+    MAX_ID_LENGTH,
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
+)
 from tests.support.service import ServeInstance, deploy, ray_serve
-
-# Small limits so that the 413 paths are cheap to reach over loopback.
-MAX_BODY_BYTES = 2_000_000
-MAX_IMAGE_BYTES = 1_000_000
-MAX_IMAGE_PIXELS = 4_000_000
-MAX_ID_LENGTH = 256
-MAX_BULK_ITEMS = 12
-MAX_BULK_BYTES = 6_000_000
 
 
 @pytest.fixture(scope="package")

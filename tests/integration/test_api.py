@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.integration.conftest import (
+from tests.support.client import vector_body, vector_of
+from tests.support.helpers import png_header_claiming
+from tests.support.images import b64, encode, one_pixel_png
+from tests.support.limits import (
     MAX_BODY_BYTES,
     MAX_ID_LENGTH,
     MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,
 )
-from tests.support.client import vector_body, vector_of
-from tests.support.helpers import png_header_claiming
-from tests.support.images import b64, encode, one_pixel_png
 from tests.support.parity import relative_error
 
 

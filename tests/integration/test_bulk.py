@@ -9,8 +9,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.integration.conftest import MAX_BULK_BYTES, MAX_BULK_ITEMS, MAX_ID_LENGTH
 from tests.support.images import b64, encode, one_pixel_png
+from tests.support.limits import MAX_BULK_BYTES, MAX_BULK_ITEMS, MAX_ID_LENGTH
 from tests.support.parity import relative_error
 
 

@@ -16,10 +16,10 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.integration.conftest import MAX_BODY_BYTES, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from tests.support.client import post_vectors
 from tests.support.formats import SAMPLES, sample
 from tests.support.images import b64, encode, one_pixel_png
+from tests.support.limits import MAX_BODY_BYTES, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from tests.support.parity import assert_same_vector, min_separation
 from tests.support.reference import ReferenceImg2Vec
 

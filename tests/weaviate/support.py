@@ -3,7 +3,6 @@ service answers it alone (the reference a vector Weaviate stored must equal, as 
 
 from __future__ import annotations
 
-import base64
 import random
 import re
 import threading
@@ -15,7 +14,7 @@ import httpx
 import numpy as np
 
 from tests.support.client import vector_of
-from tests.support.images import MORE_PHOTO_NAMES, PHOTO_NAMES, encode, photo
+from tests.support.images import MORE_PHOTO_NAMES, PHOTO_NAMES, b64, encode, photo
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,10 +24,6 @@ def photo_files() -> dict[str, bytes]:
     return {
         name: encode(photo(name), "JPEG", quality=90) for name in PHOTO_NAMES + MORE_PHOTO_NAMES
     }
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
 
 
 def vector_alone(url: str, image: bytes) -> np.ndarray:

@@ -31,8 +31,8 @@ from weaviate.util import generate_uuid5
 from bench.processes import launched, marked_pids, wait_ready
 from bench.weaviate_server import ROOT, Weaviate, running
 from tests.support.helpers import augmented
-from tests.support.images import encode, photo
-from tests.weaviate.support import b64, photo_files, vector_alone
+from tests.support.images import b64, encode, photo
+from tests.weaviate.support import photo_files, vector_alone
 
 DEADLINE_S = 2
 

@@ -14,8 +14,8 @@ import weaviate
 from weaviate.classes.config import Configure, DataType, Property
 
 from bench.weaviate_server import running
-from tests.support.images import one_pixel_png
-from tests.weaviate.support import b64, photo_files, readme_block, vector_alone
+from tests.support.images import b64, one_pixel_png
+from tests.weaviate.support import photo_files, readme_block, vector_alone
 
 
 def test_weaviate_started_before_the_service_waits_for_it_then_works(stack):

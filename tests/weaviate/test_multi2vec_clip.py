@@ -10,7 +10,8 @@ import pytest
 from weaviate.classes.config import Configure, DataType, Multi2VecField, Property
 from weaviate.classes.query import MetadataQuery
 
-from tests.weaviate.support import b64, clip_alone, clip_load, photo_files
+from tests.support.images import b64
+from tests.weaviate.support import clip_alone, clip_load, photo_files
 
 TITLES = {
     "chelsea": "a cat",
