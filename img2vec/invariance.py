@@ -11,7 +11,9 @@ An engine that does not keep it (eager CLIP on CPU: the matrix products pick the
 by the number of rows) is run in fixed passes (`in_fixed_passes`): every call of the
 engine at one shape, so every input goes through the same kernels whatever it came with. On
 a GPU that shape is the largest batch, padded (batching is the GPU's whole gain); on a CPU it
-is one input per call (a padded pass would cost every lone request a full batch)."""
+is one input per call (a padded pass would cost every lone request a full batch), and on
+OpenVINO several such calls run at once, one per stream (`OpenVINOEngine.each`), so that a
+pass keeps most of the batch's speed."""
 
 from __future__ import annotations
 
@@ -29,14 +31,16 @@ def batch_invariant(
     max_batch_size: int,
 ) -> bool:
     """`run` maps a list of inputs to their vectors, in order. True when every probe's
-    vector is bit-identical alone and in batches of 2 and of `max_batch_size` (at most the
-    number of probes) at each position."""
+    vector is bit-identical alone and in every pass size the batcher can form, from 2 to
+    `max_batch_size` (at most the number of probes): at every position for passes of 2 and
+    of the largest size, at two rotations for the sizes between (kernels are chosen by the
+    number of rows, so every size is run; every position at the sizes most traffic forms)."""
     alone = [np.asarray(run([p])[0]) for p in probes]
     n = len(probes)
-    for size in sorted({min(2, n), min(max_batch_size, n)}):
-        if size < 2:
-            continue
-        for start in range(n):
+    largest = min(max_batch_size, n)
+    for size in range(2, largest + 1):
+        starts = range(n) if size in (2, largest) else sorted({0, n // 2})
+        for start in starts:
             rows = [(start + k) % n for k in range(size)]
             vectors = run([probes[i] for i in rows])
             if any(not np.array_equal(vectors[j], alone[i]) for j, i in enumerate(rows)):
@@ -68,6 +72,22 @@ def in_fixed_passes(
 
 
 def probe_images(size: tuple[int, int], n: int = 4, seed: int = 0) -> list[np.ndarray]:
-    """`n` seeded noise images, uint8 (H, W, 3)."""
+    """`n` seeded uint8 (H, W, 3) images that look more like photos than noise does: smooth
+    regions with edges between them (coarse random blocks, bilinearly upsampled, with a
+    little grain), so that activations take the ranges real inputs give."""
     rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(n)]
+    h, w = size
+    out = []
+    for _ in range(n):
+        coarse = rng.uniform(0, 255, (max(2, h // 28), max(2, w // 28), 3))
+        ys = np.linspace(0, coarse.shape[0] - 1, h)
+        xs = np.linspace(0, coarse.shape[1] - 1, w)
+        y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+        y1 = np.minimum(y0 + 1, coarse.shape[0] - 1)
+        x1 = np.minimum(x0 + 1, coarse.shape[1] - 1)
+        fy, fx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
+        top = coarse[y0][:, x0] * (1 - fx) + coarse[y0][:, x1] * fx
+        bottom = coarse[y1][:, x0] * (1 - fx) + coarse[y1][:, x1] * fx
+        image = top * (1 - fy) + bottom * fy + rng.normal(0, 6, (h, w, 3))
+        out.append(np.clip(image, 0, 255).astype(np.uint8))
+    return out

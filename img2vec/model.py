@@ -187,6 +187,8 @@ class Embedder:
     def embed(self, images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """uint8 arrays (H, W, 3), all of the preset's size -> float32 (N, dim)."""
         batch = _stack(images, self.input_size)
+        if self.fixed_pass == 1:
+            return self.engine.each(batch)  # on OpenVINO several at once
         if self.fixed_pass:
             return in_fixed_passes(self._forward, [batch], self.fixed_pass)
         return self._forward(batch)
@@ -209,8 +211,12 @@ class Embedder:
         self.batch_invariant = self._invariant(max_batch_size)
         if not self.batch_invariant and self.batch_invariance:
             self.fixed_pass = fixed_pass_size(self.device.type, max_batch_size)
-            log.info("%s (%s) not batch-invariant: fixed passes of %d", self.name, self.engine_name,
-                     self.fixed_pass)  # fmt: skip
+            log.info(
+                "%s (%s) not batch-invariant: fixed passes of %d",
+                self.name,
+                self.engine_name,
+                self.fixed_pass,
+            )
             todo += self._warm([self.fixed_pass] if self.pad_to_buckets else [1])
             self.batch_invariant = self._invariant(max_batch_size)
         return WarmUp(todo, self._seconds_per_image(max_batch_size))
@@ -239,7 +245,7 @@ class Embedder:
     def _invariant(self, max_batch_size: int) -> bool:
         return batch_invariant(
             lambda images: self.embed(np.stack(images)),
-            probe_images(self.input_size),
+            probe_images(self.input_size, max(4, min(max_batch_size, 8))),
             max_batch_size,
         )
 

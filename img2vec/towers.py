@@ -165,7 +165,9 @@ class Towers:
         # bands (embed_texts), and an engine that is not invariant as it is runs in fixed
         # passes (img2vec/invariance.py).
         self.batch_invariance = batch_invariance
-        self.fixed_pass: int | None = None  # set by warm_up() where the engine needs it
+        # Per tower, set by warm_up() where its engine needs it: every call of that tower at
+        # exactly this many inputs (None: passes as batched).
+        self.fixed_pass: dict[str, int | None] = {IMAGE: None, TEXT: None}
         self.batch_invariant: bool | None = None  # checked by warm_up()
         self.dim = int(self.embed_texts([np.asarray([spec.pad_id], np.int32)]).shape[1])
 
@@ -241,9 +243,14 @@ class Towers:
             # Images and texts: the same bits alone as in a pass with others, checked at
             # warm-up on this machine (img2vec/invariance.py); None before.
             "batch_invariant": self.batch_invariant,
-            # Every pass of a tower runs at exactly this many inputs where the engine is not
+            # Per tower: every call runs at exactly this many inputs where its engine is not
             # batch-invariant as it is (null: passes as batched).
-            "fixed_pass": self.fixed_pass,
+            "fixed_pass": dict(self.fixed_pass),
+            # Per tower, with fixed passes of one on OpenVINO: how many run at once.
+            "streams": {
+                tower: getattr(engine, "streams", None) if self._one_per_call(tower) else None
+                for tower, engine in ((IMAGE, self._engine), (TEXT, self._text_engine))
+            },
         }
 
     def run(self, inputs: Sequence[Input]) -> list[np.ndarray]:
@@ -261,16 +268,25 @@ class Towers:
                 out[i] = v
         return out
 
+    def _one_per_call(self, tower: str) -> bool:
+        """A tower in fixed passes of one input, run by OpenVINO several at once
+        (`OpenVINOEngine.each`: its throughput mode) instead of one after another."""
+        engine = self._engine if tower == IMAGE else self._text_engine
+        return self.fixed_pass[tower] == 1 and engine is not None
+
     def embed_images(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, 3) -> float32 (N, dim), L2-normalized."""
-        if self.fixed_pass:
-            return in_fixed_passes(self._embed_images, [images], self.fixed_pass)
+        size = self.fixed_pass[IMAGE]
+        if size and not self._one_per_call(IMAGE):
+            return in_fixed_passes(self._embed_images, [images], size)
         return self._embed_images(images)
 
     @torch.inference_mode()
     def _embed_images(self, images: np.ndarray) -> np.ndarray:
         if self._engine is not None:
-            return self._out(torch.from_numpy(self._engine(np.ascontiguousarray(images))))
+            pixels = np.ascontiguousarray(images)
+            run = self._engine.each if self._one_per_call(IMAGE) else self._engine
+            return self._out(torch.from_numpy(run(pixels)))
         batch = torch.from_numpy(np.array(images, copy=True)).to(self.device)
         return self._out(self._vision(normalize(batch, self._mean, self._std)))
 
@@ -307,15 +323,17 @@ class Towers:
         for row, t in enumerate(ids):
             tokens[row, : len(t)] = t
             mask[row, : len(t)] = 1
-        if self.fixed_pass:
-            return in_fixed_passes(self._text_pass, [tokens, mask], self.fixed_pass)
+        size = self.fixed_pass[TEXT]
+        if size and not self._one_per_call(TEXT):
+            return in_fixed_passes(self._text_pass, [tokens, mask], size)
         return self._text_pass(tokens, mask)
 
     @torch.inference_mode()
     def _text_pass(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
         if self._text_engine is not None:
             arrays = (tokens, mask) if self._text_tower.masked else (tokens,)
-            return self._out(torch.from_numpy(self._text_engine(*arrays)))
+            run = self._text_engine.each if self._one_per_call(TEXT) else self._text_engine
+            return self._out(torch.from_numpy(run(*arrays)))
         input_ids = torch.from_numpy(tokens).to(self.device)
         attention = torch.from_numpy(mask).to(self.device)
         return self._out(self._text_tower(input_ids, attention))
@@ -327,34 +345,47 @@ class Towers:
         return x.cpu().numpy()
 
     def warm_up(self, max_batch_size: int) -> WarmUp:
-        """One pass of each tower at one input and at `max_batch_size`; then the check that
-        a vector does not depend on its batch, and, where it does and `batch_invariance` asks
-        for it, fixed passes (checked again)."""
-        self.fixed_pass = None
+        """One pass of each tower at one input and at `max_batch_size`; then, for each tower,
+        the check that a vector does not depend on its batch (img2vec/invariance.py), and,
+        where it does and `batch_invariance` asks for it, fixed passes for that tower
+        (checked again). On OpenVINO a fixed pass of one runs several inputs at once
+        (`OpenVINOEngine.each`), so the same bits cost little of the batch's speed."""
+        self.fixed_pass = {IMAGE: None, TEXT: None}
         sizes = self._warm(max_batch_size)
-        # Two images and seeded texts of four lengths in two padded lengths, mixed as passes
-        # mix them (token ids of any vocabulary: the shapes are what matters).
-        probes = [Input(IMAGE, img) for img in probe_images(self.input_size, 2)]
-        rng, vocabulary = np.random.default_rng(0), self._vocabulary_size()
-        probes += [
-            Input(TEXT, rng.integers(0, vocabulary, min(k, self.spec.context), dtype=np.int32))
-            for k in (3, 5, 9, 12)
-        ]
-        self.batch_invariant = batch_invariant(self.run, probes, max_batch_size)
-        if not self.batch_invariant and self.batch_invariance:
-            self.fixed_pass = fixed_pass_size(self.device.type, max_batch_size)
+        probes = self._probes(max_batch_size)
+        invariant = {t: batch_invariant(self.run, probes[t], max_batch_size) for t in probes}
+        if not all(invariant.values()) and self.batch_invariance:
+            for tower, ok in invariant.items():
+                if not ok:
+                    self.fixed_pass[tower] = fixed_pass_size(self.device.type, max_batch_size)
             log.info(
-                "towers (%s) not batch-invariant: fixed passes of %d",
+                "towers (%s) not batch-invariant: fixed passes %s",
                 self.engine_name,
                 self.fixed_pass,
             )
             self._warm(max_batch_size)
-            self.batch_invariant = batch_invariant(self.run, probes, max_batch_size)
+            invariant = {t: batch_invariant(self.run, probes[t], max_batch_size) for t in probes}
+        self.batch_invariant = all(invariant.values())
         # The cost of an image (the larger input) in a full pass: the batcher's first guess.
         n = min(max_batch_size, 16)
         started = time.perf_counter()
         self.embed_images(np.zeros((n, *self.input_size, 3), np.uint8))
         return WarmUp(sizes, (time.perf_counter() - started) / n)
+
+    def _probes(self, max_batch_size: int) -> dict[str, list[Input]]:
+        """Per tower, as many seeded probes as a pass holds (4 to 8): images with the smooth
+        regions and edges of photos (`probe_images`), texts of lengths that fall in two
+        padded lengths (token ids of any vocabulary: the shapes are what matters)."""
+        n = max(4, min(max_batch_size, 8))
+        rng, vocabulary = np.random.default_rng(0), self._vocabulary_size()
+        lengths = [3, 5, 9, 12, 4, 7, 10, 14][:n]
+        return {
+            IMAGE: [Input(IMAGE, img) for img in probe_images(self.input_size, n)],
+            TEXT: [
+                Input(TEXT, rng.integers(0, vocabulary, min(k, self.spec.context), np.int32))
+                for k in lengths
+            ],
+        }
 
     def _vocabulary_size(self) -> int:
         if self.spec.family == openclip.FAMILY:

@@ -7,7 +7,9 @@ on CLIP's path; OpenCLIP against open_clip itself (its tokenizer, transform and 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,8 @@ from img2vec.towers import IMAGE, TEXT, Input, Towers
 from tests.support.clip_reference import ReferenceClip
 from tests.support.images import photo
 from tests.support.parity import min_separation, relative_error
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera")  # rocket: an odd crop margin
 TEXTS = [
@@ -106,7 +110,7 @@ def test_a_texts_vector_is_bit_identical_whatever_it_is_batched_with(clip):
     check finds it is not and it runs fixed passes."""
     spec, towers, _ = clip
     assert towers.info()["batch_invariant"] is True
-    assert towers.info()["fixed_pass"] == (1 if towers.engine_name == "eager" else None)
+    assert towers.info()["fixed_pass"]["text"] == (1 if towers.engine_name == "eager" else None)
     texts = [*TEXTS, "a cat", "a dog", "red", "a photo of a dog", "a photo of a cup"]
     ids = TextTokenizer(spec).encode(texts)
     alone = [towers.embed_texts([t])[0] for t in ids]
@@ -444,3 +448,23 @@ def test_random_weights_run_the_api_offline_with_vit_b32_sizes(tmp_path, monkeyp
     towers = Towers(spec, "cpu", 2, engine="eager")
     vectors = towers.embed_texts(TextTokenizer(spec).encode(["a cat", "a dog"]))
     assert vectors.shape == (2, 512) and relative_error(vectors[0], vectors[1]) > 1e-3
+
+
+def test_on_an_avx2_cpu_images_keep_their_bits_in_one_input_calls_run_at_once(tmp_path):
+    """OpenVINO's AVX2 kernels (ONEDNN_MAX_CPU_ISA=AVX2 on any x86, natively on an AVX2-only
+    EPYC) give a wide image tower other bits batched than alone. The warm-up check finds it
+    for the image tower only, and puts that tower in calls of one input run several at once
+    (OpenVINO streams, one per thread): the same bits alone and in a pass. Without
+    batch_invariance the dependence is there (so the check has something to find)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    cmd = [sys.executable, "-m", "tests.support.invariance_probe", str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    on, off = (json.loads(done.stdout.splitlines()[-1])[k] for k in ("true", "false"))
+    assert off["same_bits"] is False and off["batch_invariant"] is False
+    assert on["fixed_pass"] == {"image": 1, "text": None}
+    assert on["streams"] == {"image": 2, "text": None}
+    assert on["batch_invariant"] is True and on["same_bits"] is True
