@@ -27,8 +27,12 @@ TOWER = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
 # One layer of ViT-B/32's width: wide enough that OpenVINO's AVX2 kernels give an image other
 # bits batched than alone (as ViT-B/32's whole image tower does on an AVX2-only CPU), small
 # enough to convert in seconds.
-WIDE_VISION = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 1,
-               "num_attention_heads": 12}  # fmt: skip
+WIDE_VISION = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 12,
+}
 
 
 def write_clip(root: Path, seed: int = 0, patch: int = 32, vision: dict | None = None) -> Path:
