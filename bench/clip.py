@@ -94,12 +94,16 @@ BASELINE_OF = {"clip": "clip", "siglip2": "transformers", "metaclip2": "transfor
                "openclip": "openclip"}  # fmt: skip
 
 
+def short_texts(n: int = 64) -> list[str]:
+    """Texts of 4 to 8 words (what nearText and an object's text field send)."""
+    words = WORDS.split()
+    return [" ".join(words[(i + k) % len(words)] for k in range(4 + i % 5)) for i in range(n)]
+
+
 def bodies(kind: str, images: list[bytes], n: int = 64) -> list[bytes]:
     """`object`: one image and one short text per request; `nearText`: one short text."""
     out = []
-    for i in range(n):
-        words = WORDS.split()
-        text = " ".join(words[(i + k) % len(words)] for k in range(4 + i % 5))
+    for i, text in enumerate(short_texts(n)):
         body: dict = {"texts": [text], "images": []}
         if kind == "object":
             body["images"] = [base64.b64encode(images[i % len(images)]).decode()]

@@ -45,13 +45,13 @@ import torch
 import torchvision
 import yaml
 
-from bench.clip import WORDS, write_vit_b32
+from bench.clip import short_texts, write_vit_b32
 from bench.images import image_sets, request_bodies
 from bench.loadgen import add_load_args, run_load
-from bench.processes import LOOPBACK, WORKER_NICE, free_port, launched, started
+from bench.processes import LOOPBACK, WORKER_NICE, free_port, launched, started, wait_ready
 from bench.report import add_output_args, publish
 from bench.run import record
-from bench.where import cpu_by_process
+from bench.where import cpu_by_process, cpu_used
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- peers:begin -->", "<!-- peers:end -->"
@@ -94,18 +94,13 @@ def version_of(python: Path, package: str) -> str:
     return subprocess.run([str(python), "-c", code], capture_output=True, text=True).stdout.strip()
 
 
-def wait_for(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 300) -> None:
-    """Until GET `url` answers 200 (the peers' health routes)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"peer exited with {proc.returncode}:\n{tail}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready after {timeout_s} s")
+def wait_for(url: str, proc: subprocess.Popen, log: Path) -> None:
+    """Until the peer's health route answers 200; failing, with the end of its log."""
+    try:
+        wait_ready(url, proc=proc, path="/health", ready_status=200)
+    except (RuntimeError, TimeoutError) as exc:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{exc}; the peer's log ends:\n{tail}") from None
 
 
 # --- the two shapes: request bodies and how a vector is read back --------------------------
@@ -146,12 +141,6 @@ NEURAL = Api(
     None,
     lambda body: body["vector"],
 )
-
-
-def texts(n: int = 64) -> list[str]:
-    """Short texts of 4 to 8 words (what nearText and an object's text field send)."""
-    words = WORDS.split()
-    return [" ".join(words[(i + k) % len(words)] for k in range(4 + i % 5)) for i in range(n)]
 
 
 def vectors(url: str, api: Api, photos: list[bytes], words: list[str]) -> np.ndarray:
@@ -229,15 +218,13 @@ def cpu_per_request(before: dict, after: dict, result, elapsed: float, args) -> 
     by the requests sent: the count is scaled to the whole time), and how many cores were
     busy in all."""
     sent = max(1.0, result.requests * (args.duration + args.warmup) / args.duration)
-    used: dict[str, float] = {}
+    per_title: dict[str, float] = {}
     total = 0.0
-    for name, (work, rest) in after.items():
-        w0, r0 = before.get(name, (0.0, 0.0))
-        seconds = work - w0 + rest - r0
+    for seconds, name, _, _ in cpu_used(before, after):
         total += seconds
         title = name.split(" [")[0]
-        used[title] = used.get(title, 0.0) + 1e3 * seconds / sent
-    shown = {k: round(v, 2) for k, v in used.items() if v >= 0.05}
+        per_title[title] = per_title.get(title, 0.0) + 1e3 * seconds / sent
+    shown = {k: round(v, 2) for k, v in per_title.items() if v >= 0.05}
     return {**shown, "all": round(1e3 * total / sent, 2), "cores_busy": round(total / elapsed, 2)}
 
 
@@ -281,7 +268,7 @@ def infinity(python: Path, model: Path, workdir: Path) -> Iterator[tuple[str, in
     log = workdir / "infinity.log"
     with started(cmd, env, log, workdir, nice=WORKER_NICE) as proc:
         url = f"http://{LOOPBACK}:{port}"
-        wait_for(url + "/health", proc, log)
+        wait_for(url, proc, log)
         yield url, proc.pid
 
 
@@ -303,7 +290,7 @@ def litserve(python: Path, weights: Path, workdir: Path) -> Iterator[tuple[str, 
     log = workdir / "litserve.log"
     with started(cmd, env, log, workdir, nice=WORKER_NICE) as proc:
         url = f"http://{LOOPBACK}:{port}"
-        wait_for(url + "/health", proc, log)
+        wait_for(url, proc, log)
         yield url, proc.pid
 
 
@@ -366,7 +353,7 @@ def clip_alone(model: Path, photos: list[bytes], words: list[str]) -> dict:
 def clip_pair(args, photos: list[bytes], workdir: Path) -> dict:
     python = peer_python("infinity", Path(args.venvs))
     model = write_vit_b32(workdir)
-    words = texts()
+    words = short_texts()
     data = {
         "image": lambda api: [api.image(p) for p in photos],
         "text": lambda api: [api.text(t) for t in words],

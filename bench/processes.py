@@ -118,15 +118,23 @@ def own_ray_tmpdir() -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def wait_ready(url: str, timeout_s: float = 300, proc: subprocess.Popen | None = None) -> None:
+def wait_ready(
+    url: str,
+    timeout_s: float = 300,
+    proc: subprocess.Popen | None = None,
+    path: str = "/.well-known/ready",
+    ready_status: int = 204,
+) -> None:
+    """Until GET url + path answers `ready_status` (ours: readiness 204; a peer's health
+    route: 200), or `proc` exits, or `timeout_s` passes."""
     deadline = time.monotonic() + timeout_s
     last: object = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
         try:
-            r = httpx.get(url + "/.well-known/ready", timeout=2)
-            if r.status_code == 204:
+            r = httpx.get(url + path, timeout=2)
+            if r.status_code == ready_status:
                 return
             last = r.status_code
         except httpx.TransportError as exc:

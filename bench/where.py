@@ -77,7 +77,7 @@ def cpu_by_process(pid: int) -> dict[str, tuple[float, float]]:
     return out
 
 
-def _used(
+def cpu_used(
     before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
 ) -> list[tuple[float, str, float, float]]:
     """(work + rest, name, work, rest) CPU seconds of each process between the two readings,
@@ -101,7 +101,7 @@ def table(
         "| --- | ---: | ---: | ---: |",
     ]
     n = max(requests, 1)
-    rows = _used(before, after)
+    rows = cpu_used(before, after)
     for used, name, work, rest in rows:
         if used / elapsed >= 0.02:
             pct = 100 * used / elapsed
@@ -119,7 +119,7 @@ def at_rest(
     before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]], elapsed: float
 ) -> list[str]:
     """One line a process: its share of a core while nothing is asked of the service."""
-    rows = _used(before, after)
+    rows = cpu_used(before, after)
     lines = ["| process (at rest) | % of a core |", "| --- | ---: |"]
     lines += [
         f"| {name} | {100 * used / elapsed:.1f} |"

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from img2vec.errors import ConfigError, brief
+from img2vec.invariance import in_fixed_passes
 from img2vec.options import DTYPES, ENGINES
 from img2vec.weights import cache_dir
 
@@ -149,7 +150,7 @@ class TorchEngine:
 
     def each(self, batch: np.ndarray) -> np.ndarray:
         """One image per call, one after another (PyTorch runs one call at a time here)."""
-        return np.concatenate([self(batch[i : i + 1]) for i in range(len(batch))])
+        return in_fixed_passes(self, [batch], 1)
 
 
 def resolve_engine(engine: str, device: torch.device, dtype: str) -> str:
@@ -414,30 +415,30 @@ class OpenVINOEngine:
         # A copy: the output tensor is the request's own memory, overwritten by the next call.
         return np.array(out[0], dtype=np.float32, copy=True)
 
-    def each(self, *arrays: np.ndarray, streams: int | None = None) -> np.ndarray:
+    def each(self, *arrays: np.ndarray) -> np.ndarray:
         """Every row in a call of its own (one input per call: the same kernels whatever
-        else came with it), several at once: OpenVINO's throughput mode, `streams` infer
-        requests in flight, each on its share of the threads (default: one stream per
-        thread). A lone row runs on the batched model's request, all threads on it: the fast
-        answer to a lone request. Whether a row's bits are the same both ways is for the
-        caller's check (img2vec/invariance.py) to confirm."""
+        else came with it), several at once: OpenVINO's throughput mode, one infer request
+        in flight per thread, each stream on one thread. A lone row runs on the batched
+        model's request, all threads on it: the fast answer to a lone request. Whether a
+        row's bits are the same both ways is for the caller's check (img2vec/invariance.py)
+        to confirm."""
         n = len(arrays[0])
         if n == 1:
             return self(*arrays)
         if self._queue is None:
-            self._start_streams(streams or self.threads)
+            self._start_streams()
         self._rows.clear()
         for i in range(n):
             self._queue.start_async({k: a[i : i + 1] for k, a in enumerate(arrays)}, i)
         self._queue.wait_all()
         return np.concatenate([self._rows.pop(i) for i in range(n)])
 
-    def _start_streams(self, streams: int) -> None:
+    def _start_streams(self) -> None:
         import openvino as ov
 
-        streams = max(1, min(streams, self.threads))
+        streams = self.threads
         config = {**self._config, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams}
-        config["INFERENCE_NUM_THREADS"] = streams * max(1, self.threads // streams)
+        config["INFERENCE_NUM_THREADS"] = streams
         compiled = self._core.compile_model(
             self._core.read_model(self.entry / "model.xml"), "CPU", config
         )
