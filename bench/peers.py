@@ -96,11 +96,7 @@ def version_of(python: Path, package: str) -> str:
 
 def wait_for(url: str, proc: subprocess.Popen, log: Path) -> None:
     """Until the peer's health route answers 200; failing, with the end of its log."""
-    try:
-        wait_ready(url, proc=proc, path="/health", ready_status=200)
-    except (RuntimeError, TimeoutError) as exc:
-        tail = log.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"{exc}; the peer's log ends:\n{tail}") from None
+    wait_ready(url, proc=proc, path="/health", ready_status=200, log=log)
 
 
 # --- the two shapes: request bodies and how a vector is read back --------------------------

@@ -124,14 +124,18 @@ def wait_ready(
     proc: subprocess.Popen | None = None,
     path: str = "/.well-known/ready",
     ready_status: int = 204,
+    log: Path | None = None,
 ) -> None:
     """Until GET url + path answers `ready_status` (ours: readiness 204; a peer's health
-    route: 200), or `proc` exits, or `timeout_s` passes."""
+    route: 200), or `proc` exits, or `timeout_s` passes. The error of a server that never got
+    ready ends with the last lines of its `log`, where it says why."""
     deadline = time.monotonic() + timeout_s
     last: object = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
+            raise RuntimeError(
+                f"server exited with {proc.returncode} before it was ready{log_tail(log)}"
+            )
         try:
             r = httpx.get(url + path, timeout=2)
             if r.status_code == ready_status:
@@ -140,7 +144,15 @@ def wait_ready(
         except httpx.TransportError as exc:
             last = exc
         time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready after {timeout_s} s (last: {last!r})")
+    raise TimeoutError(f"{url} not ready after {timeout_s} s (last: {last!r}){log_tail(log)}")
+
+
+def log_tail(log: Path | None, lines: int = 60) -> str:
+    """The last `lines` lines of `log`, to end an error with ("" without a log)."""
+    if log is None or not log.exists():
+        return ""
+    tail = log.read_text(errors="replace").splitlines()[-lines:]
+    return f"; {log} ends:\n" + "\n".join(tail)
 
 
 def marked_pids(marker: str) -> list[int]:
@@ -230,7 +242,8 @@ def launched(
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """The service as `make serve` runs it (`python -m deployments.ops.launch`, serve.env beside
     the config), on a copy of `config` bound to a free loopback port, with random weights;
-    yields (url, process) once it is ready (at once without `wait`: the caller waits)."""
+    yields (url, process) once it is ready (at once without `wait`: the caller waits, with
+    `log=workdir / "service.log"` to see why it failed)."""
     import sys
 
     import yaml
@@ -261,9 +274,5 @@ def launched(
         if not wait:
             yield url, proc
             return
-        try:
-            wait_ready(url, proc=proc)
-        except (RuntimeError, TimeoutError) as exc:
-            tail = log.read_text(errors="replace").splitlines()[-60:]
-            raise RuntimeError(f"{exc}; the service's log ends:\n" + "\n".join(tail)) from None
+        wait_ready(url, proc=proc, log=log)
         yield url, proc

@@ -199,9 +199,10 @@ def run_baseline(sets: dict, args: argparse.Namespace, workdir: Path) -> list[di
     port = free_port()
     cmd = [sys.executable, "-m", "bench.baseline", "--port", str(port)]
     # At the level of the service's workers (bench.processes.WORKER_NICE).
-    with started(cmd, dict(os.environ), workdir / "baseline.log", ROOT, nice=WORKER_NICE) as proc:
+    log = workdir / "baseline.log"
+    with started(cmd, dict(os.environ), log, ROOT, nice=WORKER_NICE) as proc:
         url = f"http://{LOOPBACK}:{port}"
-        wait_ready(url, proc=proc)
+        wait_ready(url, proc=proc, log=log)
         return drive("baseline", url, proc.pid, sets, args)
 
 

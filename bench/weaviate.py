@@ -69,9 +69,10 @@ def system(name: str, work: Path) -> Iterator[str]:
         return
     port = free_port()
     cmd = [sys.executable, "-m", "bench.baseline", "--port", str(port)]
-    with started(cmd, dict(os.environ), work / "baseline.log", ROOT, nice=WORKER_NICE) as proc:
+    log = work / "baseline.log"
+    with started(cmd, dict(os.environ), log, ROOT, nice=WORKER_NICE) as proc:
         url = f"http://{LOOPBACK}:{port}"
-        wait_ready(url, proc=proc)
+        wait_ready(url, proc=proc, log=log)
         yield url
 
 

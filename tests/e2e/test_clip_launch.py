@@ -37,7 +37,7 @@ def test_the_clip_config_serves_vectorize_and_drains_on_sigterm(tmp_path, clip_d
             results.append(type(exc).__name__)
 
     try:
-        wait_ready(url, timeout_s=240, proc=proc)
+        wait_ready(url, timeout_s=240, proc=proc, log=log)
         r = httpx.post(url + "/vectorize", content=body, timeout=60)
         assert r.status_code == 200 and len(r.json()["imageVectors"][0]) == 32, r.text
         assert httpx.get(url + "/meta").json()["protocol"] == "multi2vec-clip"

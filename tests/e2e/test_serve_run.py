@@ -102,7 +102,7 @@ def launched(tmp_path_factory) -> Iterator[tuple[str, str, str, Path, int]]:
         cmd = launch_cmd(port, metrics_port)
         with started(cmd, env, log, ROOT, ray_tmpdir=ray_tmp) as proc:
             url = f"http://{LOOPBACK}:{port}"
-            wait_ready(url, timeout_s=240, proc=proc)
+            wait_ready(url, timeout_s=240, proc=proc, log=log)
             yield url, f"http://{LOOPBACK}:{metrics_port}/metrics", dead, log, proc.pid
 
 
@@ -281,7 +281,7 @@ def test_sigterm_drains_in_flight_requests_and_leaves_nothing_behind(tmp_path):
     proc, marker = start(launch_cmd(port, free_port()), launcher_env(), tmp_path / "launch.log")
     url = f"http://{LOOPBACK}:{port}"
     try:
-        wait_ready(url, timeout_s=240, proc=proc)
+        wait_ready(url, timeout_s=240, proc=proc, log=tmp_path / "launch.log")
         # ~3 s of work for ResNet50 on 2 cores
         stopped = stop_under_load(proc, marker, url, 48, lambda: proc.send_signal(signal.SIGTERM))
     finally:
@@ -318,10 +318,11 @@ def test_plain_serve_run_recovers_with_the_readme_command_and_leaves_nothing_on_
     env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="i2v-ray-", dir="/tmp")
     stale_record(env["RAY_TMPDIR"])
     cmd = [SERVE_CLI, "run", "--address", "local", str(path)]
-    proc, marker = start(cmd, env, tmp_path / "serve.log")
+    log = tmp_path / "serve.log"
+    proc, marker = start(cmd, env, log)
     left: list[int] = []
     try:
-        wait_ready(f"http://{LOOPBACK}:{port}", timeout_s=240, proc=proc)
+        wait_ready(f"http://{LOOPBACK}:{port}", timeout_s=240, proc=proc, log=log)
         proc.send_signal(signal.SIGTERM)
         proc.wait(90)
         left, waited = gone_within(marker, RAY_STOP_BOUND_S)
@@ -367,7 +368,7 @@ def test_the_image_entrypoint_serves_on_its_port_and_stops_cleanly(tmp_path):
     proc, marker = start([sys.executable, "-m", "deployments.ops.container"], env, log)
     try:
         url = f"http://{LOOPBACK}:{port}"
-        wait_ready(url, timeout_s=240, proc=proc)
+        wait_ready(url, timeout_s=240, proc=proc, log=log)
         health = subprocess.run(
             [sys.executable, "-m", "deployments.ops.container", "health"], env=env, cwd=ROOT
         )

@@ -62,7 +62,7 @@ def test_sigterm_to_the_whole_process_group_drains_and_leaves_nothing(tmp_path):
     proc, marker = start(launch_cmd(port, free_port()), launcher_env(), log)
     url = f"http://{LOOPBACK}:{port}"
     try:
-        wait_ready(url, timeout_s=240, proc=proc)
+        wait_ready(url, timeout_s=240, proc=proc, log=log)
         # The test started it as a group leader: the group is its pid.
         stopped = stop_under_load(proc, marker, url, 320, lambda: os.killpg(proc.pid, SIGTERM))
     finally:
@@ -100,7 +100,7 @@ def test_sigkill_to_the_launcher_drains_and_leaves_nothing(tmp_path):
     proc, marker = start(launch_cmd(port, free_port()), launcher_env(), log)
     url = f"http://{LOOPBACK}:{port}"
     try:
-        wait_ready(url, timeout_s=240, proc=proc)
+        wait_ready(url, timeout_s=240, proc=proc, log=log)
         stopped = stop_under_load(proc, marker, url, 48, lambda: os.kill(proc.pid, SIGKILL))
         killed = time.monotonic()
         while marked_pids(marker) and time.monotonic() - killed < 40:
@@ -130,7 +130,7 @@ def test_sigterm_to_every_process_at_once_says_what_was_lost_and_leaves_nothing(
             os.kill(pid, SIGTERM)
 
     try:
-        wait_ready(url, timeout_s=240, proc=proc)
+        wait_ready(url, timeout_s=240, proc=proc, log=log)
         # ~4-8 s of work for ResNet50 on 2 cores: after 2 s most are still in flight, and the
         # launcher has counted them (the ingress reports twice a second, the launcher reads
         # twice a second: its count can be a second old).
@@ -197,7 +197,7 @@ def test_the_systemd_unit_stops_the_launcher_alone_and_it_drains_within_the_time
     proc, marker = start([sys.executable, *command[1:]], env, log)
     url = f"http://{LOOPBACK}:{port}"
     try:
-        wait_ready(url, timeout_s=240, proc=proc)
+        wait_ready(url, timeout_s=240, proc=proc, log=log)
         # KillMode=mixed: the main process alone, SIGKILL for the rest after TimeoutStopSec.
         stop = lambda: proc.send_signal(SIGTERM)  # noqa: E731
         stopped = stop_under_load(proc, marker, url, 8, stop, timeout_s=timeout_stop)
@@ -240,7 +240,7 @@ def test_make_serve_as_it_is_listens_on_loopback_only_but_for_what_serve_forces(
     del cmd[cmd.index("--host") : cmd.index("--host") + 2]
     proc, marker = start(cmd, env, log)
     try:
-        wait_ready(f"http://{LOOPBACK}:{port}", timeout_s=240, proc=proc)
+        wait_ready(f"http://{LOOPBACK}:{port}", timeout_s=240, proc=proc, log=log)
         listeners = _listeners(marked_pids(marker))
         proc.send_signal(SIGTERM)
         code = proc.wait(60)
@@ -274,7 +274,7 @@ def test_only_the_service_and_metrics_ports_and_what_serve_forces_listen_beyond_
     cmd[cmd.index("--host") + 1] = "0.0.0.0"
     proc, marker = start(cmd, env, log)
     try:
-        wait_ready(f"http://{LOOPBACK}:{port}", timeout_s=240, proc=proc)
+        wait_ready(f"http://{LOOPBACK}:{port}", timeout_s=240, proc=proc, log=log)
         listeners = _listeners(marked_pids(marker))
         allowed = {
             port,

@@ -59,8 +59,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, resnet50_file: Path) -> Iter
         weaviate = stack.enter_context(
             running(work, wait=False, IMAGE_INFERENCE_API=image_url, CLIP_INFERENCE_API=clip_url)
         )
-        wait_ready(image_url, proc=image_proc)
-        wait_ready(clip_url, proc=clip_proc)
+        wait_ready(image_url, proc=image_proc, log=work / "image" / "service.log")
+        wait_ready(clip_url, proc=clip_proc, log=work / "clip" / "service.log")
         services_ready = time.monotonic() - started_at
         weaviate.wait_ready()
         yield Stack(
