@@ -1,6 +1,11 @@
 """Every benchmark section of docs/benchmarks.md is what its benchmark's `markdown()` writes
 from one of the result files in bench/results: a number edited by hand, or a section left from
-a run whose result file is gone, fails here. Each section names the command that produced it."""
+a run whose result file is gone, fails here. Each section names the command that produced it.
+
+Every other measured number in README.md, cluster/README.md and docs/ (a ratio, a rate, a
+latency, a memory size, a share, a decimal in a table of such) sits beside the name of the
+result file it came from, and that file shows it: a number whose run left no file is not
+written down (the command to measure it is)."""
 
 from __future__ import annotations
 
@@ -56,26 +61,113 @@ def test_a_benchmark_section_is_its_result_file_as_its_benchmark_writes_it(name)
     assert f"`{command}`" in text, f"{name}: the section does not name its command"
 
 
-def test_every_ratio_the_readme_states_is_in_the_result_file_it_cites():
-    """A measured ratio in README.md ("2.7x") sits in a paragraph that links the result file
-    it came from, and that file's section, as its benchmark writes it, has that ratio (to the
-    digits the README gives)."""
-    readme = (ROOT / "README.md").read_text()
-    claims = 0
-    for paragraph in readme.split("\n\n"):
-        ratios = re.findall(r"\b(\d+\.\d+)x\b", paragraph)
-        if not ratios:
+# --- every measured number in the docs, held to the result file its paragraph cites ---------
+
+DOCS = [ROOT / "README.md", ROOT / "cluster" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# A measured quantity: a ratio (2.7x, or with the multiplication sign; 1.3-1.6x), a rate, a
+# latency, a memory size or a share.
+NUMBER = r"\d[\d,]*(?:\.\d+)?"
+UNIT = (
+    r"(?:\u00d7(?!\s?[\w\u00d7])|x\b(?!\s?\d)|%|ms\b|MB\b"
+    r"|(?:img|images|texts|objects|req|requests)/s\b)"
+)
+MEASURED = re.compile(rf"(?<![\w.\u00d7])({NUMBER})(?:\s?[-\u2013]\s?({NUMBER}))?\s?{UNIT}")
+# A result file named in a block, with or without its folder (bench/results/...).
+CITED = re.compile(
+    r"(?<![\w.-])((?:\d{4}-\d\d-\d\d|clip|peers|weaviate|invariance|overload|soak|scaling)"
+    r"-[\w.-]*\.json)"
+)
+
+
+def blocks(text: str) -> list[str]:
+    """The doc's paragraphs and tables, without its generated sections (held above) and its
+    code blocks; a table carries the paragraph before it (where its source is named)."""
+    text = re.sub(r"<!-- (\w+):begin -->.*?<!-- \1:end -->", "", text, flags=re.S)
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    out: list[str] = []
+    for block in text.split("\n\n"):
+        if block.lstrip().startswith("|") and out:
+            out[-1] += "\n\n" + block
+        else:
+            out.append(block)
+    return out
+
+
+def measured(block: str) -> list[str]:
+    """The measured numbers of a block: those with a unit, and every decimal in the rows of a
+    table that shows a unit anywhere (the first column names the row)."""
+    found = [n for pair in MEASURED.findall(block) for n in pair if n]
+    table: list[str] = []
+    for line in [*block.splitlines(), ""]:
+        if line.startswith("|"):
+            table.append(line)
             continue
-        cited = re.findall(r"\]\((bench/results/[\w.-]+\.json)\)", paragraph)
-        assert cited, f"no result file cited for {ratios} in: {paragraph[:120]}"
-        measured: set[float] = set()
-        for path in cited:
-            kind = Path(path).name.split("-")[0]
-            kind = "bench" if kind.isdigit() else kind  # bench/run.py's files: <date>-<host>
-            text = rendered(SECTIONS[kind][0], ROOT / path)
-            measured |= {float(x) for x in re.findall(r"(\d+\.\d+)x", text)}
-        for ratio in ratios:
-            digits = len(ratio.split(".")[1])
-            assert any(round(m, digits) == float(ratio) for m in measured), (ratio, cited)
-            claims += 1
-    assert claims >= 1
+        if table and (MEASURED.search("\n".join(table)) or re.search(HEADER_UNIT, table[0])):
+            for row in table[1:]:
+                if not set(row) <= set("|-: "):
+                    cells = row.split("|")[2:]
+                    found += [n for c in cells for n in re.findall(DECIMAL, c)]
+        table = []
+    return found
+
+
+DECIMAL = r"(?<![\w.])\d+\.\d+(?![\w.])"
+HEADER_UNIT = r"/s\b|\bms\b|\u00d7|%|\bMB\b"
+
+
+def values(path: Path) -> list[float]:
+    """Every number a result file shows: its section as its benchmark writes it (and, for a
+    bench.run file, the ratios it derives); a file no benchmark renders, its JSON's leaves."""
+    results = json.loads(path.read_text())
+    kind = path.name.split("-")[0]
+    kind = "bench" if kind.isdigit() else kind
+    if kind not in SECTIONS:
+        return list(leaves(results))
+    text = rendered(SECTIONS[kind][0], path)
+    out = [float(x.replace(",", "")) for x in re.findall(NUMBER, text)]
+    if kind == "bench":
+        out += leaves(importlib.import_module("bench.report").ratios(results))
+    return out
+
+
+def leaves(x: object) -> list[float]:
+    if isinstance(x, bool):
+        return []
+    if isinstance(x, (int, float)):
+        return [float(x)]
+    if isinstance(x, dict):
+        return [v for item in x.values() for v in leaves(item)]
+    if isinstance(x, list):
+        return [v for item in x for v in leaves(item)]
+    return []
+
+
+def held(number: str, candidates: list[float]) -> bool:
+    """The number as the doc writes it is some value of the file at the doc's precision."""
+    value = float(number.replace(",", ""))
+    digits = len(number.split(".")[1]) if "." in number else 0
+    return any(abs(c - value) < 0.5 * 10**-digits - 1e-9 for c in candidates)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_measured_number_in_the_docs_is_in_the_result_file_its_paragraph_cites(doc):
+    """A measured number (a ratio, a rate, a latency, a size, a share, a decimal in a table)
+    sits in a paragraph, or a table under one, that names the result file it came from; and
+    that file holds the number to the digits the doc gives. A number whose run left no file is
+    not written down: the command to measure it is."""
+    problems = []
+    for block in blocks(doc.read_text()):
+        numbers = measured(block)
+        if not numbers:
+            continue
+        files = [ROOT / "bench" / "results" / name for name in CITED.findall(block)]
+        if not files:
+            problems.append(f"no result file for {numbers[:4]} in: {block[:100]!r}")
+            continue
+        missing = [f.name for f in files if not f.exists()]
+        assert not missing, f"{doc.name} cites result files that are gone: {missing}"
+        candidates = [v for f in files for v in values(f)]
+        wrong = [n for n in numbers if not held(n, candidates)]
+        if wrong:
+            problems.append(f"{wrong} not in {[f.name for f in files]}: {block[:100]!r}")
+    assert not problems, f"{doc.relative_to(ROOT)}:\n" + "\n".join(problems)
