@@ -76,7 +76,8 @@ class BatchSettings:
 class Pending(NamedTuple, Generic[T]):
     """One request's inputs, to be admitted whole or refused whole, and its deadline (epoch
     seconds, `time.time()`: the caller's clock, so that the time its call spent in queues
-    counts; None: no deadline)."""
+    counts; None: no deadline). Inside the batcher the same instant is its job's `due`, on
+    this process's monotonic clock."""
 
     inputs: Sequence[T]
     deadline: float | None
@@ -117,8 +118,8 @@ class BatchStats:
 class _Job(Generic[T, R]):
     item: T
     future: asyncio.Future[R]
-    enqueued: float
-    deadline: float | None
+    enqueued: float  # time.monotonic()
+    due: float | None  # time.monotonic() after which it is answered Overloaded unrun
 
 
 class Batcher(Generic[T, R]):
@@ -168,7 +169,7 @@ class Batcher(Generic[T, R]):
         waiting = sum(
             1
             for job in self._pending
-            if not job.future.done() and (job.deadline is None or job.deadline > now)
+            if not job.future.done() and (job.due is None or job.due > now)
         )
         return (waiting + self._in_pass + 1) * self._s_per_image
 
@@ -177,14 +178,14 @@ class Batcher(Generic[T, R]):
             self.expected_wait_s(), self.seconds_per_image(), self._settings.max_batch_size
         )
 
-    def enqueue(self, item: T, deadline: float | None = None) -> asyncio.Future[R]:
+    def enqueue(self, item: T, due: float | None = None) -> asyncio.Future[R]:
         """Queue one item; its future gets its result. Cancel the future to withdraw it.
-        `deadline` is a `time.monotonic()` after which it is answered `Overloaded` unrun."""
+        `due`: a `time.monotonic()` after which it is answered `Overloaded` unrun."""
         if self._closed:
             raise NotReady("the model replica is shutting down")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
-        self._pending.append(_Job(item, future, time.monotonic(), deadline))
+        self._pending.append(_Job(item, future, time.monotonic(), due))
         self._arrived.set()
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._work())
@@ -202,14 +203,14 @@ class Batcher(Generic[T, R]):
         admitted: list[list[asyncio.Future[R] | Overloaded]] = []
         for request in requests:
             n = len(request.inputs)
-            local_deadline = None
+            due = None
             if request.deadline is not None:
                 refused = backlog.refusal(request.deadline - now, ahead=queued + max(0, n - 1))
                 if refused is not None:
                     admitted.append([refused] * n)
                     continue
-                local_deadline = local_now + (request.deadline - now)
-            admitted.append([self.enqueue(x, local_deadline) for x in request.inputs])
+                due = local_now + (request.deadline - now)
+            admitted.append([self.enqueue(x, due) for x in request.inputs])
             queued += n
         return admitted
 
@@ -223,9 +224,9 @@ class Batcher(Generic[T, R]):
         if self._s_per_image is None and per_image_s > 0:
             self._s_per_image = per_image_s
 
-    async def submit(self, items: Iterable[T], deadline: float | None = None) -> list[R]:
+    async def submit(self, items: Iterable[T], due: float | None = None) -> list[R]:
         """Enqueue several items and wait for all their results."""
-        futures = [self.enqueue(item, deadline) for item in items]
+        futures = [self.enqueue(item, due) for item in items]
         try:
             return list(await asyncio.gather(*futures))
         except BaseException:
@@ -303,7 +304,7 @@ class Batcher(Generic[T, R]):
             job = self._pending.popleft()
             if job.future.done():  # cancelled: the caller has gone
                 gone += 1
-            elif job.deadline is not None and now > job.deadline:
+            elif job.due is not None and now > job.due:
                 expired += 1
                 job.future.set_exception(
                     Overloaded(f"waited {now - job.enqueued:.1f} s for the model; retry later")
@@ -318,7 +319,7 @@ class Batcher(Generic[T, R]):
             this_pass = Backlog(len(jobs) * self._s_per_image, self._s_per_image)
             on_time = []
             for job in jobs:
-                late = None if job.deadline is None else this_pass.refusal(job.deadline - now)
+                late = None if job.due is None else this_pass.refusal(job.due - now)
                 if late is None:
                     on_time.append(job)
                 else:

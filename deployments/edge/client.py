@@ -2,7 +2,7 @@
 img2vec-neural requests travel together, as one call per group (`embed`); a bulk request's
 images in chunks (`embed_many`); a multi2vec-clip request as one call (`vectorize`: Weaviate
 sends one object per request, and the model replica's `@serve.batch` gathers those calls).
-Every answer says how far behind the model is (a `Backlog`), so that the door (`admit`) can
+Every answer says how far behind the model is (a `Backlog`), so that the door (`enter`) can
 refuse what cannot make its deadline before anything is read or decoded.
 
 Why groups: every call into a replica costs its event loop (Serve's request bookkeeping, the
@@ -65,7 +65,7 @@ class ModelClient:
         # Those at the model may be in its last backlog too; counting them again is the safe
         # side, and measured better than leaving them out (the groups sent since that answer
         # are not in it): bench/overload.py's second burst was refused in 0.16 s against 2 s.
-        self._admitted = 0
+        self._inside = 0  # requests let in at the door and not yet answered
         self._in_flight = 0
         # The model's last word on its backlog, and when it said so (monotonic).
         self._backlog = Backlog(max_pass=GROUP_SIZE)
@@ -83,21 +83,21 @@ class ModelClient:
             backlog = replace(backlog, per_image_s=self._health.seconds_per_image)
         return backlog.refusal(left_s, len(self._waiting) if ahead is None else ahead)
 
-    def admit(self, deadline: float) -> None:
+    def enter(self, deadline: float) -> None:
         """The door: a request that the model, behind everything let in before it, would
         not answer by `deadline` is refused now (Overloaded), before it is read or decoded,
         which is what makes refusing cheap and prompt; one let in counts ahead of later
         ones until it is answered. Requests still being read or decoded count too: in a
         burst they are most of what is ahead, and counting only those waiting here let a
         whole burst in, to be refused after its decoding, seconds later. Each request
-        admitted is `release`d once answered."""
-        refused = self.refusal(deadline - time.time(), ahead=self._admitted)
+        let in `leave`s once answered."""
+        refused = self.refusal(deadline - time.time(), ahead=self._inside)
         if refused is not None:
             raise refused
-        self._admitted += 1
+        self._inside += 1
 
-    def release(self) -> None:
-        self._admitted -= 1
+    def leave(self) -> None:
+        self._inside -= 1
 
     async def embed(self, pixels: np.ndarray, deadline: float) -> np.ndarray:
         """One image's vector by `deadline` (epoch seconds), or its error raised. Cancelled

@@ -109,7 +109,7 @@ class Edge:
         """One request, from arrival to answer: bounded in time (`request_timeout_s`) and in
         bytes held; whatever goes wrong inside is made its JSON answer (`ex.response`); then
         counted and logged. `door`: this route's requests pass the early refusal
-        (`ModelClient.admit`) when their body is read."""
+        (`ModelClient.enter`) when their body is read."""
         ex = Exchange(self, request, door)
         timeout = self.settings.request_timeout_s
         self.inflight += 1
@@ -128,8 +128,8 @@ class Edge:
             log.exception("%s failed", route)
             ex.response = json_error(INTERNAL_ERROR, 500)
         finally:
-            if ex.admitted:
-                self.client.release()
+            if ex.inside:
+                self.client.leave()
             self.inflight -= 1
             self.metrics.inflight_bytes.set(self.budget.held)
         self.metrics.account(route, ex.response.status_code, ex.timing, self.settings.access_log)
@@ -184,7 +184,7 @@ class Exchange:
         self.deadline = time.time() + edge.settings.request_timeout_s  # epoch seconds
         self.held: Held
         self.response: Response = json_error(INTERNAL_ERROR, 500)  # until answered
-        self.admitted = False  # let in at the door, and counted there until answered
+        self.inside = False  # let in at the door, and counted there until answered
         self._door = door
         self._edge = edge
         self._request = request
@@ -203,9 +203,9 @@ class Exchange:
         edge = self._edge
         if edge.drain.refusing:
             raise NotReady("the service is shutting down; retry elsewhere")
-        if self._door and not self.admitted:
-            edge.client.admit(self.deadline)
-            self.admitted = True
+        if self._door and not self.inside:
+            edge.client.enter(self.deadline)
+            self.inside = True
         body = await read_body(self._request, limit, self.held, setting, expected)
         edge.metrics.inflight_bytes.set(edge.budget.held)
         self.timing.nbytes = len(body)

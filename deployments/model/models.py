@@ -15,21 +15,22 @@ Everything that can fail because of one client's bytes has failed before here; e
 arrays are checked once more before any of it may join a pass.
 
 Two stages, each with one job:
-- `@serve.batch` (each deployment's `_gather`) gathers the calls that reach this replica at
-  the same moment, from every ingress replica, and admits their inputs into the batcher in
-  one step (`ModelHost.admit`): one backlog estimate per gathering, not per call. It never
-  waits (`batch_wait_timeout_s` 0) and returns as soon as the inputs are queued, so the next
-  gathering forms while the model runs.
+- `@serve.batch` (`HostedModel.gather`, written once for both deployments) gathers the calls
+  that reach this replica at the same moment, from every ingress replica, and queues their
+  inputs in the batcher in one step (`ModelHost.enqueue`): one backlog estimate per
+  gathering, not per call. It never waits (`batch_wait_timeout_s` 0) and returns as soon as
+  the inputs are queued, so the next gathering forms while the model runs.
 - The batcher (img2vec/batching.py) decides what runs in each forward pass. Not
   `@serve.batch`: in Ray 2.60 it forms the next batch before it waits for the running one,
   so under load its passes were small and ran back to back (measured, docs/architecture.md).
 
-`ModelHost` owns what is not the model's: the batcher and its metrics, admission, the answer
-to a call (each input's vector or error, and how far behind the model is), the batch
-settings applied live (`reconfigure`), and what `/meta` and readiness ask (`describe`,
-`info`). Where a caller goes away, its inputs leave the batcher's queue: awaiting their
-futures with `asyncio.gather`, cancelled with the call, cancels each of them, and the batcher
-drops cancelled inputs before their pass (`dropped_caller_gone`).
+`ModelHost` owns what is not the model's: the batcher and its metrics, queueing (the batcher
+admits or refuses each request), the answer to a call (each input's vector or error, and how
+far behind the model is), the batch settings applied live (`reconfigure`), and what `/meta`
+and readiness ask (`describe`, `info`). Where a caller goes away, its inputs leave the
+batcher's queue: awaiting their futures with `asyncio.gather`, cancelled with the call,
+cancels each of them, and the batcher drops cancelled inputs before their pass
+(`dropped_caller_gone`).
 """
 
 from __future__ import annotations
@@ -103,9 +104,8 @@ Admitted = asyncio.Future[np.ndarray] | Overloaded
 
 class ModelHost:
     """Created in a model deployment's `__init__`, once its model is loaded, with the
-    model's forward pass (`run`: a list of inputs -> their vectors), its warm-up, its
-    identity (what every vector depends on; asked again after each warm-up) and its
-    `@serve.batch` admission method (`gather`, which returns `admit`'s answer)."""
+    model's forward pass (`run`: a list of inputs -> their vectors), its warm-up and its
+    identity (what every vector depends on; asked again after each warm-up)."""
 
     def __init__(
         self,
@@ -113,12 +113,9 @@ class ModelHost:
         run: Callable[[Any], Any],
         warm_up: Callable[[int], WarmUp],
         identity: Callable[[], dict[str, Any]],
-        gather: Any,
     ) -> None:
         self._identity = identity
         self._warm_up = warm_up
-        # The deployment's `@serve.batch` method: its group size follows `max_batch_size`.
-        self._gather = gather
         self._metrics = ModelMetrics(identity())
         self._batcher: Batcher[Any, np.ndarray] = Batcher(
             run, DEFAULTS, is_out_of_memory=is_out_of_memory, observer=self._metrics
@@ -129,9 +126,10 @@ class ModelHost:
         self._replica = serve.get_replica_context().replica_id.unique_id
         self._fresh = asyncio.get_running_loop().create_task(keep_fresh(self._metrics.refresh))
 
-    def admit(self, calls: list[list[Pending[Any]]]) -> list[list[list[Admitted]]]:
+    def enqueue(self, calls: list[list[Pending[Any]]]) -> list[list[list[Admitted]]]:
         """Every request of every call gathered now, into the batcher in one step (one
-        backlog estimate): each input's future, or each refused request's error."""
+        backlog estimate, `Batcher.admit`): each input's future, or each refused request's
+        error."""
         self._gatherings += 1
         admitted = iter(self._batcher.admit([request for call in calls for request in call]))
         return [[next(admitted) for _ in call] for call in calls]
@@ -149,15 +147,12 @@ class ModelHost:
         ]
         return GroupAnswer(results, self._batcher.backlog())
 
-    async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """The batch settings, live (Serve calls the deployment's `reconfigure` before the
-        replica takes traffic and on every `user_config` change): new batch shapes are
-        warmed up first, then the `@serve.batch` method follows `max_batch_size`."""
-        settings = BatchSettings.from_user_config(user_config)
+    async def reconfigure(self, settings: BatchSettings) -> None:
+        """The batch settings, live: new batch shapes are warmed up first, then the batcher
+        takes them."""
         started = time.perf_counter()
         warmed = await self._batcher.call(lambda: self._warm_up(settings.max_batch_size))
         self._batcher.seed(warmed.seconds_per_image)
-        self._gather.set_max_batch_size(settings.max_batch_size)
         self._batcher.reconfigure(settings)
         log.info(
             "model batching: %s (warmed up %s in %.1f s; %.1f ms per image in a full pass)",
@@ -188,15 +183,30 @@ class ModelHost:
 
 
 class HostedModel:
-    """What Serve and the edge call on every model deployment, answered by its `ModelHost`
-    (`self._host`, set in the deployment's `__init__`): the batch settings applied live, the
-    model's identity and batching for /meta and readiness, and the batcher stopped with the
-    replica."""
+    """What both model deployments share, around their `ModelHost` (`self._host`, set in the
+    deployment's `__init__`): the `@serve.batch` gathering of calls, the batch settings
+    applied live, the model's identity and batching for /meta and readiness, and the batcher
+    stopped with the replica."""
 
     _host: ModelHost
 
+    async def answer(self, requests: list[Pending[Any]]) -> GroupAnswer:
+        """One call's requests, gathered with the calls that arrive with it, queued, and
+        answered: each input's vector or error, and the backlog."""
+        return await self._host.answer(await self.gather(requests))
+
+    @serve.batch(max_batch_size=DEFAULTS.max_batch_size, batch_wait_timeout_s=0.0)
+    async def gather(self, calls: list[list[Pending[Any]]]) -> list[list[list[Admitted]]]:
+        """Queue the requests of every call gathered now, oldest first, each whole."""
+        return self._host.enqueue(calls)
+
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        await self._host.reconfigure(user_config)
+        """Serve calls it before the replica takes traffic and on every `user_config`
+        change: the host warms the new shapes up and applies them, then the gathering's group
+        size follows `max_batch_size`."""
+        settings = BatchSettings.from_user_config(user_config)
+        await self._host.reconfigure(settings)
+        self.gather.set_max_batch_size(settings.max_batch_size)  # type: ignore[attr-defined]
 
     def describe(self) -> dict[str, Any]:
         return self._host.describe()
@@ -235,7 +245,6 @@ class ImageModel(HostedModel):
             run=self._embedder.embed,
             warm_up=self._embedder.warm_up,
             identity=self._identity,
-            gather=self._gather,
         )
 
     def _identity(self) -> dict[str, Any]:
@@ -249,7 +258,7 @@ class ImageModel(HostedModel):
         or when its deadline passes before its forward pass starts."""
         check_images(images, self._embedder.input_size, len(deadlines))
         requests = [Pending([image], d) for image, d in zip(images, deadlines, strict=True)]
-        return await self._host.answer(await self._gather(requests))
+        return await self.answer(requests)
 
     async def embed(self, image: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """One uint8 image (H, W, 3) -> its float32 vector (dim,), or its error raised: for
@@ -259,11 +268,6 @@ class ImageModel(HostedModel):
         if isinstance(result, Img2VecError):
             raise result
         return result
-
-    @serve.batch(max_batch_size=DEFAULTS.max_batch_size, batch_wait_timeout_s=0.0)
-    async def _gather(self, calls: list[list[Pending[np.ndarray]]]) -> list[list[list[Admitted]]]:
-        """Admit the images of every call gathered now, oldest first."""
-        return self._host.admit(calls)
 
 
 @serve.deployment(**MODEL_DEPLOYMENT)
@@ -278,7 +282,6 @@ class ClipModel(HostedModel):
             run=self._towers.run,
             warm_up=self._towers.warm_up,
             identity=self._towers.info,
-            gather=self._gather,
         )
 
     async def vectorize(
@@ -290,12 +293,7 @@ class ClipModel(HostedModel):
         check_images(images, self._towers.input_size)
         self._check_texts(texts)
         inputs = [Input(IMAGE, image) for image in images] + [Input(TEXT, t) for t in texts]
-        return await self._host.answer(await self._gather([Pending(inputs, deadline)]))
-
-    @serve.batch(max_batch_size=DEFAULTS.max_batch_size, batch_wait_timeout_s=0.0)
-    async def _gather(self, calls: list[list[Pending[Input]]]) -> list[list[list[Admitted]]]:
-        """Admit every request gathered now, oldest first, whole."""
-        return self._host.admit(calls)
+        return await self.answer([Pending(inputs, deadline)])
 
     def _check_texts(self, texts: object) -> None:
         context = self._towers.spec.context

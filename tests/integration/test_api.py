@@ -323,7 +323,7 @@ def test_model_replicas_start_without_serves_batching_warning(resnet_url):
     import ray
 
     # @serve.batch builds its queue (and checks its sizes) at the first call, which every
-    # /vectors request makes (Embedder.embed_group -> _gather).
+    # /vectors request makes (ImageModel.embed_group -> HostedModel.gather).
     body = json.dumps({"id": "warn", "image": b64(one_pixel_png())})
     assert httpx.post(resnet_url + "/vectors", content=body, timeout=60).status_code == 200
     time.sleep(1)

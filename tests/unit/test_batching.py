@@ -127,8 +127,8 @@ def test_a_request_past_its_deadline_is_answered_overloaded_unrun():
         batcher = Batcher(model, BatchSettings(max_batch_size=8))
         first = asyncio.ensure_future(batcher.submit([1]))
         await until(model.started.is_set)
-        late = batcher.enqueue(2, deadline=time.monotonic() + 0.01)
-        fine = batcher.enqueue(3, deadline=time.monotonic() + 60)
+        late = batcher.enqueue(2, due=time.monotonic() + 0.01)
+        fine = batcher.enqueue(3, due=time.monotonic() + 60)
         await asyncio.sleep(0.05)
         model.release(2)
         await first
@@ -150,8 +150,8 @@ def test_a_request_that_its_pass_would_finish_too_late_for_is_answered_before_it
         batcher = Batcher(model, BatchSettings(max_batch_size=8))
         batcher.seed(0.5)
         now = time.monotonic()
-        soon = batcher.enqueue(1, deadline=now + 1.0)
-        later = [batcher.enqueue(i, deadline=now + 60) for i in (2, 3)]
+        soon = batcher.enqueue(1, due=now + 1.0)
+        later = [batcher.enqueue(i, due=now + 60) for i in (2, 3)]
         with pytest.raises(Overloaded, match=r"1\.5 s behind and this request has 1\.0 s left"):
             await soon
         answered_in = time.monotonic() - now
@@ -336,7 +336,7 @@ def test_the_expected_wait_leaves_out_requests_past_their_deadline():
         running = batcher.enqueue(2)
         await until(model.started.is_set)
         soon = time.monotonic() + 0.05
-        late = [batcher.enqueue(i, deadline=soon) for i in range(3, 8)]
+        late = [batcher.enqueue(i, due=soon) for i in range(3, 8)]
         busy = batcher.expected_wait_s()
         await asyncio.sleep(0.1)  # their deadlines pass while the model is still busy
         after = batcher.expected_wait_s()

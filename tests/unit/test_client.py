@@ -125,14 +125,14 @@ def test_before_the_models_first_answer_its_probes_estimate_refuses_at_the_door(
         held, refused = [], 0
         for i in range(30):
             try:
-                link.admit(deadline)
+                link.enter(deadline)
             except Overloaded:
                 refused += 1
             else:
                 held.append(i)
         for _ in held:
-            link.release()
-        return len(held), refused, link._admitted
+            link.leave()
+        return len(held), refused, link._inside
 
     admitted, refused, left = asyncio.run(main())
     assert 8 <= admitted <= 11 and admitted + refused == 30 and left == 0, (admitted, refused)
@@ -142,5 +142,5 @@ def test_without_any_estimate_the_door_lets_everything_in():
     _, link = linked()
     deadline = time.time() + 1.0
     for _ in range(30):
-        link.admit(deadline)
-    assert link._admitted == 30
+        link.enter(deadline)
+    assert link._inside == 30
