@@ -73,7 +73,7 @@ def _item(entry: Any, max_id_length: int) -> BulkItem:
     return BulkItem(id_, image)
 
 
-async def vectorize(
+async def embed_items(
     items: list[BulkItem], ex: Exchange, read_image: Callable[[str], np.ndarray], chunk: int
 ) -> None:
     """Every item's vector or its own error. Every image is handed to the decode pool at

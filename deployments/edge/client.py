@@ -1,6 +1,6 @@
 """The model client: an ingress replica's one path to the model replicas, for both protocols.
 img2vec-neural requests travel together, as one call per group (`embed`); a bulk request's
-images in chunks (`embed_many`); a multi2vec-clip request as one call (`vectorize`: Weaviate
+images in chunks (`embed_many`); a multi2vec-clip request as one call (`embed_request`: Weaviate
 sends one object per request, and the model replica's `@serve.batch` gathers those calls).
 Every answer says how far behind the model is (a `Backlog`), so that the door (`enter`) can
 refuse what cannot make its deadline before anything is read or decoded.
@@ -175,7 +175,7 @@ class ModelClient:
             self._shed()
             self._pump()
 
-    async def vectorize(
+    async def embed_request(
         self, images: np.ndarray, texts: list[np.ndarray], deadline: float
     ) -> list[np.ndarray]:
         """One multi2vec-clip request's vectors, images first then texts, in one call; the
@@ -184,7 +184,7 @@ class ModelClient:
         if refused is not None:
             raise refused
         results = await self._answer(
-            self._model.vectorize.remote(images, texts, deadline), len(images) + len(texts)
+            self._model.embed_request.remote(images, texts, deadline), len(images) + len(texts)
         )
         vectors: list[np.ndarray] = []
         for result in results:

@@ -138,7 +138,7 @@ class ClipIngress:
             del images, texts
             h, w = read_image.preset.output_size
             batch = np.stack(pixels) if pixels else np.zeros((0, h, w, 3), np.uint8)
-            vectors = await ex.vectorize(batch, ids) if len(batch) or ids else []
+            vectors = await ex.embed_request(batch, ids) if len(batch) or ids else []
             n = len(batch)
             ex.answer(
                 orjson.dumps(

@@ -238,11 +238,11 @@ class Exchange:
         self.timing.model_s = time.perf_counter() - self._first_sent
         return results
 
-    async def vectorize(self, images: np.ndarray, texts: list[np.ndarray]) -> list[np.ndarray]:
+    async def embed_request(self, images: np.ndarray, texts: list[np.ndarray]) -> list[np.ndarray]:
         """A multi2vec-clip request's vectors, images first then texts, in one call."""
         started = time.perf_counter()
         try:
-            return await self._edge.client.vectorize(images, texts, self.deadline)
+            return await self._edge.client.embed_request(images, texts, self.deadline)
         finally:
             self.timing.model_s += time.perf_counter() - started
 

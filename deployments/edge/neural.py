@@ -133,7 +133,7 @@ class NeuralIngress:
             items = bulk.parse(body, settings.max_bulk_items, settings.max_id_length)
             del body
             ex.timing.id = f"{len(items)} items"
-            await bulk.vectorize(items, ex, self._read_image, self._edge.client.group_size())
+            await bulk.embed_items(items, ex, self._read_image, self._edge.client.group_size())
             ex.answer(bulk.encode(items))
         return ex.response
 

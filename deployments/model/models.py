@@ -284,7 +284,7 @@ class ClipModel(HostedModel):
             identity=self._towers.info,
         )
 
-    async def vectorize(
+    async def embed_request(
         self, images: np.ndarray, texts: list[np.ndarray], deadline: float | None
     ) -> GroupAnswer:
         """One request's images (uint8 N x H x W x 3) and texts (int32 token ids each) ->

@@ -1,4 +1,4 @@
-"""`bulk.vectorize` (deployments/edge/bulk.py): a bulk request's images go to the model a chunk
+"""`bulk.embed_items` (deployments/edge/bulk.py): a bulk request's images go to the model a chunk
 at a time, each chunk as soon as its images are decoded, while the rest still decode. Decodes and
 model calls here complete when the test says so. (The route over real Serve, its order and
 per-item errors: tests/integration/test_bulk.py.)"""
@@ -10,12 +10,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from deployments.edge.bulk import BulkItem, vectorize
+from deployments.edge.bulk import BulkItem, embed_items
 from img2vec.errors import Img2VecError, InvalidImage, InvalidRequest, Overloaded
 
 
 class Stage:
-    """What `bulk.vectorize` asks of the request's Exchange: decodes that finish when
+    """What `bulk.embed_items` asks of the request's Exchange: decodes that finish when
     `decoded(i)` is called, and model calls answered by `answer`."""
 
     def __init__(self) -> None:
@@ -79,7 +79,7 @@ def read_image(image: str) -> np.ndarray:
 def test_each_chunk_goes_to_the_model_as_soon_as_it_is_decoded():
     async def scenario() -> None:
         stage, bulk = Stage(), items(*["photo"] * 6)
-        task = asyncio.create_task(vectorize(bulk, stage, read_image, 2))
+        task = asyncio.create_task(embed_items(bulk, stage, read_image, 2))
         await settle()
         assert stage.started == [str(i) for i in range(6)]  # every decode handed over at once
         assert stage.sent() == []
@@ -112,7 +112,7 @@ def test_bad_items_keep_their_own_errors_and_are_never_sent():
         stage = Stage()
         bulk = items("photo", "corrupt", "photo", None, "photo")
         bulk[3].error = InvalidRequest("image: a base64 string is required")
-        task = asyncio.create_task(vectorize(bulk, stage, read_image, 2))
+        task = asyncio.create_task(embed_items(bulk, stage, read_image, 2))
         stage.decoded(0, 1, 2, 4)
         await settle()
         assert stage.sent() == [[0], [2], [4]]  # per chunk, only what decoded
@@ -131,7 +131,7 @@ def test_bad_items_keep_their_own_errors_and_are_never_sent():
 def test_a_client_that_goes_away_leaves_no_decode_or_call_behind():
     async def scenario() -> None:
         stage = Stage()
-        task = asyncio.create_task(vectorize(items(*["photo"] * 4), stage, read_image, 2))
+        task = asyncio.create_task(embed_items(items(*["photo"] * 4), stage, read_image, 2))
         stage.decoded(0, 1)
         await settle()
         assert stage.sent() == [[0, 1]]
