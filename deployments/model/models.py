@@ -102,10 +102,20 @@ MODEL_DEPLOYMENT: dict[str, Any] = {
 Admitted = asyncio.Future[np.ndarray] | Overloaded
 
 
+def replica_location() -> dict[str, str]:
+    """Which replica, on which Ray node, answers (/meta): asked in a replica's `__init__`."""
+    return {
+        "replica": serve.get_replica_context().replica_id.unique_id,
+        "node_id": ray.get_runtime_context().get_node_id(),
+    }
+
+
 class ModelHost:
     """Created in a model deployment's `__init__`, once its model is loaded, with the
-    model's forward pass (`run`: a list of inputs -> their vectors), its warm-up and its
-    identity (what every vector depends on; asked again after each warm-up)."""
+    model's forward pass (`run`: a list of inputs -> their vectors), its warm-up, its
+    identity (what every vector depends on; asked again after each warm-up) and where it
+    runs (`replica_location()`). No Ray in here but the metrics: tests/unit/test_model_host.py
+    runs it with a fake model."""
 
     def __init__(
         self,
@@ -113,8 +123,10 @@ class ModelHost:
         run: Callable[[Any], Any],
         warm_up: Callable[[int], WarmUp],
         identity: Callable[[], dict[str, Any]],
+        location: dict[str, str],
     ) -> None:
         self._identity = identity
+        self._location = location
         self._warm_up = warm_up
         self._metrics = ModelMetrics(identity())
         self._batcher: Batcher[Any, np.ndarray] = Batcher(
@@ -123,7 +135,6 @@ class ModelHost:
         # Calls received, and the gatherings `@serve.batch` made of them: /meta reports both.
         self._calls = 0
         self._gatherings = 0
-        self._replica = serve.get_replica_context().replica_id.unique_id
         self._fresh = asyncio.get_running_loop().create_task(keep_fresh(self._metrics.refresh))
 
     def enqueue(self, calls: list[list[Pending[Any]]]) -> list[list[list[Admitted]]]:
@@ -166,8 +177,7 @@ class ModelHost:
         """Model identity and this replica's batching, from one replica, in one answer;
         answering at all means the model is loaded."""
         return {
-            "replica": self._replica,
-            "node_id": ray.get_runtime_context().get_node_id(),
+            **self._location,
             **self._identity(),
             "batching": self._batcher.snapshot(),
             "gathering": {"calls": self._calls, "gatherings": self._gatherings},
@@ -245,6 +255,7 @@ class ImageModel(HostedModel):
             run=self._embedder.embed,
             warm_up=self._embedder.warm_up,
             identity=self._identity,
+            location=replica_location(),
         )
 
     def _identity(self) -> dict[str, Any]:
@@ -282,6 +293,7 @@ class ClipModel(HostedModel):
             run=self._towers.run,
             warm_up=self._towers.warm_up,
             identity=self._towers.info,
+            location=replica_location(),
         )
 
     async def embed_request(
