@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
-import sys
 import tempfile
 from itertools import product
 from pathlib import Path
@@ -30,7 +28,7 @@ import yaml
 
 from bench.images import image_sets
 from bench.loadgen import add_load_args, run_load
-from bench.processes import LOOPBACK, WORKER_NICE, free_port, launched, started, wait_ready
+from bench.processes import baseline_server, launched
 from bench.report import add_output_args, publish
 from bench.run import record
 
@@ -155,22 +153,9 @@ def service(
 def baseline(
     model: Path, sets: dict, args: argparse.Namespace, workdir: Path, family: str
 ) -> list[dict]:
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "bench.clip_baseline",
-        "--port",
-        str(port),
-        "--weights",
-        str(model),
-        "--family",
-        BASELINE_OF[family],
-    ]
+    flags = ["--weights", str(model), "--family", BASELINE_OF[family]]
     log = workdir / f"clip-baseline-{family}.log"
-    with started(cmd, dict(os.environ), log, ROOT, nice=WORKER_NICE) as proc:
-        url = f"http://{LOOPBACK}:{port}"
-        wait_ready(url, proc=proc)
+    with baseline_server("bench.clip_baseline", flags, log, ROOT) as (url, _):
         return drive("baseline", url, sets, args, family)
 
 

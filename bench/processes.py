@@ -230,6 +230,21 @@ def started(
 
 
 @contextlib.contextmanager
+def baseline_server(
+    module: str, args: list[str], log: Path, root: Path
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A one-at-a-time baseline server (`python -m <module> --port P <args>`: bench/baseline.py,
+    bench/clip_baseline.py) on a free loopback port, at the level of the service's workers
+    (WORKER_NICE); yields (url, process) once it is ready."""
+    port = free_port()
+    cmd = [sys.executable, "-m", module, "--port", str(port), *args]
+    with started(cmd, dict(os.environ), log, root, nice=WORKER_NICE) as proc:
+        url = f"http://{LOOPBACK}:{port}"
+        wait_ready(url, proc=proc, log=log)
+        yield url, proc
+
+
+@contextlib.contextmanager
 def launched(
     config: dict,
     workdir: Path,

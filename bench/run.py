@@ -28,14 +28,10 @@ from bench.images import BULK, bulk_bodies, image_sets, request_bodies
 from bench.loadgen import add_load_args, run_load
 from bench.model import bench_model
 from bench.processes import (
-    LOOPBACK,
-    WORKER_NICE,
+    baseline_server,
     env_pairs,
     fixed_ingress,
-    free_port,
     launched,
-    started,
-    wait_ready,
 )
 from bench.report import PRIMARY, write_report
 from img2vec.errors import Img2VecError
@@ -196,13 +192,7 @@ def run_engine_service(
 
 
 def run_baseline(sets: dict, args: argparse.Namespace, workdir: Path) -> list[dict]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "bench.baseline", "--port", str(port)]
-    # At the level of the service's workers (bench.processes.WORKER_NICE).
-    log = workdir / "baseline.log"
-    with started(cmd, dict(os.environ), log, ROOT, nice=WORKER_NICE) as proc:
-        url = f"http://{LOOPBACK}:{port}"
-        wait_ready(url, proc=proc, log=log)
+    with baseline_server("bench.baseline", [], workdir / "baseline.log", ROOT) as (url, proc):
         return drive("baseline", url, proc.pid, sets, args)
 
 

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from bench.processes import LOOPBACK, WORKER_NICE, free_port, launched, started, wait_ready
+from bench.processes import baseline_server, launched
 from bench.report import add_output_args, publish
 from bench.run import record
 from bench.weaviate_server import running
@@ -67,12 +66,7 @@ def system(name: str, work: Path) -> Iterator[str]:
         with launched(config, work, ROOT) as (url, _):
             yield url
         return
-    port = free_port()
-    cmd = [sys.executable, "-m", "bench.baseline", "--port", str(port)]
-    log = work / "baseline.log"
-    with started(cmd, dict(os.environ), log, ROOT, nice=WORKER_NICE) as proc:
-        url = f"http://{LOOPBACK}:{port}"
-        wait_ready(url, proc=proc, log=log)
+    with baseline_server("bench.baseline", [], work / "baseline.log", ROOT) as (url, _):
         yield url
 
 
