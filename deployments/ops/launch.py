@@ -67,8 +67,13 @@ DEFAULT_ACCEPT_S = 3.0
 DEFAULT_GRACE_S = 25.0
 # How often the launcher looks at Ray's processes and the requests in flight.
 WATCH_INTERVAL_S = 0.5
-# The longest a call into Ray may take before the launcher counts Ray as gone.
+# The longest the launcher waits for one answer from its actor before it looks again.
 CALL_TIMEOUT_S = 2.0
+# How long its actor may go without answering before the launcher counts Ray as gone. Slow is
+# not gone: on a loaded node the actor's first answer (its worker process starting beside
+# replicas that load models, on two cores beside Weaviate) took longer than one call's
+# timeout, and the launcher, reading that as Ray gone, stopped a healthy service (seen in CI).
+UNRESPONSIVE_S = 60.0
 
 
 class _Stop:
@@ -123,10 +128,21 @@ def _count(lifecycle: object, watch: _Watch, local: bool) -> None:
     watch.ray_down = watch.ray_down or _ray_down(local)
     if watch.ray_down:
         return
+    from ray.exceptions import GetTimeoutError
+
     try:
         count = lifecycle.inflight.remote()  # type: ignore[attr-defined]
         watch.inflight = int(ray.get(count, timeout=CALL_TIMEOUT_S))
         watch.counted_at = time.monotonic()
+    except GetTimeoutError:
+        # Slow, not (yet) gone: keep the last count, unless Ray's processes have exited or
+        # the actor has been silent for UNRESPONSIVE_S.
+        silent = time.monotonic() - watch.counted_at
+        watch.ray_down = _ray_down(local) or (
+            f"the launcher's actor has not answered for {silent:.0f} s"
+            if silent > UNRESPONSIVE_S
+            else None
+        )
     except Exception as exc:  # the actor or Ray itself is gone: say so, once
         watch.ray_down = _ray_down(local) or f"the launcher's actor did not answer ({exc!r})"
 
@@ -163,9 +179,12 @@ def _drain(lifecycle: object, watch: _Watch, accept_s: float, grace_s: float, lo
     """Readiness 503, arrivals accepted for `accept_s`, then refused while those in flight
     finish (up to `grace_s`). True when nothing was left in flight."""
     import ray
+    from ray.exceptions import GetTimeoutError
 
     try:
         ray.get(lifecycle.drain.remote(accept_s), timeout=CALL_TIMEOUT_S)  # type: ignore[attr-defined]
+    except GetTimeoutError:
+        pass  # slow, not gone: the drain is queued at the actor; the loop below watches it
     except Exception:
         watch.ray_down = watch.ray_down or _ray_down(local) or "the launcher's actor is gone"
         return False
