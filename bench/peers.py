@@ -94,11 +94,6 @@ def version_of(python: Path, package: str) -> str:
     return subprocess.run([str(python), "-c", code], capture_output=True, text=True).stdout.strip()
 
 
-def wait_for(url: str, proc: subprocess.Popen, log: Path) -> None:
-    """Until the peer's health route answers 200; failing, with the end of its log."""
-    wait_ready(url, proc=proc, path="/health", ready_status=200, log=log)
-
-
 # --- the two shapes: request bodies and how a vector is read back --------------------------
 
 
@@ -264,7 +259,7 @@ def infinity(python: Path, model: Path, workdir: Path) -> Iterator[tuple[str, in
     log = workdir / "infinity.log"
     with started(cmd, env, log, workdir, nice=WORKER_NICE) as proc:
         url = f"http://{LOOPBACK}:{port}"
-        wait_for(url, proc, log)
+        wait_ready(url, proc=proc, path="/health", ready_status=200, log=log)
         yield url, proc.pid
 
 
@@ -286,7 +281,7 @@ def litserve(python: Path, weights: Path, workdir: Path) -> Iterator[tuple[str, 
     log = workdir / "litserve.log"
     with started(cmd, env, log, workdir, nice=WORKER_NICE) as proc:
         url = f"http://{LOOPBACK}:{port}"
-        wait_for(url, proc, log)
+        wait_ready(url, proc=proc, path="/health", ready_status=200, log=log)
         yield url, proc.pid
 
 
