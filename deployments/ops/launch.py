@@ -40,6 +40,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import psutil
 
@@ -94,6 +95,7 @@ class _Watch:
     counted_at: float = field(default_factory=time.monotonic)
     ray_down: str | None = None  # why Ray is gone, once it is
     failure: str | None = None  # an application that failed to deploy
+    asked: Any = None  # the in-flight count asked of the actor and not yet answered
 
 
 # The processes of the launcher's local Ray without which nothing is served. (The dashboard
@@ -131,12 +133,14 @@ def _count(lifecycle: object, watch: _Watch, local: bool) -> None:
     from ray.exceptions import GetTimeoutError
 
     try:
-        count = lifecycle.inflight.remote()  # type: ignore[attr-defined]
-        watch.inflight = int(ray.get(count, timeout=CALL_TIMEOUT_S))
+        if watch.asked is None:
+            watch.asked = lifecycle.inflight.remote()  # type: ignore[attr-defined]
+        watch.inflight = int(ray.get(watch.asked, timeout=CALL_TIMEOUT_S))
+        watch.asked = None
         watch.counted_at = time.monotonic()
     except GetTimeoutError:
-        # Slow, not (yet) gone: keep the last count, unless Ray's processes have exited or
-        # the actor has been silent for UNRESPONSIVE_S.
+        # Slow, not (yet) gone: keep the last count and wait on the same question, unless
+        # Ray's processes have exited or the actor has been silent for UNRESPONSIVE_S.
         silent = time.monotonic() - watch.counted_at
         watch.ray_down = _ray_down(local) or (
             f"the launcher's actor has not answered for {silent:.0f} s"

@@ -16,16 +16,24 @@ from deployments.ops import launch
 
 
 class _Method:
+    """A method of the fake actor: each call returns this object as its reference, and each
+    `ray.get` of it gives the next outcome (the last one for ever)."""
+
     def __init__(self, outcomes: list[object]) -> None:
         self.outcomes = outcomes
+        self.calls = 0
 
-    def remote(self, *args: object) -> object:
+    def remote(self, *args: object) -> _Method:
+        self.calls += 1
+        return self
+
+    def next(self) -> object:
         return self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
 
 
 class FakeLifecycle:
-    """Each method answers its outcomes in turn (the last one for ever); an exception as an
-    outcome is what `ray.get` raises for it."""
+    """Each method answers its outcomes in turn; an exception as an outcome is what
+    `ray.get` raises for it."""
 
     def __init__(self, inflight=(0,), drain=(None,), drained=(True,)) -> None:
         self.inflight = _Method(list(inflight))
@@ -35,7 +43,8 @@ class FakeLifecycle:
 
 @pytest.fixture(autouse=True)
 def fake_get(monkeypatch):
-    def get(outcome: object, timeout: float | None = None) -> object:
+    def get(ref: _Method, timeout: float | None = None) -> object:
+        outcome = ref.next()
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
@@ -53,6 +62,14 @@ def test_a_slow_answer_from_the_launchers_actor_is_not_ray_gone():
     watch = launch._Watch(inflight=3)
     launch._count(FakeLifecycle(inflight=[GetTimeoutError("slow")]), watch, local=False)
     assert watch.ray_down is None and watch.inflight == 3  # the last count kept
+
+
+def test_a_slow_question_is_waited_on_not_asked_again():
+    watch = launch._Watch()
+    lifecycle = FakeLifecycle(inflight=[GetTimeoutError("slow"), GetTimeoutError("slow"), 4])
+    for _ in range(3):
+        launch._count(lifecycle, watch, local=False)
+    assert lifecycle.inflight.calls == 1 and watch.inflight == 4
 
 
 def test_an_actor_silent_past_the_limit_is_ray_gone():
