@@ -1,7 +1,10 @@
-"""Fixtures shared by every test folder (and only fixtures: what tests call is in tests/support)."""
+"""Fixtures and hooks shared by every test folder (what tests call is in tests/support)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,26 @@ from PIL import Image
 
 from tests.support.images import MORE_PHOTO_NAMES, PHOTO_NAMES, photo
 from tests.support.weights import calibrated_resnet50_state, mobilenet_weights_path
+
+_TORCH_HOME = pytest.StashKey[tuple[str, "str | None"]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A TORCH_HOME of the run's own, removed at its end, for this process and every service
+    it starts: the engine cache (converted models, up to 700 MB for each random model and
+    each edit of the converted code) never piles up in the user's ~/.cache/torch."""
+    home = tempfile.mkdtemp(prefix="img2vec-tests-torch-")
+    config.stash[_TORCH_HOME] = (home, os.environ.get("TORCH_HOME"))
+    os.environ["TORCH_HOME"] = home
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    home, before = config.stash[_TORCH_HOME]
+    shutil.rmtree(home, ignore_errors=True)
+    if before is None:
+        os.environ.pop("TORCH_HOME", None)
+    else:
+        os.environ["TORCH_HOME"] = before
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -6,6 +6,7 @@ stays closer to each photo's own vector than to any other photo's) or is refused
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,3 +117,11 @@ def test_bfloat16_runs_where_the_cpu_has_it_and_is_refused_clearly_where_not(
     for i in range(len(arrays)):  # ...whose vectors still find their own photo
         distances = np.linalg.norm(ref - approx[i], axis=1)
         assert int(np.argmin(distances)) == i
+
+
+def test_a_test_run_keeps_converted_models_out_of_the_users_home(monkeypatch):
+    # tests/conftest.py gives the run its own TORCH_HOME: services started without
+    # IMG2VEC_ENGINE_CACHE convert into it, and it is removed when the run ends.
+    monkeypatch.delenv("IMG2VEC_ENGINE_CACHE")
+    assert Path.home() not in engine_cache_dir().parents
+    assert engine_cache_dir().parent.name.startswith("img2vec-tests-torch-")
