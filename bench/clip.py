@@ -50,7 +50,7 @@ def write_vit_b32(root: Path) -> Path:
     vocabulary)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-    from img2vec.openclip import openai_bpe
+    from img2vec.inputs.openclip import openai_bpe
 
     vocab, merges = openai_bpe()
     (root / "vocab.json").write_text(json.dumps({v: i for i, v in enumerate(vocab)}))

@@ -118,7 +118,7 @@ class OpenClipBaseline(_Locked):
 
         import open_clip
 
-        from img2vec.openclip import Layout
+        from img2vec.inputs.openclip import Layout
 
         layout = Layout.read(Path(weights))  # config.json, a relative local-dir: resolved
         self.model, _, self.preprocess = open_clip.create_model_and_transforms(

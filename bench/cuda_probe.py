@@ -19,8 +19,8 @@ import torch
 
 from bench.images import image_sets
 from bench.model import time_forward
-from img2vec.decoding import open_image
-from img2vec.model import build_embedder
+from img2vec.inputs.decoding import open_image
+from img2vec.models.image import build_embedder
 from tests.support.parity import min_separation, relative_error
 
 

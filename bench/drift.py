@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from bench.images import image_sets
-from img2vec.decoding import open_image
 from img2vec.errors import Img2VecError
-from img2vec.model import build_embedder
+from img2vec.inputs.decoding import open_image
+from img2vec.models.image import build_embedder
 from tests.support.reference import ReferenceImg2Vec
 
 

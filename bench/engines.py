@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from bench.run import machine
-from img2vec.engines import Normalized
-from img2vec.model import build_embedder
-from img2vec.preprocessing import IMAGENET_MEAN, IMAGENET_STD, STRETCH_224
+from img2vec.inputs.preprocessing import IMAGENET_MEAN, IMAGENET_STD, STRETCH_224
+from img2vec.models.engines import Normalized
+from img2vec.models.image import build_embedder
 
 Run = Callable[[np.ndarray], np.ndarray]
 

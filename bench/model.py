@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from img2vec.model import build_embedder
+from img2vec.models.image import build_embedder
 
 
 def time_forward(

@@ -308,8 +308,8 @@ def clip_alone(model: Path, photos: list[bytes], words: list[str]) -> dict:
     from PIL import Image
     from transformers import AutoProcessor, CLIPModel
 
-    from img2vec.multimodal import ClipSpec, TextTokenizer
-    from img2vec.towers import Towers
+    from img2vec.inputs.multimodal import ClipSpec, TextTokenizer
+    from img2vec.models.towers import Towers
 
     spec = ClipSpec.from_dir(model)
     towers = Towers(spec, "cpu", torch.get_num_threads())

@@ -26,7 +26,7 @@ import yaml
 from bench.images import image_sets, request_bodies
 from bench.loadgen import run_load
 from bench.processes import env_pairs, fixed_ingress, launched
-from img2vec.cpus import DECODE_THREAD, FORWARD_THREAD
+from img2vec.serving.cpus import DECODE_THREAD, FORWARD_THREAD
 
 ROOT = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")

@@ -3,7 +3,7 @@
 Each setting has one owner:
 - structure (which model, which weights, limits) -> `AppArgs`, from the YAML's `args:`
   and overridden by `IMG2VEC_<FIELD>` environment variables, read here, once, at build;
-- live batch tuning -> the Embedder's `user_config` (img2vec.batching.BatchSettings);
+- live batch tuning -> the Embedder's `user_config` (img2vec.serving.batching.BatchSettings);
 - resources, replicas and autoscaling -> serve_config.yaml.
 """
 
@@ -29,8 +29,9 @@ from deployments.settings import (
     IngressSettings,
 )
 from img2vec.errors import ConfigError, Img2VecError
-from img2vec.multimodal import ClipSpec
-from img2vec.weights import DOWNLOAD, check_source, get_spec, preset_of, resolve_weights
+from img2vec.inputs.multimodal import ClipSpec
+from img2vec.models.weights import check_source, get_spec, preset_of, resolve_weights
+from img2vec.options import DOWNLOAD
 
 build_log = logging.getLogger("img2vec.build")
 # Settings renamed since a release: the old name still works (YAML `args:` or
@@ -139,7 +140,7 @@ def _on_console(*names: str) -> Iterator[None]:
 
 
 def build_app(args: AppArgs) -> Application:
-    with _on_console("img2vec.build", "img2vec.weights"):
+    with _on_console("img2vec.build", "img2vec.models.weights"):
         try:
             args = resolve_args(args, os.environ)
             build_log.info("building with %s", args)

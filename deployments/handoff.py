@@ -9,7 +9,7 @@ from typing import NamedTuple
 import numpy as np
 
 from img2vec.errors import Img2VecError
-from img2vec.overload import Backlog
+from img2vec.serving.overload import Backlog
 
 
 class GroupAnswer(NamedTuple):

@@ -100,7 +100,7 @@ class IngressMetrics:
 
 
 class ModelMetrics:
-    """Also the batcher's observer (img2vec.batching.PassObserver)."""
+    """Also the batcher's observer (img2vec.serving.batching.PassObserver)."""
 
     def __init__(self, info: dict[str, Any]) -> None:
         self.images = Counter(

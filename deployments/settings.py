@@ -10,9 +10,16 @@ from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from img2vec.decoding import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
-from img2vec.options import ClipEngineName, Device, Dtype, EngineName
-from img2vec.weights import DEFAULT_DOWNLOAD_TIMEOUT_S, DEFAULT_MODEL, DOWNLOAD
+from img2vec.inputs.decoding import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from img2vec.options import (
+    DEFAULT_DOWNLOAD_TIMEOUT_S,
+    DEFAULT_MODEL,
+    DOWNLOAD,
+    ClipEngineName,
+    Device,
+    Dtype,
+    EngineName,
+)
 
 
 class _Settings(BaseModel):
@@ -50,7 +57,9 @@ class ImageModelSettings(_Settings):
 
     model: str = Field(
         DEFAULT_MODEL,
-        description="a name in img2vec.weights.SPECS; <name>:native for the model's own crop",
+        description=(
+            "a name in img2vec.models.weights.SPECS; <name>:native for the model's own crop"
+        ),
     )
     weights: str = Field(DOWNLOAD, description="'download', a state-dict path, or 'random'")
     device: Device = Field(

@@ -1,11 +1,14 @@
 """img2vec: images to vectors, compatible with Weaviate's img2vec-neural module.
 
-The library (this package) depends on torch, torchvision, PIL and numpy only; everything
-about Ray Serve and HTTP lives in the `deployments` package.
+The library: never Ray, never HTTP (those live in the `deployments` package). Its folders
+follow the processes that load them (docs/architecture.md):
+- `img2vec.inputs`: decoding, preprocessing, CLIP request shapes and tokenizing (no torch);
+- `img2vec.serving`: batching, the backlog budget, batch invariance, CPU placement (no torch);
+- `img2vec.models`: image backbones, CLIP towers, engines and weights (torch).
+`errors` and `options` are the words every process shares.
 
-Importing the package is light: decoding and preprocessing need PIL and numpy only (the CPU
-ingress uses just those), and the names that need torch (`build_embedder`, `Embedder`) are
-imported on first use.
+Importing the package is light: the names from `img2vec.models` (`build_embedder`,
+`Embedder`, `SPECS`, `ModelSpec`, `get_spec`) are imported on first use.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from img2vec.decoding import ImageLimits, decode_base64, decode_image, open_image
 from img2vec.errors import (
     ImageTooLarge,
     Img2VecError,
@@ -23,15 +25,22 @@ from img2vec.errors import (
     Overloaded,
     WeightsError,
 )
-from img2vec.preprocessing import PRESETS, Preprocess, get_preset
-from img2vec.weights import SPECS, ModelSpec, get_spec
+from img2vec.inputs.decoding import ImageLimits, decode_base64, decode_image, open_image
+from img2vec.inputs.preprocessing import PRESETS, Preprocess, get_preset
 
 if TYPE_CHECKING:
-    from img2vec.model import Embedder, build_embedder
+    from img2vec.models.image import Embedder, build_embedder
+    from img2vec.models.weights import SPECS, ModelSpec, get_spec
 
 __version__ = "0.2.0"
 
-_LAZY = {"Embedder": "img2vec.model", "build_embedder": "img2vec.model"}
+_LAZY = {
+    "Embedder": "img2vec.models.image",
+    "build_embedder": "img2vec.models.image",
+    "SPECS": "img2vec.models.weights",
+    "ModelSpec": "img2vec.models.weights",
+    "get_spec": "img2vec.models.weights",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,19 +1,25 @@
-"""The allowed values of the model settings, declared once. The library checks them
-(img2vec/model.py, engines.py, towers.py) and the service's settings take their types from
+"""The defaults and allowed values of the model settings, declared once. The library checks them
+(img2vec/models/image.py, engines.py, towers.py) and the service's settings take their types from
 here (deployments/settings.py). No torch: the ingress imports the settings."""
 
 from __future__ import annotations
 
 from typing import Literal, get_args
 
+# The model and its weights' source when none is named (img2vec/models/weights.py): `download`
+# fetches the published file once and checks its SHA-256, giving up on a stall this long.
+DEFAULT_MODEL = "resnet50"
+DOWNLOAD = "download"
+DEFAULT_DOWNLOAD_TIMEOUT_S = 30.0
+
 # Where a model runs: `auto` is CUDA when a GPU is visible to the process, else CPU.
 Device = Literal["auto", "cpu", "cuda"]
 # Storage dtype and float32 math: `float32` is IEEE float32 on every device (the vectors of
 # img2vec-pytorch); the others change vectors (docs/benchmarks.md#engines).
 Dtype = Literal["float32", "tf32", "float16", "bfloat16"]
-# The engine of an image backbone (img2vec/engines.py).
+# The engine of an image backbone (img2vec/models/engines.py).
 EngineName = Literal["auto", "torchscript", "eager", "openvino", "compiled"]
-# The engine of a CLIP-style model's towers (img2vec/towers.py).
+# The engine of a CLIP-style model's towers (img2vec/models/towers.py).
 ClipEngineName = Literal["auto", "openvino", "eager"]
 
 DEVICES: tuple[str, ...] = get_args(Device)

@@ -182,8 +182,8 @@ def _errors(http: httpx.Client, url: str) -> list[Result]:
 def _reference(
     http: httpx.Client, url: str, model: str, weights: str, images: list[bytes]
 ) -> list[Result]:
-    from img2vec.decoding import open_image
-    from img2vec.model import build_embedder
+    from img2vec.inputs.decoding import open_image
+    from img2vec.models.image import build_embedder
 
     embedder = build_embedder(model=model, weights=weights, device="cpu")
     out: list[Result] = []

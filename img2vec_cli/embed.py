@@ -16,8 +16,8 @@ from typing import Any
 import click
 import numpy as np
 
-from img2vec.decoding import open_image
 from img2vec.errors import Img2VecError
+from img2vec.inputs.decoding import open_image
 
 Row = tuple[str, np.ndarray]  # path, vector
 
@@ -62,7 +62,7 @@ def embed_files(
 def _local(
     files: Sequence[Path], model: str, weights: str, device: str, batch_size: int, bar: object
 ) -> tuple[list[Row], list[tuple[str, str]]]:
-    from img2vec.model import build_embedder
+    from img2vec.models.image import build_embedder
 
     embedder = build_embedder(model=model, weights=weights, device=device)
     preset = embedder.preprocess

@@ -12,7 +12,8 @@ from typing import Any
 import click
 
 from img2vec import __version__
-from img2vec.weights import DEFAULT_MODEL, SPECS, get_spec
+from img2vec.models.weights import SPECS, get_spec
+from img2vec.options import DEFAULT_MODEL
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

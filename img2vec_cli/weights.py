@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from img2vec.errors import Img2VecError
-from img2vec.weights import DOWNLOAD, cache_dir, get_spec, resolve_weights, sha256_of
+from img2vec.models.weights import cache_dir, get_spec, resolve_weights, sha256_of
+from img2vec.options import DOWNLOAD
 
 
 def fetch(name: str, source: str | None, timeout: float) -> Path:
@@ -40,8 +41,8 @@ def verify(name: str, file: Path | None) -> tuple[bool, str]:
 def convert(name: str, weights: str, dtype: str) -> str:
     """Build `name` on the CPU engine (converting and caching it, or finding it cached):
     where the converted model is, and its precision."""
-    from img2vec.engines import OpenVINOEngine
-    from img2vec.model import build_embedder
+    from img2vec.models.engines import OpenVINOEngine
+    from img2vec.models.image import build_embedder
 
     embedder = build_embedder(
         model=name, weights=weights, device="cpu", engine="openvino", dtype=dtype

@@ -35,7 +35,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.edge.health import ModelHealth
 from deployments.handoff import GroupAnswer
 from img2vec.errors import Img2VecError, NotReady, Overloaded
-from img2vec.overload import Backlog
+from img2vec.serving.overload import Backlog
 
 # Images per call: Serve's gRPC transport between deployments (throughput-optimized mode)
 # refuses messages over 4 MiB, and 16 images of 224x224x3 are 2.4 MB.

@@ -29,9 +29,9 @@ from ray.serve.handle import DeploymentHandle
 from deployments.edge import http
 from deployments.edge.edge import Edge, parse_json
 from deployments.settings import IngressSettings
-from img2vec.decoding import ImageLimits, ImageReader
 from img2vec.errors import Img2VecError, InvalidRequest, NotReady
-from img2vec.multimodal import ClipSpec, TextTokenizer
+from img2vec.inputs.decoding import ImageLimits, ImageReader
+from img2vec.inputs.multimodal import ClipSpec, TextTokenizer
 
 log = logging.getLogger("ray.serve")
 

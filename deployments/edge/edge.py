@@ -43,7 +43,6 @@ from deployments.edge.proxy import RETRY_AFTER_S
 from deployments.metrics import IngressMetrics, Timing, keep_fresh
 from deployments.settings import IngressSettings
 from img2vec import errors
-from img2vec.cpus import as_decode_thread
 from img2vec.errors import (
     INTERNAL_ERROR,
     ImageTooLarge,
@@ -52,6 +51,7 @@ from img2vec.errors import (
     NotReady,
     Overloaded,
 )
+from img2vec.serving.cpus import as_decode_thread
 
 log = logging.getLogger("ray.serve")
 

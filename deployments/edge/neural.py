@@ -24,9 +24,9 @@ from ray.serve.handle import DeploymentHandle
 from deployments.edge import bulk, http
 from deployments.edge.edge import Edge, parse_json
 from deployments.settings import IngressSettings
-from img2vec.decoding import ImageLimits, ImageReader
 from img2vec.errors import InvalidRequest
-from img2vec.preprocessing import get_preset
+from img2vec.inputs.decoding import ImageLimits, ImageReader
+from img2vec.inputs.preprocessing import get_preset
 
 
 class VectorRequest(BaseModel):

@@ -2,11 +2,11 @@
 each owning its model and the shape of its calls, and the `ModelHost` both compose for the
 rest.
 
-- `ImageModel` (img2vec-neural): one image backbone (img2vec/model.py). Every call arrives
+- `ImageModel` (img2vec-neural): one image backbone (img2vec/models/image.py). Every call arrives
   with a group of images already decoded and resized (uint8 N x H x W x 3): from an ingress
   replica (the model client, deployments/edge/client.py), a bulk request's chunk, or a single
   image from another Serve app composing the model (`embed()`).
-- `ClipModel` (multi2vec-clip): a CLIP-style model's two towers (img2vec/towers.py). Every
+- `ClipModel` (multi2vec-clip): a CLIP-style model's two towers (img2vec/models/towers.py). Every
   call is one request's inputs, prepared by an ingress replica (deployments/edge/clip.py):
   images decoded, resized and cropped, texts tokenized and truncated (int32 ids each). A
   request is admitted whole or refused whole: Weaviate needs every vector of an object.
@@ -20,7 +20,7 @@ Two stages, each with one job:
   inputs in the batcher in one step (`ModelHost.enqueue`): one backlog estimate per
   gathering, not per call. It never waits (`batch_wait_timeout_s` 0) and returns as soon as
   the inputs are queued, so the next gathering forms while the model runs.
-- The batcher (img2vec/batching.py) decides what runs in each forward pass. Not
+- The batcher (img2vec/serving/batching.py) decides what runs in each forward pass. Not
   `@serve.batch`: in Ray 2.60 it forms the next batch before it waits for the running one,
   so under load its passes were small and ran back to back (measured, docs/architecture.md).
 
@@ -50,12 +50,12 @@ from ray import serve
 from deployments.handoff import GroupAnswer
 from deployments.metrics import ModelMetrics, keep_fresh
 from deployments.settings import ClipModelSettings, ImageModelSettings
-from img2vec.batching import Batcher, BatchSettings, Pending, WarmUp
-from img2vec.cpus import available_cpus
 from img2vec.errors import INTERNAL_ERROR, Img2VecError, Overloaded
-from img2vec.model import Embedder, build_embedder, is_out_of_memory
-from img2vec.multimodal import ClipSpec
-from img2vec.towers import IMAGE, TEXT, Input, Towers
+from img2vec.inputs.multimodal import ClipSpec
+from img2vec.models.image import Embedder, build_embedder, is_out_of_memory
+from img2vec.models.towers import IMAGE, TEXT, Input, Towers
+from img2vec.serving.batching import Batcher, BatchSettings, Pending, WarmUp
+from img2vec.serving.cpus import available_cpus
 
 log = logging.getLogger("ray.serve")
 

@@ -173,7 +173,7 @@ def test_unknown_routes_and_methods_answer_json(resnet_url):
 
 
 def test_meta_names_the_model_and_its_weights(resnet_url, resnet50_file):
-    from img2vec.weights import sha256_of
+    from img2vec.models.weights import sha256_of
 
     meta = httpx.get(resnet_url + "/meta").json()
     assert meta["model"] == "resnet50" and meta["dim"] == 2048

@@ -40,7 +40,7 @@ def _composer_app():
 def test_another_deployment_composes_the_embedder_and_its_calls_are_gathered(resnet_url, photos):
     from ray import serve
 
-    from img2vec.preprocessing import get_preset
+    from img2vec.inputs.preprocessing import get_preset
 
     preset = get_preset("stretch224")
     names = sorted(photos)

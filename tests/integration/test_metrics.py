@@ -101,7 +101,7 @@ def test_the_model_side_moved(scraped_after_requests):
 
 
 def test_the_model_identity_is_an_info_metric(scraped_after_requests, resnet50_file):
-    from img2vec.weights import sha256_of
+    from img2vec.models.weights import sha256_of
 
     _, after = scraped_after_requests
     infos = [

@@ -15,7 +15,7 @@ from ray import serve
 from ray.serve._private.api import serve_start
 from ray.serve.schema import ServeDeploySchema
 
-from img2vec.weights import get_spec, preset_of
+from img2vec.models.weights import get_spec, preset_of
 from tests.support.images import b64, one_pixel_png
 from tests.support.service import wait_ready
 

@@ -2,7 +2,7 @@
 multi2vec-clip's download.py stores), with seeded random weights: no download here.
 
 The CLIP tokenizer is the real one: its BPE vocabulary ships in the open_clip_torch package
-(img2vec/openclip.py's `openai_bpe`), from which transformers' `CLIPTokenizer` files are
+(img2vec/inputs/openclip.py's `openai_bpe`), from which transformers' `CLIPTokenizer` files are
 derived. SigLIP's SentencePiece
 model is not shipped anywhere offline, so the SigLIP directory gets a small word-level
 tokenizer written here: enough to check padding, pooling and truncation, which is where the
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from img2vec.openclip import openai_bpe
+from img2vec.inputs.openclip import openai_bpe
 
 # Small towers: the real ones' structure (ViT-B/32 patches at 224, a causal text
 # transformer), a width that runs in milliseconds on 2 cores.

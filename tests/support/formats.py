@@ -66,7 +66,7 @@ SAMPLES: dict[str, Callable[[], bytes]] = {
 
 
 def sample(name: str) -> bytes:
-    from img2vec.decoding import available_formats
+    from img2vec.inputs.decoding import available_formats
 
     available_formats()  # registers the HEIF plugin, which encoding HEIC needs too
     return SAMPLES[name]()

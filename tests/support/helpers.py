@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from img2vec.weights import SPECS
+from img2vec.models.weights import SPECS
 from tests.support.images import b64, encode, photo
 
 IMG2VEC = str(Path(sys.executable).with_name("img2vec"))

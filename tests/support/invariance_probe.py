@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from img2vec.invariance import probe_images
-from img2vec.multimodal import ClipSpec
-from img2vec.towers import Towers
+from img2vec.inputs.multimodal import ClipSpec
+from img2vec.models.towers import Towers
+from img2vec.serving.invariance import probe_images
 from tests.support.clip_models import WIDE_VISION, write_clip
 
 

@@ -140,7 +140,7 @@ def ray_serve(num_cpus: int = 16) -> Iterator[ServeInstance]:
                 "env_vars": {
                     "TMPDIR": tmpdir,
                     "IMG2VEC_TEST_RUN": marker,
-                    # Converted models of this run's own (img2vec/engines.py), not the user's.
+                    # This run's own converted models (img2vec/models/engines.py), not the user's.
                     "IMG2VEC_ENGINE_CACHE": engines,
                 }
             },

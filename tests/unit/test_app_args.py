@@ -96,7 +96,7 @@ def test_download_happens_once_at_build_and_fails_fast_offline(monkeypatch, tmp_
     import socket
 
     from deployments.app import fetch_weights
-    from img2vec import weights
+    from img2vec.models import weights
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with socket.socket() as s:
@@ -119,7 +119,7 @@ def test_the_build_says_what_it_does_and_why_it_cannot_start_on_stderr(
     import socket
 
     from deployments.app import AppArgs, build_app
-    from img2vec import weights
+    from img2vec.models import weights
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

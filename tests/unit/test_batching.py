@@ -1,4 +1,4 @@
-"""The batcher (img2vec/batching.py), with a small deterministic fake model: it records each
+"""The batcher (img2vec/serving/batching.py), with a small deterministic fake model: it records each
 pass, holds it until the test releases it, and answers each item with its own value, so
 every assertion is about what ran together, never about timing."""
 
@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from img2vec.batching import MAX_BATCH_SIZE, Batcher, BatchSettings
 from img2vec.errors import NotReady, Overloaded
+from img2vec.serving.batching import MAX_BATCH_SIZE, Batcher, BatchSettings
 
 
 class FakeModel:

@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from img2vec.model import build_embedder
-from img2vec.weights import SPECS, sha256_of
+from img2vec.models.image import build_embedder
+from img2vec.models.weights import SPECS, sha256_of
 from tests.support.helpers import QuietHandler, loopback_server, run_cli, serving
 from tests.support.images import encode
 
@@ -50,7 +50,7 @@ def folder(tmp_path_factory, photos) -> Path:
 
 
 def expected_vectors(folder: Path, weights: Path) -> dict[str, np.ndarray]:
-    from img2vec.decoding import open_image
+    from img2vec.inputs.decoding import open_image
 
     embedder = build_embedder(model="mobilenet_v2", weights=str(weights), device="cpu")
     return {

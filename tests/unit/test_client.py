@@ -16,7 +16,7 @@ from deployments.edge.client import GROUPS_IN_FLIGHT, ModelClient
 from deployments.edge.health import ModelHealth
 from deployments.handoff import GroupAnswer
 from img2vec.errors import Overloaded
-from img2vec.overload import Backlog
+from img2vec.serving.overload import Backlog
 
 
 class FakeModel:

@@ -14,7 +14,7 @@ import pytest
 
 from bench.processes import free_port
 from deployments.ops.container import settings
-from img2vec.weights import SPECS, sha256_of
+from img2vec.models.weights import SPECS, sha256_of
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from img2vec.cpus import available_cpus, cgroup_cpu_quota
+from img2vec.serving.cpus import available_cpus, cgroup_cpu_quota
 
 
 def test_no_quota_files_means_no_quota(tmp_path):

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from img2vec.engines import precision_flags
-from img2vec.model import build_embedder, is_out_of_memory
-from img2vec.preprocessing import STRETCH_224
+from img2vec.inputs.preprocessing import STRETCH_224
+from img2vec.models.engines import precision_flags
+from img2vec.models.image import build_embedder, is_out_of_memory
 from tests.support.parity import assert_same_vector, min_separation, relative_error
 from tests.support.reference import ReferenceImg2Vec
 
@@ -96,8 +96,8 @@ def test_a_vector_is_bit_identical_whatever_batch_it_ran_in(case, engine, dtype)
 def test_clip_towers_on_cuda_are_bit_identical_whatever_they_are_batched_with(clip_dir, photos):
     """The multi2vec-clip model on a GPU (eager towers): images and texts of several lengths,
     alone and in random mixes, the same bits."""
-    from img2vec.multimodal import ClipSpec, TextTokenizer
-    from img2vec.towers import IMAGE, TEXT, Input, Towers
+    from img2vec.inputs.multimodal import ClipSpec, TextTokenizer
+    from img2vec.models.towers import IMAGE, TEXT, Input, Towers
 
     spec = ClipSpec.from_dir(clip_dir)
     towers = Towers(spec, "cuda", 2)

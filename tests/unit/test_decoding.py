@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from img2vec import decoding
-from img2vec.decoding import ImageLimits, decode_base64, decode_image, open_image
 from img2vec.errors import ImageTooLarge, InvalidImage
+from img2vec.inputs import decoding
+from img2vec.inputs.decoding import ImageLimits, decode_base64, decode_image, open_image
 from tests.support.helpers import png_header_claiming
 from tests.support.images import b64, encode, one_pixel_png
 

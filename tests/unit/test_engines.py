@@ -1,5 +1,5 @@
-"""The OpenVINO engine (img2vec/engines.py): the same vectors as img2vec-pytorch by the parity
-measure, on the calibrated ResNet50 and the real MobileNetV2; the converted model cached,
+"""The OpenVINO engine (img2vec/models/engines.py): the same vectors as img2vec-pytorch by the
+parity measure, on the calibrated ResNet50 and the real MobileNetV2; the converted model cached,
 keyed and verified; float32 asked for explicitly; bfloat16 a fast mode that either runs (and
 stays closer to each photo's own vector than to any other photo's) or is refused clearly."""
 
@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from img2vec.engines import OPENVINO, engine_cache_dir
 from img2vec.errors import ConfigError
-from img2vec.model import build_embedder
-from img2vec.preprocessing import STRETCH_224
+from img2vec.inputs.preprocessing import STRETCH_224
+from img2vec.models.engines import OPENVINO, engine_cache_dir
+from img2vec.models.image import build_embedder
 from tests.support.images import encode
 from tests.support.parity import assert_same_vector, min_separation
 from tests.support.reference import ReferenceImg2Vec
@@ -77,11 +77,11 @@ def test_the_converted_model_is_cached_keyed_and_verified(mobilenet_v2_file, cap
 def test_a_model_converted_by_other_code_is_converted_again(mobilenet_v2_file, monkeypatch):
     """The key holds the source of what was converted (the wrapper, its pooling, the
     normalization): a cache kept across an upgrade of img2vec never runs the old code."""
-    import img2vec.engines
+    import img2vec.models.engines
 
     first = _openvino("mobilenet_v2", str(mobilenet_v2_file)).engine
     assert _openvino("mobilenet_v2", str(mobilenet_v2_file)).engine.cache_hit
-    monkeypatch.setattr(img2vec.engines, "code_digest", lambda module: "edited")
+    monkeypatch.setattr(img2vec.models.engines, "code_digest", lambda module: "edited")
     edited = _openvino("mobilenet_v2", str(mobilenet_v2_file)).engine
     assert not edited.cache_hit and edited.entry != first.entry
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from img2vec.decoding import available_formats, open_image
 from img2vec.errors import InvalidImage
-from img2vec.preprocessing import STRETCH_224
+from img2vec.inputs.decoding import available_formats, open_image
+from img2vec.inputs.preprocessing import STRETCH_224
 from tests.support.formats import SAMPLES, sample
 from tests.support.images import encode
 

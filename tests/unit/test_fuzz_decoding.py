@@ -9,9 +9,9 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from img2vec.decoding import ImageLimits, decode_base64, decode_image, open_image
 from img2vec.errors import Img2VecError
-from img2vec.preprocessing import STRETCH_224
+from img2vec.inputs.decoding import ImageLimits, decode_base64, decode_image, open_image
+from img2vec.inputs.preprocessing import STRETCH_224
 from tests.support.fuzzing import fuzz_settings, mutated_images
 
 LIMITS = ImageLimits(max_bytes=1 << 20, max_pixels=4_000_000)

@@ -1,13 +1,13 @@
-"""The batch-invariance check that /meta reports (img2vec/invariance.py): it says False for a
-model whose vectors depend on their batch, True for one whose rows are independent, and the
+"""The batch-invariance check that /meta reports (img2vec/serving/invariance.py): it says False
+for a model whose vectors depend on their batch, True for one whose rows are independent, and the
 library's models run it at warm-up."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from img2vec.invariance import batch_invariant, in_fixed_passes, probe_images
-from img2vec.model import build_embedder
+from img2vec.models.image import build_embedder
+from img2vec.serving.invariance import batch_invariant, in_fixed_passes, probe_images
 
 
 def rows(inputs: list[np.ndarray]) -> np.ndarray:

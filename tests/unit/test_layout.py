@@ -2,7 +2,10 @@
 - `deployments/edge/` runs in the ingress replicas, which scale with request rate: never torch;
 - `deployments/model/` runs in the model replicas: never the HTTP edge (FastAPI is Serve's);
 - `deployments/ops/` is the launcher and its helpers: imported by no replica;
-- `img2vec/` is the library: never Ray, never HTTP.
+- `img2vec/` is the library: never Ray, never HTTP; its folders follow the processes too:
+  `img2vec/inputs/` (the ingress's decoding, preprocessing and tokenizing) and
+  `img2vec/serving/` (batching, backlog, invariance, CPUs) never load torch;
+  `img2vec/models/` (torch) is loaded by the model replicas, never by an ingress.
 Checked in fresh interpreters (what a replica process really loads) and in the source."""
 
 from __future__ import annotations
@@ -91,3 +94,29 @@ def test_no_replica_imports_the_launcher():
 
 def test_the_library_never_imports_ray_http_or_the_service():
     assert offenders("img2vec", ("ray", "fastapi", "starlette", "deployments")) == []
+
+
+TORCH = ("torch", "torchvision", "transformers", "openvino", "open_clip")
+
+
+def test_the_library_is_folders_by_process_and_two_shared_word_lists():
+    top = sorted(p.name for p in (ROOT / "img2vec").iterdir() if not p.name.startswith("__py"))
+    assert top == ["__init__.py", "errors.py", "inputs", "models", "options.py", "serving"]
+    for folder in ("inputs", "serving", "models"):
+        assert (ROOT / "img2vec" / folder / "__init__.py").is_file()
+        assert modules_of(f"img2vec/{folder}")
+
+
+def test_inputs_and_serving_never_load_torch():
+    light = modules_of("img2vec/inputs") + modules_of("img2vec/serving")
+    assert "img2vec.inputs.decoding" in light and "img2vec.serving.batching" in light
+    assert loaded_after(light, TORCH) == []
+    # ...nor lean on the torch side or on each other's neighbours above them.
+    assert offenders("img2vec/inputs", ("img2vec.serving", "img2vec.models")) == []
+    assert offenders("img2vec/serving", ("img2vec.inputs", "img2vec.models")) == []
+
+
+def test_an_ingress_replica_never_loads_the_models():
+    edge = modules_of("deployments/edge")
+    assert loaded_after(["img2vec", *edge], ("img2vec.models",)) == []
+    assert offenders("deployments/edge", ("img2vec.models",)) == []

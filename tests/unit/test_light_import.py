@@ -28,9 +28,10 @@ def heavy_modules_after(statement: str) -> list[str]:
     "statement",
     [
         "import img2vec",
-        "import img2vec.multimodal",
+        "import img2vec.inputs.multimodal",
         "from img2vec import decode_image, get_preset, get_spec, SPECS",
-        "import img2vec.batching, img2vec.weights, img2vec.preprocessing, img2vec.cpus",
+        "import img2vec.serving.batching, img2vec.models.weights, img2vec.inputs.preprocessing",
+        "import img2vec.serving.cpus",
     ],
 )
 def test_no_torch_is_loaded(statement):

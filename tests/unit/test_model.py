@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from img2vec.engines import bucket_sizes, configure_precision, precision_flags
 from img2vec.errors import ConfigError, WeightsError
-from img2vec.model import build_embedder, is_out_of_memory, pick_device
-from img2vec.preprocessing import STRETCH_224
-from img2vec.weights import SPECS
+from img2vec.inputs.preprocessing import STRETCH_224
+from img2vec.models.engines import bucket_sizes, configure_precision, precision_flags
+from img2vec.models.image import build_embedder, is_out_of_memory, pick_device
+from img2vec.models.weights import SPECS
 from tests.support.parity import relative_error
 from tests.support.weights import TEST_DEVICE
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from deployments.model.models import ModelHost
-from img2vec.batching import BatchSettings, Pending, WarmUp
 from img2vec.errors import Overloaded
+from img2vec.serving.batching import BatchSettings, Pending, WarmUp
 
 IDENTITY = {
     "model": "fake",

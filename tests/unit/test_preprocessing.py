@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from img2vec.engines import normalize
-from img2vec.preprocessing import CROP_224, PRESETS, STRETCH_224, get_preset
+from img2vec.inputs.preprocessing import CROP_224, PRESETS, STRETCH_224, get_preset
+from img2vec.models.engines import normalize
 
 REFERENCE = T.Compose(
     [
@@ -58,7 +58,7 @@ def test_native_presets_match_the_torchvision_weights_transforms(photos):
     transform (resize, interpolation, centre crop)."""
     import torchvision
 
-    from img2vec.weights import SPECS
+    from img2vec.models.weights import SPECS
 
     for spec in SPECS.values():
         preset = get_preset(spec.native_preprocess)

@@ -1,8 +1,9 @@
-"""The multi2vec-clip library path (img2vec/multimodal.py, img2vec/towers.py) against the
-independent reference (transformers' own processor and model, tests/support/clip_reference.py): the
-tokenizer's ids, and each tower's vectors, with random towers and OpenAI CLIP's real
-tokenizer; SigLIP's and SigLIP 2's padding and pooling with small tokenizers; MetaCLIP 1 and 2
-on CLIP's path; OpenCLIP against open_clip itself (its tokenizer, transform and towers)."""
+"""The multi2vec-clip library path (img2vec/inputs/multimodal.py, img2vec/models/towers.py)
+against the independent reference (transformers' own processor and model,
+tests/support/clip_reference.py): the tokenizer's ids, and each tower's vectors, with random
+towers and OpenAI CLIP's real tokenizer; SigLIP's and SigLIP 2's padding and pooling with
+small tokenizers; MetaCLIP 1 and 2 on CLIP's path; OpenCLIP against open_clip itself (its
+tokenizer, transform and towers)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from img2vec.multimodal import ClipSpec, TextTokenizer
-from img2vec.towers import IMAGE, TEXT, Input, Towers
+from img2vec.inputs.multimodal import ClipSpec, TextTokenizer
+from img2vec.models.towers import IMAGE, TEXT, Input, Towers
 from tests.support.clip_reference import ReferenceClip
 from tests.support.images import photo
 from tests.support.parity import min_separation, relative_error
@@ -267,7 +268,7 @@ def test_openclip_cleans_texts_as_open_clip_does():
     tokenizer's "whitespace", SigLIP's "canonicalize"), applied by the ingress without torch."""
     from open_clip.tokenizer import get_clean_fn
 
-    from img2vec.openclip import CLEANINGS, clean_text
+    from img2vec.inputs.openclip import CLEANINGS, clean_text
 
     texts = [*OPENCLIP_TEXTS, "Hello, World! it's_a snake_case test...", " ΣΑΣ. "]
     texts.append("ǅ ﬁ \uff21\uff22")  # a titlecase digraph, a ligature, full-width letters

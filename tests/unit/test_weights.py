@@ -16,8 +16,8 @@ import torch
 import torchvision
 
 from img2vec.errors import WeightsError
-from img2vec.model import load_module
-from img2vec.weights import (
+from img2vec.models.image import load_module
+from img2vec.models.weights import (
     SPECS,
     ModelSpec,
     cache_dir,

@@ -10,9 +10,9 @@ import torch
 import torchvision
 
 from img2vec.errors import WeightsError
-from img2vec.model import build_embedder
-from img2vec.preprocessing import get_preset
-from img2vec.weights import NATIVE_SUFFIX, SPECS, get_spec, preset_of
+from img2vec.inputs.preprocessing import get_preset
+from img2vec.models.image import build_embedder
+from img2vec.models.weights import NATIVE_SUFFIX, SPECS, get_spec, preset_of
 from tests.support.parity import relative_error
 
 REQUIRED = {

@@ -1,6 +1,6 @@
 """A sentence-transformers text model's head: the modules after the transformer (pooling,
 dense layers, normalization), read from their own config files in the model directory's
-`text/` (old and new layouts), and applied to its hidden states. Used by img2vec/towers.py
+`text/` (old and new layouts), and applied to its hidden states. Used by img2vec/models/towers.py
 for multi2vec-clip's default, multilingual text tower."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from img2vec.multimodal import st_modules
+from img2vec.inputs.multimodal import st_modules
 
 
 def read_head(root: Path, device: torch.device) -> list[tuple[str, Any]]:

@@ -30,7 +30,7 @@ from typing import Any
 
 from PIL import Image
 
-from img2vec.preprocessing import Preprocess
+from img2vec.inputs.preprocessing import Preprocess
 
 FAMILY = "openclip"
 CONFIG = "config.json"
@@ -246,8 +246,9 @@ def _fetching(layout: Layout, step: Any) -> Any:
         why = (str(exc).splitlines() or [""])[0][:160]
         raise ValueError(
             f"{layout.label}: cannot read or fetch it ({type(exc).__name__}: {why}). Offline: on "
-            f"a machine with network run `python -m img2vec.multimodal open_clip:{layout.label}` "
-            "(or multi2vec-clip's download.py), copy the directory it prints here and set "
+            "a machine with network run "
+            f"`python -m img2vec.inputs.multimodal open_clip:{layout.label}` (or multi2vec-clip's "
+            "download.py), copy the directory it prints here and set "
             "IMG2VEC_WEIGHTS to it"
         ) from None
 

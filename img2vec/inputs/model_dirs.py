@@ -1,8 +1,8 @@
 """Where a CLIP-style model directory comes from (`IMG2VEC_WEIGHTS` for multi2vec-clip): a
 directory as it is; a Hugging Face hub name, fetched once into the hub's cache;
 `open_clip:NAME:TAG`, an OpenCLIP layout written into that cache (open_clip fetches its
-weights); or `random`, a seeded random CLIP written once. img2vec/multimodal.py reads what the
-directory holds."""
+weights); or `random`, a seeded random CLIP written once. img2vec/inputs/multimodal.py
+reads what the directory holds."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
-from img2vec import openclip
+from img2vec.inputs import openclip
 
 # What a model directory needs from the hub: configs, tokenizer and processor files, weights
 # (older sentence-transformers repositories have only pytorch_model.bin: read with

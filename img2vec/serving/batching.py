@@ -25,9 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
-from img2vec.cpus import FORWARD_THREAD, name_this_thread
 from img2vec.errors import NotReady, Overloaded
-from img2vec.overload import Backlog
+from img2vec.serving.cpus import FORWARD_THREAD, name_this_thread
+from img2vec.serving.overload import Backlog
 
 log = logging.getLogger(__name__)
 

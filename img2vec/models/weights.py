@@ -1,4 +1,4 @@
-"""Model specs as data, and weights resolved -> verified (loading is `img2vec.model`'s).
+"""Model specs as data, and weights resolved -> verified (loading is `img2vec.models.image`'s).
 
 A spec pins everything a stored vector depends on: the architecture, the exact
 weights file (name, URL, SHA-256), the output dimension, where the embedding is
@@ -30,12 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from img2vec.errors import WeightsError, brief
+from img2vec.options import DEFAULT_DOWNLOAD_TIMEOUT_S, DOWNLOAD
 
 log = logging.getLogger(__name__)
 
 RANDOM = "random"
-DOWNLOAD = "download"
-DEFAULT_DOWNLOAD_TIMEOUT_S = 30.0
 # torch.hub's rule: the hex digits between the last '-' and the '.' of a published file name
 # are the start of its SHA-256.
 _PREFIX = re.compile(r"-([a-f0-9]{8,64})\.")
@@ -58,7 +57,7 @@ class ModelSpec:
     # classifier (torchvision.models.feature_extraction names).
     feature_node: str
     # The model's own evaluation transform (`<name>:native`), a preset name in
-    # img2vec.preprocessing.PRESETS; plain `<name>` uses the Weaviate stretch, "stretch224".
+    # img2vec.inputs.preprocessing.PRESETS; plain `<name>` uses the Weaviate stretch, "stretch224".
     native_preprocess: str
     preprocess: str = "stretch224"
 
@@ -160,7 +159,6 @@ SPECS: dict[str, ModelSpec] = {
         ),
     )
 }  # fmt: skip
-DEFAULT_MODEL = "resnet50"
 NATIVE_SUFFIX = ":native"
 
 

@@ -1,12 +1,12 @@
 """What a CLIP-style model directory says about its inputs, read without torch: the text
 tokenizer (the Rust `tokenizers` library), the context length, and how an image becomes
 pixels. The ingress uses this module (it must not load torch); the towers that turn these
-inputs into vectors are `img2vec/towers.py`.
+inputs into vectors are `img2vec/models/towers.py`.
 
 A model directory is Hugging Face's `save_pretrained` layout, what multi2vec-clip's
 `download.py` stores: `config.json` (`model_type` "clip", "metaclip_2" or "siglip"), the weights,
 `tokenizer.json`, `tokenizer_config.json` and `preprocessor_config.json`; or its OpenCLIP layout
-(`config.json` naming open_clip's `model_name` and `pretrained`: img2vec/openclip.py).
+(`config.json` naming open_clip's `model_name` and `pretrained`: img2vec/inputs/openclip.py).
 
 Texts longer than the model's context (77 tokens for CLIP, 64 for SigLIP) are truncated, as
 sentence-transformers does, with the end token kept last; the container we replace answered
@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from img2vec import openclip
 from img2vec.errors import InvalidRequest
-from img2vec.model_dirs import resolve_model_dir
-from img2vec.preprocessing import Preprocess
+from img2vec.inputs import openclip
+from img2vec.inputs.model_dirs import resolve_model_dir
+from img2vec.inputs.preprocessing import Preprocess
 
 # What each model family does with its inputs (transformers' processors and models):
 # CLIP pools the end token, so texts are padded (masked) and any padding leaves them as they
@@ -287,10 +287,10 @@ def _read_json(path: Path, missing_ok: bool = False) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m img2vec.multimodal NAME|DIR`: fetch (once) and check a CLIP-style model,
+    """`python -m img2vec.inputs.multimodal NAME|DIR`: fetch (once) and check a CLIP-style model,
     print its directory: the image's weights step for multi2vec-clip (docker/bake-weights.sh)."""
     if len(argv) != 2:
-        print("usage: python -m img2vec.multimodal <hub name or model directory>")
+        print("usage: python -m img2vec.inputs.multimodal <hub name or model directory>")
         return 2
     try:
         spec = ClipSpec.from_dir(argv[1])

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from img2vec.errors import ImageTooLarge, InvalidImage, brief
-from img2vec.preprocessing import Preprocess
+from img2vec.inputs.preprocessing import Preprocess
 
 # Pillow's own bomb guard (Image.MAX_IMAGE_PIXELS) is process-wide and only warns below 2x
 # its value; we check our configurable limit from the header ourselves and keep Pillow's as

@@ -39,9 +39,9 @@ import numpy as np
 import torch
 
 from img2vec.errors import ConfigError, brief
-from img2vec.invariance import in_fixed_passes
+from img2vec.models.weights import cache_dir
 from img2vec.options import DTYPES, ENGINES
-from img2vec.weights import cache_dir
+from img2vec.serving.invariance import in_fixed_passes
 
 log = logging.getLogger(__name__)
 
@@ -420,7 +420,7 @@ class OpenVINOEngine:
         else came with it), several at once: OpenVINO's throughput mode, one infer request
         in flight per thread, each stream on one thread. A lone row runs on the batched
         model's request, all threads on it: the fast answer to a lone request. Whether a
-        row's bits are the same both ways is for the caller's check (img2vec/invariance.py)
+        row's bits are the same both ways is for the caller's check (img2vec/serving/invariance.py)
         to confirm."""
         n = len(arrays[0])
         if n == 1:

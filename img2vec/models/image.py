@@ -2,7 +2,7 @@
 
 Building the architecture and loading its weights, taking the embedding at the spec's
 feature node, the device and precision, the warm-up of every batch shape that can run and
-the batch-invariance check. The forward pass itself is an engine's (img2vec/engines.py).
+the batch-invariance check. The forward pass itself is an engine's (img2vec/models/engines.py).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import torch
 import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from img2vec.batching import WarmUp
-from img2vec.engines import (
+from img2vec.errors import ConfigError, WeightsError, brief
+from img2vec.inputs.preprocessing import Preprocess, get_preset
+from img2vec.models.engines import (
     OPENVINO,
     Engine,
     Normalized,
@@ -31,20 +32,21 @@ from img2vec.engines import (
     precision,
     resolve_engine,
 )
-from img2vec.errors import ConfigError, WeightsError, brief
-from img2vec.invariance import batch_invariant, fixed_pass_size, in_fixed_passes, probe_images
-from img2vec.options import DEVICES
-from img2vec.preprocessing import Preprocess, get_preset
-from img2vec.weights import (
-    DEFAULT_DOWNLOAD_TIMEOUT_S,
-    DEFAULT_MODEL,
-    DOWNLOAD,
+from img2vec.models.weights import (
     RANDOM,
     ModelSpec,
     ResolvedWeights,
     get_spec,
     preset_of,
     resolve_weights,
+)
+from img2vec.options import DEFAULT_DOWNLOAD_TIMEOUT_S, DEFAULT_MODEL, DEVICES, DOWNLOAD
+from img2vec.serving.batching import WarmUp
+from img2vec.serving.invariance import (
+    batch_invariant,
+    fixed_pass_size,
+    in_fixed_passes,
+    probe_images,
 )
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ class ModelInfo:
     # Whether an index built with img2vec-pytorch (float32) can take these vectors.
     vectors: str
     # Each image's vector the same bits alone as batched with others, checked on this
-    # machine at warm-up (img2vec/invariance.py); None before the check.
+    # machine at warm-up (img2vec/serving/invariance.py); None before the check.
     batch_invariant: bool | None = None
     # Every pass runs at exactly this many images where the engine is not batch-invariant
     # as it is (None: passes as batched).
@@ -113,7 +115,7 @@ class Embedder:
         self.warmed: set[int] = set()
         self.buckets: list[int] = []  # the padded batch sizes, set by warm_up()
         # Keep every vector the same bits as its image alone: an engine that is not invariant
-        # as it is runs in fixed passes (img2vec/invariance.py), set by warm_up().
+        # as it is runs in fixed passes (img2vec/serving/invariance.py), set by warm_up().
         self.batch_invariance = batch_invariance
         self.fixed_pass: int | None = None
         self.batch_invariant: bool | None = None  # checked by warm_up()
@@ -155,7 +157,7 @@ class Embedder:
 
     @property
     def engine(self) -> Engine:
-        """What runs the forward pass (img2vec/engines.py)."""
+        """What runs the forward pass (img2vec/models/engines.py)."""
         assert self._engine is not None
         return self._engine
 

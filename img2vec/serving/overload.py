@@ -1,6 +1,6 @@
 """Overload in one place: how far behind the model is, and whether a request can still make
-its deadline (`Backlog`). The batcher says it after every call (img2vec/batching.py) and asks
-it before it admits a request; the ingress's door asks the model's last answer before it
+its deadline (`Backlog`). The batcher says it after every call (img2vec/serving/batching.py)
+and asks it before it admits a request; the ingress's door asks the model's last answer before it
 reads one (deployments/edge/client.py). Ray-free and torch-free."""
 
 from __future__ import annotations

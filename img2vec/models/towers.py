@@ -2,10 +2,10 @@
 SiglipModel, open_clip's CLIP, or sentence-transformers' pair): images and texts into one
 vector space, L2-normalized as the multi2vec-clip container returns them.
 
-Inputs arrive prepared (img2vec/multimodal.py, in the ingress): images as uint8 H x W x 3
+Inputs arrive prepared (img2vec/inputs/multimodal.py, in the ingress): images as uint8 H x W x 3
 already resized and cropped, texts as int32 token ids already truncated. Here they are
 batched: `run` takes a pass of mixed inputs, runs each tower once over its own, and answers
-in input order, so that the one batcher (img2vec/batching.py) can put the texts and images
+in input order, so that the one batcher (img2vec/serving/batching.py) can put the texts and images
 of concurrent requests into the same pass.
 """
 
@@ -22,14 +22,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from img2vec import openclip
-from img2vec.batching import WarmUp
-from img2vec.engines import normalize
-from img2vec.invariance import batch_invariant, fixed_pass_size, in_fixed_passes, probe_images
-from img2vec.model import pick_device
-from img2vec.multimodal import END_TOKEN_POOLED, ClipSpec
+from img2vec.inputs import openclip
+from img2vec.inputs.multimodal import END_TOKEN_POOLED, ClipSpec
+from img2vec.models.engines import normalize
+from img2vec.models.image import pick_device
+from img2vec.models.text_head import apply_head, read_head
 from img2vec.options import CLIP_ENGINES
-from img2vec.text_head import apply_head, read_head
+from img2vec.serving.batching import WarmUp
+from img2vec.serving.invariance import (
+    batch_invariant,
+    fixed_pass_size,
+    in_fixed_passes,
+    probe_images,
+)
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +168,7 @@ class Towers:
         self.engine_name = "openvino" if self._engine is not None else "eager"
         # Keep every vector the same bits as its input alone: texts run in padded-length
         # bands (embed_texts), and an engine that is not invariant as it is runs in fixed
-        # passes (img2vec/invariance.py).
+        # passes (img2vec/serving/invariance.py).
         self.batch_invariance = batch_invariance
         # Per tower, set by warm_up() where its engine needs it: every call of that tower at
         # exactly this many inputs (None: passes as batched).
@@ -175,8 +180,8 @@ class Towers:
         """A tower on OpenVINO where `engine` asks for it (auto: on CPU, where installed): the
         same vectors (relative error ~1e-6), 2.3-2.7x eager's speed for ViT-B/32 on 2 cores
         (bench/clip.py). The text tower takes ids of any length (and any batch)."""
-        from img2vec.engines import Normalized, OpenVINOEngine, openvino_available
         from img2vec.errors import ConfigError
+        from img2vec.models.engines import Normalized, OpenVINOEngine, openvino_available
 
         if engine not in CLIP_ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(CLIP_ENGINES)}, got {engine!r}")
@@ -241,7 +246,7 @@ class Towers:
             **self.spec.describe(),
             "dim": self.dim,
             # Images and texts: the same bits alone as in a pass with others, checked at
-            # warm-up on this machine (img2vec/invariance.py); None before.
+            # warm-up on this machine (img2vec/serving/invariance.py); None before.
             "batch_invariant": self.batch_invariant,
             # Per tower: every call runs at exactly this many inputs where its engine is not
             # batch-invariant as it is (null: passes as batched).
@@ -346,7 +351,7 @@ class Towers:
 
     def warm_up(self, max_batch_size: int) -> WarmUp:
         """One pass of each tower at one input and at `max_batch_size`; then, for each tower,
-        the check that a vector does not depend on its batch (img2vec/invariance.py), and,
+        the check that a vector does not depend on its batch (img2vec/serving/invariance.py), and,
         where it does and `batch_invariance` asks for it, fixed passes for that tower
         (checked again). On OpenVINO a fixed pass of one runs several inputs at once
         (`OpenVINOEngine.each`), so the same bits cost little of the batch's speed."""
@@ -410,7 +415,7 @@ def _weight_files(spec: ClipSpec) -> list[Path]:
 
 def _check_openclip_preprocess(model: Any, spec: ClipSpec) -> None:
     """The preprocessing open_clip set on the model it built is the one the ingress applies
-    (img2vec/openclip.py reads it from the same configs without building the model)."""
+    (img2vec/inputs/openclip.py reads it from the same configs without building the model)."""
     built = openclip.preprocess_of(model.visual.preprocess_cfg, spec.preprocess.name)
     if built != spec.preprocess:
         raise ValueError(
