@@ -31,6 +31,7 @@ NAMES = (
     "img2vec_requests",
     "img2vec_request_seconds",
     "img2vec_decode_seconds",
+    "img2vec_tokenize_seconds",
     "img2vec_inflight_request_bytes",
     "img2vec_images_vectorized",
     "img2vec_queue_wait_seconds",
@@ -44,11 +45,11 @@ NAMES = (
 class Timing:
     """Where one request's time went, for its access-log line."""
 
-    __slots__ = ("decode_s", "id", "model_s", "nbytes", "started")
+    __slots__ = ("decode_s", "id", "model_s", "nbytes", "started", "tokenize_s")
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
-        self.decode_s = self.model_s = 0.0
+        self.decode_s = self.tokenize_s = self.model_s = 0.0
         self.id: str | None = None
         self.nbytes = 0
 
@@ -71,6 +72,11 @@ class IngressMetrics:
             description="Seconds to decode and resize one image (base64, file, pixels).",
             boundaries=LATENCY_BUCKETS,
         )
+        self.tokenize = Histogram(
+            "img2vec_tokenize_seconds",
+            description="Seconds to tokenize one /vectorize request's texts.",
+            boundaries=LATENCY_BUCKETS,
+        )
         self.inflight_bytes = Gauge(
             "img2vec_inflight_request_bytes",
             description="Request bytes the ingress holds now (limit: max_inflight_bytes).",
@@ -82,19 +88,22 @@ class IngressMetrics:
 
     def account(self, route: str, status: int, timing: Timing, access_log: bool) -> None:
         """One answered request: counted, its latency observed, and (with `access_log`) its
-        access-log line: route, status, id, bytes, and where its time went."""
+        access-log line: route, status, id, bytes, and where its time went (`tokenize_ms` only
+        where a request carried texts)."""
         took = time.perf_counter() - timing.started
         self.requests.inc(tags={"route": route, "status": str(status)})
         self.latency.observe(took, tags={"route": route})
         if access_log:
+            tokenize = f" tokenize_ms={1e3 * timing.tokenize_s:.1f}" if timing.tokenize_s else ""
             access.info(
-                "%s %d id=%s bytes=%d total_ms=%.1f decode_ms=%.1f model_ms=%.1f",
+                "%s %d id=%s bytes=%d total_ms=%.1f decode_ms=%.1f%s model_ms=%.1f",
                 route,
                 status,
                 _loggable(timing.id),
                 timing.nbytes,
                 1e3 * took,
                 1e3 * timing.decode_s,
+                tokenize,
                 1e3 * timing.model_s,
             )
 

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import warnings
 from collections.abc import Awaitable
+from typing import ClassVar
 
 import numpy as np
 import orjson
@@ -42,6 +43,7 @@ class ClipRequest(BaseModel):
     """What Weaviate's multi2vec-clip module sends (Go's nil slices arrive as null)."""
 
     model_config = ConfigDict(extra="forbid")
+    SHAPE: ClassVar[str] = "a JSON object with 'texts' and 'images', each a list of strings or null"
     texts: list[StrictStr] | None = None
     images: list[StrictStr] | None = None
 
@@ -133,7 +135,7 @@ class ClipIngress:
                 asyncio.gather(
                     *(_numbered(i, ex.decode(read_image, image)) for i, image in enumerate(images))
                 ),
-                ex.decode(tokenizer.encode, texts),
+                ex.tokenize(tokenizer.encode, texts),
             )
             del images, texts
             h, w = read_image.preset.output_size

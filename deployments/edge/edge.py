@@ -212,13 +212,23 @@ class Exchange:
         return body
 
     async def decode(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args)` in the decode pool (CPU work off the event loop), its time added to
-        this request's and recorded in the decode metric."""
+        """`fn(*args)` (an image's decoding) in the decode pool (CPU work off the event
+        loop), its time added to this request's and recorded in the decode metric."""
         started = time.perf_counter()
         result = await self._edge.run_off_loop(fn, *args)
         took = time.perf_counter() - started
         self.timing.decode_s += took
         self._edge.metrics.decode.observe(took)
+        return result
+
+    async def tokenize(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` (a request's texts tokenized) in the same pool, its time recorded
+        apart from decoding: in its own metric and the access line's `tokenize_ms`."""
+        started = time.perf_counter()
+        result = await self._edge.run_off_loop(fn, *args)
+        took = time.perf_counter() - started
+        self.timing.tokenize_s += took
+        self._edge.metrics.tokenize.observe(took)
         return result
 
     async def embed(self, pixels: np.ndarray) -> np.ndarray:
@@ -265,15 +275,18 @@ def error_response(exc: Img2VecError) -> JSONResponse:
 
 def parse_json(schema: type[Schema], body: bytes) -> Schema:
     """A body validated against a protocol's schema, parsed from bytes ourselves (Weaviate
-    sends no Content-Type): anything else is a 422 saying what, without echoing the input."""
+    sends no Content-Type): anything else is a 422 saying what, without echoing the input.
+    A body of the wrong JSON type is told the schema's `SHAPE` (each protocol its own)."""
     try:
         return schema.model_validate_json(body)
     except ValidationError as exc:
-        raise InvalidRequest(describe_validation(exc.errors())) from None
+        shape = getattr(schema, "SHAPE", "a JSON object")
+        raise InvalidRequest(describe_validation(exc.errors(), shape)) from None
 
 
-def describe_validation(problems: Any) -> str:
-    """pydantic/FastAPI error list -> one readable sentence, without echoing input."""
+def describe_validation(problems: Any, shape: str = "a JSON object") -> str:
+    """pydantic/FastAPI error list -> one readable sentence, without echoing input; `shape`:
+    what the body must be, said when it is not even that."""
     parts = []
     for err in problems:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
@@ -282,7 +295,7 @@ def describe_validation(problems: Any) -> str:
                 f"body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})"
             )
         elif err.get("type") == "model_type":
-            parts.append("body must be a JSON object with string fields 'id' and 'image'")
+            parts.append(f"body must be {shape}")
         else:
             parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
     return "; ".join(parts) or "invalid request"

@@ -14,6 +14,7 @@ uses is defined above it.)
 """
 
 import warnings
+from typing import ClassVar
 
 import orjson
 from fastapi import Request, Response
@@ -33,6 +34,7 @@ class VectorRequest(BaseModel):
     """What Weaviate sends. Unknown keys are ignored so that newer clients keep working."""
 
     model_config = ConfigDict(extra="ignore")
+    SHAPE: ClassVar[str] = "a JSON object with string fields 'id' and 'image'"
 
     id: StrictStr
     image: StrictStr = Field(description="base64 image bytes; a data: URL prefix is accepted")

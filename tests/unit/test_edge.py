@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -213,3 +214,34 @@ def test_meta_is_the_models_identity_with_this_replicas_limits_and_calls():
     assert meta["limits"] == {"max_body_bytes": 1000}
     assert meta["ingress"] == {"calls_to_model": 1, "inputs_to_model": 1}
     assert meta["version"] == edge_module.img2vec.__version__
+
+
+def test_a_body_of_the_wrong_json_type_is_told_its_own_protocols_shape():
+    from deployments.edge.clip import ClipRequest
+    from img2vec.errors import InvalidRequest
+
+    for schema, named, foreign in (
+        (VectorRequest, "'image'", "texts"),
+        (ClipRequest, "'texts'", "'id'"),
+    ):
+        with pytest.raises(InvalidRequest) as refused:
+            parse_json(schema, b"[1, 2]")
+        assert named in refused.value.message and foreign not in refused.value.message
+
+
+def test_tokenizing_is_timed_apart_from_decoding_in_the_access_line(caplog):
+    async def test(edge: Edge) -> Any:
+        request, _ = post(b'{"texts": ["a"]}')
+        async with edge.exchange("/vectorize", request) as ex:
+            await ex.read(1000)
+            await ex.decode(time.sleep, 0.0)
+            await ex.tokenize(time.sleep, 0.05)
+            ex.answer(b"{}")
+        return ex.timing
+
+    with caplog.at_level(logging.INFO, logger="ray.serve.img2vec.access"):
+        timing = run(test)
+    assert timing.tokenize_s >= 0.05 > timing.decode_s
+    (line,) = [r.getMessage() for r in caplog.records if r.name.endswith("access")]
+    decode_ms = float(line.split("decode_ms=")[1].split()[0])
+    assert decode_ms < 50 <= float(line.split("tokenize_ms=")[1].split()[0])
