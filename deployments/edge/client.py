@@ -65,7 +65,7 @@ class ModelClient:
         # Those at the model may be in its last backlog too; counting them again is the safe
         # side, and measured better than leaving them out (the groups sent since that answer
         # are not in it): bench/overload.py's second burst was refused in 0.16 s against 2 s.
-        self._inside = 0  # requests let in at the door and not yet answered
+        self._inside = 0  # inputs of the requests let in at the door, not yet answered
         self._in_flight = 0
         # The model's last word on its backlog, and when it said so (monotonic).
         self._backlog = Backlog(max_pass=GROUP_SIZE)
@@ -89,15 +89,20 @@ class ModelClient:
         which is what makes refusing cheap and prompt; one let in counts ahead of later
         ones until it is answered. Requests still being read or decoded count too: in a
         burst they are most of what is ahead, and counting only those waiting here let a
-        whole burst in, to be refused after its decoding, seconds later. Each request
-        let in `leave`s once answered."""
+        whole burst in, to be refused after its decoding, seconds later. A request counts
+        as one input until its body says how many it carries (`carry`); each request let in
+        `leave`s with its count once answered."""
         refused = self.refusal(deadline - time.time(), ahead=self._inside)
         if refused is not None:
             raise refused
         self._inside += 1
 
-    def leave(self) -> None:
-        self._inside -= 1
+    def carry(self, more: int) -> None:
+        """A request let in carries `more` inputs than it was counted for at the door."""
+        self._inside += more
+
+    def leave(self, inputs: int = 1) -> None:
+        self._inside -= inputs
 
     async def embed(self, pixels: np.ndarray, deadline: float) -> np.ndarray:
         """One image's vector by `deadline` (epoch seconds), or its error raised. Cancelled

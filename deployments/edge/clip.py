@@ -130,6 +130,7 @@ class ClipIngress:
             del body
             texts, images = req.texts or [], req.images or []
             del req
+            ex.carries(len(texts) + len(images))
             ex.timing.id = f"{len(texts)} texts, {len(images)} images"
             pixels, ids = await asyncio.gather(
                 asyncio.gather(

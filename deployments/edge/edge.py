@@ -129,7 +129,7 @@ class Edge:
             ex.response = json_error(INTERNAL_ERROR, 500)
         finally:
             if ex.inside:
-                self.client.leave()
+                self.client.leave(ex.inputs)
             self.inflight -= 1
             self.metrics.inflight_bytes.set(self.budget.held)
         self.metrics.account(route, ex.response.status_code, ex.timing, self.settings.access_log)
@@ -185,6 +185,7 @@ class Exchange:
         self.held: Held
         self.response: Response = json_error(INTERNAL_ERROR, 500)  # until answered
         self.inside = False  # let in at the door, and counted there until answered
+        self.inputs = 1  # what the door counts it as: one input until `carries` says more
         self._door = door
         self._edge = edge
         self._request = request
@@ -210,6 +211,13 @@ class Exchange:
         edge.metrics.inflight_bytes.set(edge.budget.held)
         self.timing.nbytes = len(body)
         return body
+
+    def carries(self, inputs: int) -> None:
+        """This request, once parsed, carries `inputs` inputs: the door counts each of them
+        ahead of later requests (a /vectorize request may carry many)."""
+        if self.inside and inputs > self.inputs:
+            self._edge.client.carry(inputs - self.inputs)
+            self.inputs = inputs
 
     async def decode(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` (an image's decoding) in the decode pool (CPU work off the event

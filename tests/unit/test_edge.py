@@ -245,3 +245,25 @@ def test_tokenizing_is_timed_apart_from_decoding_in_the_access_line(caplog):
     (line,) = [r.getMessage() for r in caplog.records if r.name.endswith("access")]
     decode_ms = float(line.split("decode_ms=")[1].split()[0])
     assert decode_ms < 50 <= float(line.split("tokenize_ms=")[1].split()[0])
+
+
+def test_the_door_counts_every_input_a_request_carries_until_it_is_answered():
+    async def test(edge: Edge) -> Any:
+        # The model's last word: an input costs 1 s; requests have 20 s.
+        edge.client._backlog = Backlog(0.0, 1.0, max_pass=8)
+        edge.client._said_at = time.monotonic()
+        request, _ = post(b'{"texts": ["a"]}')
+        seen = []
+        async with edge.exchange("/vectorize", request, door=True) as ex:
+            await ex.read(1000)
+            ex.carries(25)  # a request of 25 inputs: 25 s of work ahead of the next one
+            seen.append(edge.client._inside)
+            late, _ = post(b'{"texts": ["b"]}')
+            seen.append(await vectors_route(edge, late))
+            ex.answer(b"{}")
+        seen.append(edge.client._inside)
+        return seen
+
+    inside, late, after = run(test)
+    assert inside == 25 and after == 0
+    assert late.status_code == 503 and "25.0 s behind" in error_of(late)
