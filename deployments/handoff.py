@@ -1,15 +1,19 @@
 """What crosses between an ingress replica and the model replica, named: one call carries a
-group of images (`Embedder.embed_group(images, deadlines)`), and its answer is a `GroupAnswer`.
-Pickled by Ray, so both sides import it: no torch, no FastAPI here."""
+group of images (`ImageModel.embed_group(images, deadlines)`) or one multi2vec-clip request
+(`ClipModel.embed_request(images, texts, deadline)`, its inputs in `request_order`), and its
+answer is a `GroupAnswer`. Pickled by Ray, so both sides import it: no torch, no FastAPI."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
 from img2vec.errors import Img2VecError
 from img2vec.serving.overload import Backlog
+
+T = TypeVar("T")
 
 
 class GroupAnswer(NamedTuple):
@@ -19,3 +23,14 @@ class GroupAnswer(NamedTuple):
     # How far behind the model is now: the ingress refuses from it, before reading a request,
     # what cannot make its deadline, and keeps its groups no larger than one pass.
     backlog: Backlog
+
+
+def request_order(images: Sequence[T], texts: Sequence[T]) -> list[T]:
+    """A multi2vec-clip request's inputs, or their vectors, in the one order both sides
+    keep: its images first, then its texts."""
+    return [*images, *texts]
+
+
+def split_request(vectors: Sequence[T], images: int) -> tuple[list[T], list[T]]:
+    """`request_order`'s vectors back into (the images', the texts')."""
+    return list(vectors[:images]), list(vectors[images:])

@@ -183,7 +183,7 @@ class ModelClient:
     async def embed_request(
         self, images: np.ndarray, texts: list[np.ndarray], deadline: float
     ) -> list[np.ndarray]:
-        """One multi2vec-clip request's vectors, images first then texts, in one call; the
+        """One multi2vec-clip request's vectors, in `request_order`, in one call; the
         first error raised (the model admits or refuses a request whole)."""
         refused = self.refusal(deadline - time.time())
         if refused is not None:

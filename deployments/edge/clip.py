@@ -29,6 +29,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.edge import http
 from deployments.edge.edge import Edge, parse_json
+from deployments.handoff import split_request
 from deployments.settings import IngressSettings
 from img2vec.errors import Img2VecError, InvalidRequest, NotReady
 from img2vec.inputs.decoding import ImageLimits, ImageReader
@@ -142,10 +143,10 @@ class ClipIngress:
             h, w = read_image.preset.output_size
             batch = np.stack(pixels) if pixels else np.zeros((0, h, w, 3), np.uint8)
             vectors = await ex.embed_request(batch, ids) if len(batch) or ids else []
-            n = len(batch)
+            image_vectors, text_vectors = split_request(vectors, len(batch))
             ex.answer(
                 orjson.dumps(
-                    {"textVectors": vectors[n:], "imageVectors": vectors[:n]},
+                    {"textVectors": text_vectors, "imageVectors": image_vectors},
                     option=orjson.OPT_SERIALIZE_NUMPY,
                 )
             )

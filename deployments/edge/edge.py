@@ -257,7 +257,7 @@ class Exchange:
         return results
 
     async def embed_request(self, images: np.ndarray, texts: list[np.ndarray]) -> list[np.ndarray]:
-        """A multi2vec-clip request's vectors, images first then texts, in one call."""
+        """A multi2vec-clip request's vectors, in `request_order`, in one call."""
         started = time.perf_counter()
         try:
             return await self._edge.client.embed_request(images, texts, self.deadline)

@@ -47,7 +47,7 @@ import ray
 import torch
 from ray import serve
 
-from deployments.handoff import GroupAnswer
+from deployments.handoff import GroupAnswer, request_order
 from deployments.metrics import ModelMetrics, keep_fresh
 from deployments.settings import ClipModelSettings, ImageModelSettings
 from img2vec.errors import INTERNAL_ERROR, Img2VecError, Overloaded
@@ -300,11 +300,11 @@ class ClipModel(HostedModel):
         self, images: np.ndarray, texts: list[np.ndarray], deadline: float | None
     ) -> GroupAnswer:
         """One request's images (uint8 N x H x W x 3) and texts (int32 token ids each) ->
-        their vectors, images first then texts, in input order; or, for every input, the
+        their vectors in `request_order` (images first); or, for every input, the
         one error that refused the request (Overloaded: the model is too far behind)."""
         check_images(images, self._towers.input_size)
         self._check_texts(texts)
-        inputs = [Input(IMAGE, image) for image in images] + [Input(TEXT, t) for t in texts]
+        inputs = request_order([Input(IMAGE, i) for i in images], [Input(TEXT, t) for t in texts])
         return await self.answer([Pending(inputs, deadline)])
 
     def _check_texts(self, texts: object) -> None:
