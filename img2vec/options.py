@@ -17,9 +17,10 @@ Device = Literal["auto", "cpu", "cuda"]
 # Storage dtype and float32 math: `float32` is IEEE float32 on every device (the vectors of
 # img2vec-pytorch); the others change vectors (docs/benchmarks.md#engines).
 Dtype = Literal["float32", "tf32", "float16", "bfloat16"]
-# The engine of an image backbone (img2vec/models/engines.py).
+# What runs a model's forward pass; chosen in one place (img2vec/models/engines.py:
+# resolve_engine). An image backbone runs them all; a CLIP-style model's towers the subset
+# ClipEngineName (img2vec/models/towers.py).
 EngineName = Literal["auto", "torchscript", "eager", "openvino", "compiled"]
-# The engine of a CLIP-style model's towers (img2vec/models/towers.py).
 ClipEngineName = Literal["auto", "openvino", "eager"]
 
 DEVICES: tuple[str, ...] = get_args(Device)

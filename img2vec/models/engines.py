@@ -153,21 +153,29 @@ class TorchEngine:
         return in_fixed_passes(self, [batch], 1)
 
 
-def resolve_engine(engine: str, device: torch.device, dtype: str) -> str:
-    """The engine `engine` names on this device: `auto` is OpenVINO on CPU where it is installed
-    and runs this dtype, else the frozen TorchScript graph. OpenVINO is CPU only."""
+def resolve_engine(
+    engine: str, device: torch.device, dtype: str, runs: Sequence[str] = ENGINES
+) -> str:
+    """The engine `engine` names on this device, for a model that `runs` these engines (an
+    image backbone: all of ENGINES; a CLIP tower: CLIP_ENGINES, img2vec/options.py). `auto`
+    is OpenVINO on CPU where it is installed and runs this dtype, else the first other
+    engine the model runs (an image backbone's frozen TorchScript graph, a tower's eager
+    module). OpenVINO is CPU only. The one place an engine is chosen."""
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine not in runs:
+        raise ConfigError(f"engine {engine} does not run this model: use {' or '.join(runs)}")
+    others = [name for name in runs if name not in ("auto", OPENVINO, "compiled")]
     if engine == "auto":
         usable = device.type == "cpu" and dtype in OPENVINO_PRECISIONS and openvino_available()
-        return OPENVINO if usable else "torchscript"
+        return OPENVINO if usable and OPENVINO in runs else others[0]
     if engine == "compiled" and device.type != "cuda":
         raise ConfigError(
             "engine compiled (torch.compile with CUDA graphs) is for CUDA GPUs; on CPU use auto"
         )
     if engine == OPENVINO:
         if device.type != "cpu":
-            raise ConfigError("engine openvino runs on CPU; on a GPU use torchscript or eager")
+            raise ConfigError(f"engine openvino runs on CPU; on a GPU use {' or '.join(others)}")
         if not openvino_available():
             raise ConfigError("engine openvino needs the openvino package: pip install openvino")
     return engine

@@ -198,3 +198,22 @@ def test_out_of_memory_is_recognised():
     assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: not enough memory: out of memory"))
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
     assert not is_out_of_memory(ValueError("out of memory"))
+
+
+def test_one_rule_chooses_the_engine_of_a_backbone_and_of_a_clip_tower():
+    from img2vec.models.engines import OPENVINO, resolve_engine
+    from img2vec.options import CLIP_ENGINES
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    # auto: OpenVINO on CPU for both; off it, each model's own fallback.
+    assert resolve_engine("auto", cpu, "float32") == OPENVINO
+    assert resolve_engine("auto", cpu, "float32", runs=CLIP_ENGINES) == OPENVINO
+    assert resolve_engine("auto", cuda, "float32") == "torchscript"
+    assert resolve_engine("auto", cuda, "float32", runs=CLIP_ENGINES) == "eager"
+    assert resolve_engine("auto", cpu, "float16") == "torchscript"  # OpenVINO's dtypes only
+    with pytest.raises(ConfigError, match="does not run this model: use auto or openvino or eager"):
+        resolve_engine("torchscript", cpu, "float32", runs=CLIP_ENGINES)
+    with pytest.raises(ConfigError, match=r"on a GPU use eager$"):
+        resolve_engine(OPENVINO, cuda, "float32", runs=CLIP_ENGINES)
+    with pytest.raises(ConfigError, match=r"on a GPU use torchscript or eager$"):
+        resolve_engine(OPENVINO, cuda, "float32")
