@@ -37,8 +37,19 @@ DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192
 # several rarely used parsers see little scrutiny), so anything else is refused with a 400.
 # (The multi-picture JPEGs many phones and cameras write open through "JPEG", as MPO.)
 FORMATS = (
-    "JPEG", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF", "AVIF", "HEIF", "ICO", "PPM", "TGA",
-)  # fmt: skip
+    "JPEG",
+    "PNG",
+    "GIF",
+    "WEBP",
+    "BMP",
+    "DIB",
+    "TIFF",
+    "AVIF",
+    "HEIF",
+    "ICO",
+    "PPM",
+    "TGA",
+)
 
 
 @dataclass(frozen=True)

@@ -258,13 +258,13 @@ def load(layout: Layout, device: Any) -> Any:
     directory), in eval mode on `device`."""
     import open_clip
 
+    local = layout.model_name.startswith(("local-dir:", "hf-hub:"))
     model = open_clip.create_model(
         layout.model_name,
-        pretrained=None if layout.model_name.startswith(("local-dir:", "hf-hub:"))
-        else layout.pretrained,
+        pretrained=None if local else layout.pretrained,
         cache_dir=str(layout.root),
         device=device,
-    )  # fmt: skip
+    )
     return model.eval()
 
 
@@ -274,8 +274,8 @@ def preprocess_of(cfg: dict[str, Any], name: str) -> Preprocess:
     CenterCrop: the longer side truncated, the offset rounded), 'squash' stretches."""
     size = cfg["size"]
     height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    resample = Image.Resampling.BILINEAR if cfg["interpolation"] == "bilinear" else (
-        Image.Resampling.BICUBIC)  # fmt: skip
+    bilinear = cfg["interpolation"] == "bilinear"
+    resample = Image.Resampling.BILINEAR if bilinear else Image.Resampling.BICUBIC
     common: dict[str, Any] = {
         "name": name,
         "resample": resample,
@@ -328,8 +328,11 @@ def simple_tokenizer() -> str:
 def bytes_to_unicode() -> list[str]:
     """GPT-2's byte -> printable character table, in byte order: the base of CLIP's BPE
     vocabulary."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]  # fmt: skip
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     chars, extra = {b: b for b in printable}, 0
     for b in range(256):
         if b not in chars:

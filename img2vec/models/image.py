@@ -392,8 +392,15 @@ def build_embedder(
         torch.backends.cudnn.deterministic = batch_invariance
     preset = get_preset(preprocess or preset_of(model))
     embedder = Embedder(
-        spec, module, resolved, dev, preset, dtype, engine, name=model,
+        spec,
+        module,
+        resolved,
+        dev,
+        preset,
+        dtype,
+        engine,
+        name=model,
         batch_invariance=batch_invariance,
-    )  # fmt: skip
+    )
     log.info("embedder ready: %s (pid %d)", embedder.info(), os.getpid())
     return embedder
