@@ -1,6 +1,6 @@
 """What crosses between an ingress replica and the model replica, named: one call carries a
 group of images (`ImageModel.embed_group(images, deadlines)`) or one multi2vec-clip request
-(`ClipModel.embed_request(images, texts, deadline)`, its inputs in `request_order`), and its
+(`ClipModel.embed_requests([(images, texts, deadline), ...])`, each in `request_order`), and its
 answer is a `GroupAnswer`. Pickled by Ray, so both sides import it: no torch, no FastAPI."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The model client: an ingress replica's one path to the model replicas, for both protocols.
 img2vec-neural requests travel together, as one call per group (`embed`); a bulk request's
-images in chunks (`embed_many`); a multi2vec-clip request as one call (`embed_request`: Weaviate
-sends one object per request, and the model replica's `@serve.batch` gathers those calls).
+images in chunks (`embed_many`); multi2vec-clip requests, each whole, travel together the same
+way (`embed_request`: Weaviate sends one object per request, often one short text).
 Every answer says how far behind the model is (a `Backlog`), so that the door (`enter`) can
 refuse what cannot make its deadline before anything is read or decoded.
 
@@ -12,8 +12,8 @@ limit (docs/benchmarks.md#where-the-cpu-goes).
 
 How: at most GROUPS_IN_FLIGHT calls are on their way at once; a request that finds a free
 slot leaves at once, alone; requests that arrive while every slot is taken wait here, and
-when a call comes back, everything that waited (up to the model's pass, at most GROUP_SIZE)
-leaves as one call. Why not `@serve.batch` here: in Ray 2.60 it forms each group as soon as
+when a call comes back, everything that waited (up to the model's pass, at most GROUP_SIZE
+images) leaves as one call. Why not `@serve.batch` here: in Ray 2.60 it forms each group as soon as
 anything is queued and only then waits for a slot, so under load every call carried 1-1.5
 images (measured with `bench.where`). A group is not a forward pass: the model replica's
 batcher still decides what runs together.
@@ -55,11 +55,26 @@ class _Waiting:
     future: asyncio.Future[Result]
 
 
+@dataclass
+class _WaitingRequest:
+    """One multi2vec-clip request waiting here, whole, for a call to the model."""
+
+    images: np.ndarray
+    texts: list[np.ndarray]
+    deadline: float  # epoch seconds
+    future: asyncio.Future[list[Result]]
+
+    @property
+    def size(self) -> int:
+        return len(self.images) + len(self.texts)
+
+
 class ModelClient:
     def __init__(self, model: DeploymentHandle, health: ModelHealth) -> None:
         self._model = model
         self._health = health
         self._waiting: deque[_Waiting] = deque()
+        self._requests: deque[_WaitingRequest] = deque()
         # Requests let in at the door and not answered yet, wherever they are (being read,
         # decoded, waiting here, at the model): each is ahead of the next one at the door.
         # Those at the model may be in its last backlog too; counting them again is the safe
@@ -81,7 +96,9 @@ class ModelClient:
         backlog = self._backlog.aged(time.monotonic() - self._said_at)
         if backlog.per_image_s <= 0:
             backlog = replace(backlog, per_image_s=self._health.seconds_per_image)
-        return backlog.refusal(left_s, len(self._waiting) if ahead is None else ahead)
+        if ahead is None:
+            ahead = len(self._waiting) + sum(r.size for r in self._requests)
+        return backlog.refusal(left_s, ahead)
 
     def enter(self, deadline: float) -> None:
         """The door: a request that the model, behind everything let in before it, would
@@ -161,6 +178,30 @@ class ModelClient:
             if group:
                 self._in_flight += 1
                 asyncio.get_running_loop().create_task(self._send(group))
+        while self._requests and self._in_flight < GROUPS_IN_FLIGHT:
+            requests = self._next_requests(group_size)
+            if requests:
+                self._in_flight += 1
+                asyncio.get_running_loop().create_task(self._send_requests(requests))
+
+    def _next_requests(self, limit: int) -> list[_WaitingRequest]:
+        """The waiting multi2vec-clip requests for one call, oldest first, each whole: up to
+        `limit` inputs and GROUP_SIZE images (one larger request goes alone)."""
+        group: list[_WaitingRequest] = []
+        inputs = images = 0
+        while self._requests:
+            request = self._requests[0]
+            if request.future.done():  # cancelled: its client has gone
+                self._requests.popleft()
+                continue
+            if group and (
+                inputs + request.size > limit or images + len(request.images) > GROUP_SIZE
+            ):
+                break
+            group.append(self._requests.popleft())
+            inputs += request.size
+            images += len(request.images)
+        return group
 
     async def _send(self, group: list[_Waiting]) -> None:
         try:
@@ -183,20 +224,44 @@ class ModelClient:
     async def embed_request(
         self, images: np.ndarray, texts: list[np.ndarray], deadline: float
     ) -> list[np.ndarray]:
-        """One multi2vec-clip request's vectors, in `request_order`, in one call; the
-        first error raised (the model admits or refuses a request whole)."""
+        """One multi2vec-clip request's vectors, in `request_order`, in a call with the
+        requests that waited beside it; the first error raised (the model admits or refuses
+        a request whole)."""
         refused = self.refusal(deadline - time.time())
         if refused is not None:
             raise refused
-        results = await self._answer(
-            self._model.embed_request.remote(images, texts, deadline), len(images) + len(texts)
-        )
+        future: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
+        self._requests.append(_WaitingRequest(images, texts, deadline, future))
+        self._pump()
+        results = await future
         vectors: list[np.ndarray] = []
         for result in results:
             if isinstance(result, Img2VecError):
                 raise result
             vectors.append(result)
         return vectors
+
+    async def _send_requests(self, group: list[_WaitingRequest]) -> None:
+        try:
+            call = self._model.embed_requests.remote(
+                [(r.images, r.texts, r.deadline) for r in group]
+            )
+            results = iter(await self._answer(call, sum(r.size for r in group)))
+        except BaseException as exc:  # our own fault (or cancellation): every request gets it
+            for request in group:
+                if not request.future.done():
+                    request.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for request in group:
+                answers = [next(results) for _ in range(request.size)]
+                if not request.future.done():
+                    request.future.set_result(answers)
+        finally:
+            self._in_flight -= 1
+            self._shed()
+            self._pump()
 
     async def _call(self, pixels: list[np.ndarray], deadlines: list[float]) -> list[Result]:
         return await self._answer(

@@ -296,16 +296,27 @@ class ClipModel(HostedModel):
             location=replica_location(),
         )
 
+    async def embed_requests(
+        self, requests: list[tuple[np.ndarray, list[np.ndarray], float | None]]
+    ) -> GroupAnswer:
+        """Several requests in one call, each its images (uint8 N x H x W x 3), texts (int32
+        token ids each) and deadline (epoch seconds; None: none) -> every request's vectors
+        in `request_order` (images first), one request after another; or, for every input
+        of a request, the one error that refused it whole (Overloaded: the model is too far
+        behind)."""
+        pending = []
+        for images, texts, deadline in requests:
+            check_images(images, self._towers.input_size)
+            self._check_texts(texts)
+            inputs = [Input(IMAGE, i) for i in images], [Input(TEXT, t) for t in texts]
+            pending.append(Pending(request_order(*inputs), deadline))
+        return await self.answer(pending)
+
     async def embed_request(
         self, images: np.ndarray, texts: list[np.ndarray], deadline: float | None
     ) -> GroupAnswer:
-        """One request's images (uint8 N x H x W x 3) and texts (int32 token ids each) ->
-        their vectors in `request_order` (images first); or, for every input, the
-        one error that refused the request (Overloaded: the model is too far behind)."""
-        check_images(images, self._towers.input_size)
-        self._check_texts(texts)
-        inputs = request_order([Input(IMAGE, i) for i in images], [Input(TEXT, t) for t in texts])
-        return await self.answer([Pending(inputs, deadline)])
+        """One request (`embed_requests`): for other Serve apps that compose the model."""
+        return await self.embed_requests([(images, texts, deadline)])
 
     def _check_texts(self, texts: object) -> None:
         context = self._towers.spec.context

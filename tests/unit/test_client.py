@@ -26,6 +26,7 @@ class FakeModel:
     def __init__(self) -> None:
         self.calls: list[tuple[np.ndarray, asyncio.Future]] = []
         self.embed_group = self
+        self.embed_requests = FakeClipCalls()
 
     def remote(self, images: np.ndarray, deadlines: list[float]) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
@@ -144,3 +145,64 @@ def test_without_any_estimate_the_door_lets_everything_in():
     for _ in range(30):
         link.enter(deadline)
     assert link._inside == 30
+
+
+class FakeClipCalls:
+    """`embed_requests.remote([(images, texts, deadline), ...])`, answered by `answer(i)`:
+    each input's vector is its first value (image pixel or token id), in request order; a
+    request whose first text starts with 999 is refused whole."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list, asyncio.Future]] = []
+
+    def remote(self, requests: list) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self.calls.append((requests, future))
+        return future
+
+    def answer(self, i: int) -> None:
+        requests, future = self.calls[i]
+        results: list = []
+        for images, texts, _ in requests:
+            if texts and texts[0][0] == 999:
+                results += [Overloaded("refused whole")] * (len(images) + len(texts))
+                continue
+            results += [np.float32([img[0, 0, 0]]) for img in images]
+            results += [np.float32([t[0]]) for t in texts]
+        future.set_result(GroupAnswer(results, Backlog(0.0, 0.001, max_pass=8)))
+
+
+def test_clip_requests_that_wait_for_a_slot_leave_as_one_call_each_whole():
+    async def scenario() -> None:
+        fake, link = linked()
+        clip = fake.embed_requests
+        deadline = time.time() + 20
+
+        def request(i: int, first: int | None = None) -> asyncio.Task:
+            images = np.stack([pixels(i)]) if i % 2 else np.zeros((0, 224, 224, 3), np.uint8)
+            texts = [np.int32([first or 100 + i, 1]), np.int32([200 + i])]
+            return asyncio.create_task(link.embed_request(images, texts, deadline))
+
+        tasks = [request(i) for i in range(6)] + [request(6, first=999)]
+        await settle()
+        # Two slots: the first two requests left alone; the other five wait.
+        assert [len(requests) for requests, _ in clip.calls] == [1] * GROUPS_IN_FLIGHT
+        clip.answer(0)
+        await settle()
+        # Up to the model's pass (8 inputs): requests of 2 and 3 inputs, each whole.
+        assert [len(requests) for requests, _ in clip.calls] == [1, 1, 3]
+        clip.answer(1)
+        clip.answer(2)
+        await settle()
+        assert [len(requests) for requests, _ in clip.calls] == [1, 1, 3, 2]
+        clip.answer(3)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        # Each request got its own vectors back, images first, in spite of the grouping...
+        for i, vectors in enumerate(results[:6]):
+            expected = ([i] if i % 2 else []) + [100 + i, 200 + i]
+            assert [int(v[0]) for v in vectors] == expected
+        # ...and a request the model refused is refused alone.
+        assert isinstance(results[6], Overloaded)
+        assert (link.calls, link.inputs) == (4, 6 * 2 + 3 + 2)
+
+    asyncio.run(scenario())
