@@ -448,7 +448,8 @@ def markdown(results: dict) -> str:
                 "",
                 f"The model alone, in one process on {a['threads']} threads, nothing else "
                 f"running (wall ms per input): texts {a['service_text_ms']} on the service's "
-                f"towers ({a['engine']}, padded-length bands, fixed_pass {a['fixed_pass']}) "
+                f"towers ({a['engine']}, padded-length bands, "
+                f"fixed pass {_per_tower(a['fixed_pass'])}) "
                 f"against {a['eager_text_ms']} eager as infinity runs them (padded to the "
                 f"longest): the service's engine at "
                 f"{a['eager_text_ms'] / a['service_text_ms']:.2f}x the peer's speed; images "
@@ -456,6 +457,7 @@ def markdown(results: dict) -> str:
                 f"{a['eager_image_ms'] / a['service_image_ms']:.2f}x (32 texts, 16 images a pass).",
             ]
     lines += ["", "Where the CPU goes at concurrency 32 (ms per request, each process):", ""]
+    bounds: list[str] = []
     for pair in results["pairs"]:
         for r in pair["load"]:
             if "cpu_ms_per_request" in r:
@@ -463,7 +465,43 @@ def markdown(results: dict) -> str:
                 top = sorted(cpu.items(), key=lambda kv: -kv[1])
                 shown = ", ".join(f"{k} {v}" for k, v in top[:6])
                 lines.append(f"- {r['system']} {r['kind']}: {shown}")
+        bounds += _bounds(pair)
+    if bounds:
+        lines += [
+            "",
+            "Where both keep the cores busy at concurrency 32, throughput follows CPU per "
+            "request. The peer's CPU per request over the service's (all its processes), and "
+            "over its model replica's alone: the most the service could be ahead on this CPU "
+            "were its serving path (ingress, Ray, launcher) free:",
+            "",
+            *bounds,
+        ]
     return "\n".join(lines)
+
+
+def _per_tower(value: object) -> str:
+    """`fixed_pass` as recorded: one value, or one per tower."""
+    if isinstance(value, dict):
+        return ", ".join(f"{tower} {size}" for tower, size in value.items())
+    return str(value)
+
+
+def _bounds(pair: dict) -> list[str]:
+    peer, out = pair["peer"], []
+    for kind, c in sorted({(r["kind"], r["concurrency"]) for r in pair["load"]}):
+        s, p = _row(pair["load"], "service", kind, c), _row(pair["load"], peer, kind, c)
+        cpu_s = (s or {}).get("cpu_ms_per_request", {})
+        cpu_p = (p or {}).get("cpu_ms_per_request", {})
+        model = next((v for k, v in cpu_s.items() if k.endswith(":Embedder")), None)
+        if not (cpu_s.get("all") and cpu_p.get("all") and model):
+            continue
+        out.append(
+            f"- {peer} {kind}: cores busy {cpu_s.get('cores_busy')} (service), "
+            f"{cpu_p.get('cores_busy')} ({peer}); {peer}'s CPU per request over the service's "
+            f"{cpu_p['all'] / cpu_s['all']:.2f}x, over its model replica's "
+            f"{cpu_p['all'] / model:.2f}x"
+        )
+    return out
 
 
 def main() -> None:
