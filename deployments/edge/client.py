@@ -26,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import ray.exceptions
@@ -204,18 +205,26 @@ class ModelClient:
         return group
 
     async def _send(self, group: list[_Waiting]) -> None:
+        call = self._call([w.pixels for w in group], [w.deadline for w in group])
+        await self._settle([w.future for w in group], call)
+
+    async def _send_requests(self, group: list[_WaitingRequest]) -> None:
+        await self._settle([r.future for r in group], self._call_requests(group))
+
+    async def _settle(self, futures: list[asyncio.Future[Any]], call: Awaitable[list[Any]]) -> None:
+        """A call's answers to the requests that sent it, one each, in order; its slot freed."""
         try:
-            results = await self._call([w.pixels for w in group], [w.deadline for w in group])
-        except BaseException as exc:  # our own fault (or cancellation): every item gets it
-            for waiting in group:
-                if not waiting.future.done():
-                    waiting.future.set_exception(exc)
+            results = await call
+        except BaseException as exc:  # our own fault (or cancellation): every request gets it
+            for future in futures:
+                if not future.done():
+                    future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
         else:
-            for waiting, result in zip(group, results, strict=True):
-                if not waiting.future.done():
-                    waiting.future.set_result(result)
+            for future, result in zip(futures, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
         finally:
             self._in_flight -= 1
             self._shed()
@@ -241,27 +250,11 @@ class ModelClient:
             vectors.append(result)
         return vectors
 
-    async def _send_requests(self, group: list[_WaitingRequest]) -> None:
-        try:
-            call = self._model.embed_requests.remote(
-                [(r.images, r.texts, r.deadline) for r in group]
-            )
-            results = iter(await self._answer(call, sum(r.size for r in group)))
-        except BaseException as exc:  # our own fault (or cancellation): every request gets it
-            for request in group:
-                if not request.future.done():
-                    request.future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-        else:
-            for request in group:
-                answers = [next(results) for _ in range(request.size)]
-                if not request.future.done():
-                    request.future.set_result(answers)
-        finally:
-            self._in_flight -= 1
-            self._shed()
-            self._pump()
+    async def _call_requests(self, group: list[_WaitingRequest]) -> list[list[Result]]:
+        """One call for several multi2vec-clip requests; each request's results, in order."""
+        call = self._model.embed_requests.remote([(r.images, r.texts, r.deadline) for r in group])
+        results = iter(await self._answer(call, sum(r.size for r in group)))
+        return [[next(results) for _ in range(request.size)] for request in group]
 
     async def _call(self, pixels: list[np.ndarray], deadlines: list[float]) -> list[Result]:
         return await self._answer(

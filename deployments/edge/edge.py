@@ -35,6 +35,7 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from ray.serve.handle import DeploymentHandle
+from ray.serve.metrics import Histogram
 
 import img2vec
 from deployments.edge.client import ModelClient, Result, model_error
@@ -222,22 +223,26 @@ class Exchange:
     async def decode(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` (an image's decoding) in the decode pool (CPU work off the event
         loop), its time added to this request's and recorded in the decode metric."""
-        started = time.perf_counter()
-        result = await self._edge.run_off_loop(fn, *args)
-        took = time.perf_counter() - started
+        result, took = await self._off_loop(self._edge.metrics.decode, fn, *args)
         self.timing.decode_s += took
-        self._edge.metrics.decode.observe(took)
         return result
 
     async def tokenize(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` (a request's texts tokenized) in the same pool, its time recorded
         apart from decoding: in its own metric and the access line's `tokenize_ms`."""
+        result, took = await self._off_loop(self._edge.metrics.tokenize, fn, *args)
+        self.timing.tokenize_s += took
+        return result
+
+    async def _off_loop(
+        self, metric: Histogram, fn: Callable[..., T], *args: Any
+    ) -> tuple[T, float]:
+        """`fn(*args)` in the decode pool, and the seconds it took, recorded in `metric`."""
         started = time.perf_counter()
         result = await self._edge.run_off_loop(fn, *args)
         took = time.perf_counter() - started
-        self.timing.tokenize_s += took
-        self._edge.metrics.tokenize.observe(took)
-        return result
+        metric.observe(took)
+        return result, took
 
     async def embed(self, pixels: np.ndarray) -> np.ndarray:
         """One image's vector from the model, in a group with other requests' images."""
