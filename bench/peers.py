@@ -19,6 +19,9 @@ it: which process the time goes to).
 
     python -m bench.peers [--pairs clip,neural] [--duration 15]     (make bench-peers, ~12 min;
                                                                      the first run installs)
+    python -m bench.peers --device cuda                             (a GPU node: the service's
+                                                                     model replica and both
+                                                                     peers on the GPU)
 
 Rewrites the peers section of docs/benchmarks.md and writes bench/results/peers-*.json.
 """
@@ -220,16 +223,25 @@ def cpu_per_request(before: dict, after: dict, result, elapsed: float, args) -> 
 
 
 @contextlib.contextmanager
-def service(config_file: str, weights: Path, workdir: Path) -> Iterator[tuple[str, int]]:
-    """The service as `make serve` / `make serve-clip` runs it, on these weights."""
+def service(
+    config_file: str, weights: Path, workdir: Path, device: str = "cpu"
+) -> Iterator[tuple[str, int]]:
+    """The service as `make serve` / `make serve-clip` runs it, on these weights; on `cuda`,
+    its model replica given a GPU (serve_config.gpu.yaml already asks for one)."""
     config = yaml.safe_load((ROOT / config_file).read_text())
-    env = {"IMG2VEC_WEIGHTS": str(weights), "IMG2VEC_DEVICE": "cpu"}
+    if device == "cuda":
+        for deployment in config["applications"][0]["deployments"]:
+            if deployment["name"] == "Embedder":
+                deployment.setdefault("ray_actor_options", {})["num_gpus"] = 1
+    env = {"IMG2VEC_WEIGHTS": str(weights), "IMG2VEC_DEVICE": device}
     with launched(config, workdir, ROOT, extra_env=env) as (url, proc):
         yield url, proc.pid
 
 
 @contextlib.contextmanager
-def infinity(python: Path, model: Path, workdir: Path) -> Iterator[tuple[str, int]]:
+def infinity(
+    python: Path, model: Path, workdir: Path, device: str = "cpu"
+) -> Iterator[tuple[str, int]]:
     port = free_port()
     cmd = [
         str(python.parent / "infinity_emb"),
@@ -241,7 +253,7 @@ def infinity(python: Path, model: Path, workdir: Path) -> Iterator[tuple[str, in
         "--engine",
         "torch",
         "--device",
-        "cpu",
+        device,
         "--batch-size",
         str(INFINITY_BATCH),
         "--host",
@@ -264,7 +276,9 @@ def infinity(python: Path, model: Path, workdir: Path) -> Iterator[tuple[str, in
 
 
 @contextlib.contextmanager
-def litserve(python: Path, weights: Path, workdir: Path) -> Iterator[tuple[str, int]]:
+def litserve(
+    python: Path, weights: Path, workdir: Path, device: str = "cpu"
+) -> Iterator[tuple[str, int]]:
     port = free_port()
     app = ROOT / "bench" / "peer_apps" / "litserve_resnet.py"
     cmd = [
@@ -276,6 +290,8 @@ def litserve(python: Path, weights: Path, workdir: Path) -> Iterator[tuple[str, 
         str(port),
         "--max-batch-size",
         str(LITSERVE_BATCH),
+        "--accelerator",
+        device,
     ]
     env = {**os.environ, "PYTHONPATH": "", "LITSERVE_TELEMETRY": "0"}
     log = workdir / "litserve.log"
@@ -351,10 +367,10 @@ def clip_pair(args, photos: list[bytes], workdir: Path) -> dict:
     }
     points = [Point("image", 1), Point("image", 32), Point("text", 1), Point("text", 32)]
     rows: list[dict] = []
-    with service("serve_config.clip.yaml", model, workdir) as (url, pid):
+    with service("serve_config.clip.yaml", model, workdir, args.device) as (url, pid):
         rows += measure("service", url, SERVICE_CLIP, pid, points, data, args)
         ours = vectors(url, SERVICE_CLIP, photos, words[:8])
-    with infinity(python, model, workdir) as (url, pid):
+    with infinity(python, model, workdir, args.device) as (url, pid):
         rows += measure("infinity", url, INFINITY, pid, points, data, args)
         theirs = vectors(url, INFINITY, photos, words[:8])
     alone = clip_alone(model, photos, words)
@@ -379,10 +395,11 @@ def neural_pair(args, photos: list[bytes], workdir: Path) -> dict:
     data = {"image": lambda api: request_bodies(photos) if api is NEURAL else None}
     points = [Point("image", 1), Point("image", 32)]
     rows: list[dict] = []
-    with service("serve_config.yaml", weights, workdir) as (url, pid):
+    config = "serve_config.gpu.yaml" if args.device == "cuda" else "serve_config.yaml"
+    with service(config, weights, workdir, args.device) as (url, pid):
         rows += measure("service", url, NEURAL, pid, points, data, args)
         ours = vectors(url, NEURAL, photos, [])
-    with litserve(python, weights, workdir) as (url, pid):
+    with litserve(python, weights, workdir, args.device) as (url, pid):
         rows += measure("litserve", url, NEURAL, pid, points, data, args)
         theirs = vectors(url, NEURAL, photos, [])
     return {
@@ -508,6 +525,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", default="clip,neural")
     parser.add_argument("--venvs", default=str(VENVS), help="where the peers' venvs are made")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the service and the peers run their models (cuda: a GPU node)",
+    )
     add_load_args(parser)
     add_output_args(parser)
     args = parser.parse_args()

@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-timeout", type=float, default=0.01)
+    parser.add_argument("--accelerator", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     api = ResNet50Vectors(
         args.weights,
@@ -75,7 +76,7 @@ def main() -> None:
         batch_timeout=args.batch_timeout,
         api_path="/vectors",
     )
-    server = ls.LitServer(api, accelerator="cpu", devices=1, timeout=60)
+    server = ls.LitServer(api, accelerator=args.accelerator, devices=1, timeout=60)
     server.run(host="127.0.0.1", port=args.port, generate_client_file=False)
 
 
