@@ -370,7 +370,8 @@ def test_an_openclip_name_offline_writes_its_layout_and_says_how_to_bring_the_we
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(ValueError, match=rf"python -m img2vec\.multimodal open_clip:{name[10:]}"):
+    command = rf"python -m img2vec\.inputs\.multimodal open_clip:{name[10:]}"
+    with pytest.raises(ValueError, match=command):
         ClipSpec.from_dir(name)
     assert json.loads((tmp_path / "img2vec" / folder / "config.json").read_text()) == config
 
