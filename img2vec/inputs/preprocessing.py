@@ -3,7 +3,7 @@
 The split is deliberate: the resize runs where the image was decoded (the CPU
 ingress, which must not load torch: it is the part that scales with request
 rate), only 150 KB of uint8 crosses to the model, and the float math (the
-preset's `mean` and `std`, applied by `img2vec.models.image.normalize`) runs on the
+preset's `mean` and `std`, applied by `img2vec.models.engines.normalize`) runs on the
 model's device, batched.
 
 The first preset is the contract with every existing Weaviate index built by
