@@ -324,10 +324,11 @@ def clip_alone(model: Path, photos: list[bytes], words: list[str]) -> dict:
     from PIL import Image
     from transformers import AutoProcessor, CLIPModel
 
-    from img2vec.inputs.multimodal import ClipSpec, TextTokenizer
-    from img2vec.models.towers import Towers
+    from img2vec.inputs.multimodal import TextTokenizer
+    from img2vec.models.clip.registry import read_model_dir
+    from img2vec.models.clip.towers import Towers
 
-    spec = ClipSpec.from_dir(model)
+    spec = read_model_dir(model)
     towers = Towers(spec, "cpu", torch.get_num_threads())
     towers.warm_up(32)
     ids = TextTokenizer(spec).encode(words[:32])

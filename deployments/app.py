@@ -29,7 +29,7 @@ from deployments.settings import (
     IngressSettings,
 )
 from img2vec.errors import ConfigError, Img2VecError
-from img2vec.inputs.multimodal import ClipSpec
+from img2vec.models.clip.registry import read_model_dir
 from img2vec.models.weights import check_source, get_spec, preset_of, resolve_weights
 from img2vec.options import DOWNLOAD
 
@@ -104,7 +104,7 @@ def resolve_clip_args(
 ) -> ClipArgs:
     resolved = _merge(ClipArgs, args, env)
     try:
-        ClipSpec.from_dir(resolved.weights)  # not a CLIP-style directory: said at build
+        read_model_dir(resolved.weights)  # not a CLIP-style directory: said at build
     except (OSError, ValueError) as exc:
         raise ConfigError(f"IMG2VEC_WEIGHTS={resolved.weights}: {exc}") from None
     return resolved

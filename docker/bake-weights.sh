@@ -13,7 +13,7 @@ models=$(echo "${1:-resnet50}" | tr ',' ' ')
 for model in $models; do
     case "$model" in
     */* | open_clip:*)
-        python -m img2vec.inputs.multimodal "$model"
+        python -m img2vec.models.clip "$model"
         continue
         ;;
     esac

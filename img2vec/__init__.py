@@ -4,7 +4,8 @@ The library: never Ray, never HTTP (those live in the `deployments` package). It
 follow the processes that load them (docs/architecture.md):
 - `img2vec.inputs`: decoding, preprocessing, CLIP request shapes and tokenizing (no torch);
 - `img2vec.serving`: batching, the backlog budget, batch invariance, CPU placement (no torch);
-- `img2vec.models`: image backbones, CLIP towers, engines and weights (torch).
+- `img2vec.models`: image backbones, engines and weights, and multi2vec-clip's families
+  (`img2vec.models.clip`: one module per family behind a registry) (torch).
 `errors` and `options` are the words every process shares.
 
 Importing the package is light: the names from `img2vec.models` (`build_embedder`,

@@ -19,7 +19,7 @@ Device = Literal["auto", "cpu", "cuda"]
 Dtype = Literal["float32", "tf32", "float16", "bfloat16"]
 # What runs a model's forward pass; chosen in one place (img2vec/models/engines.py:
 # resolve_engine). An image backbone runs them all; a CLIP-style model's towers the subset
-# ClipEngineName (img2vec/models/towers.py).
+# ClipEngineName (img2vec/models/clip/towers.py).
 EngineName = Literal["auto", "torchscript", "eager", "openvino", "compiled"]
 ClipEngineName = Literal["auto", "openvino", "eager"]
 

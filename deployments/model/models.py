@@ -6,7 +6,7 @@ rest.
   with a group of images already decoded and resized (uint8 N x H x W x 3): from an ingress
   replica (the model client, deployments/edge/client.py), a bulk request's chunk, or a single
   image from another Serve app composing the model (`embed()`).
-- `ClipModel` (multi2vec-clip): a CLIP-style model's two towers (img2vec/models/towers.py). Every
+- `ClipModel` (multi2vec-clip): a CLIP-style model's two towers (img2vec/models/clip/towers.py). Every
   call is one request's inputs, prepared by an ingress replica (deployments/edge/clip.py):
   images decoded, resized and cropped, texts tokenized and truncated (int32 ids each). A
   request is admitted whole or refused whole: Weaviate needs every vector of an object.
@@ -52,8 +52,9 @@ from deployments.metrics import ModelMetrics, keep_fresh
 from deployments.settings import ClipModelSettings, ImageModelSettings
 from img2vec.errors import INTERNAL_ERROR, Img2VecError, Overloaded
 from img2vec.inputs.multimodal import ClipSpec
+from img2vec.models.clip.registry import read_model_dir
+from img2vec.models.clip.towers import IMAGE, TEXT, Input, Towers
 from img2vec.models.image import Embedder, build_embedder, is_out_of_memory
-from img2vec.models.towers import IMAGE, TEXT, Input, Towers
 from img2vec.serving.batching import Batcher, BatchSettings, Pending, WarmUp
 from img2vec.serving.cpus import available_cpus
 
@@ -284,7 +285,7 @@ class ImageModel(HostedModel):
 @serve.deployment(**MODEL_DEPLOYMENT)
 class ClipModel(HostedModel):
     def __init__(self, settings: ClipModelSettings) -> None:
-        spec = ClipSpec.from_dir(settings.weights)
+        spec = read_model_dir(settings.weights)
         threads = settings.torch_threads or default_torch_threads(settings.device)
         self._towers = Towers(
             spec, settings.device, threads, settings.engine, settings.batch_invariance

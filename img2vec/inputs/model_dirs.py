@@ -1,8 +1,8 @@
 """Where a CLIP-style model directory comes from (`IMG2VEC_WEIGHTS` for multi2vec-clip): a
 directory as it is; a Hugging Face hub name, fetched once into the hub's cache;
 `open_clip:NAME:TAG`, an OpenCLIP layout written into that cache (open_clip fetches its
-weights); or `random`, a seeded random CLIP written once. img2vec/inputs/multimodal.py
-reads what the directory holds."""
+weights); or `random`, a seeded random CLIP written once. Its family reads what the
+directory holds (img2vec/models/clip/registry.py)."""
 
 from __future__ import annotations
 

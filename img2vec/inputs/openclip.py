@@ -247,7 +247,7 @@ def _fetching(layout: Layout, step: Any) -> Any:
         raise ValueError(
             f"{layout.label}: cannot read or fetch it ({type(exc).__name__}: {why}). Offline: on "
             "a machine with network run "
-            f"`python -m img2vec.inputs.multimodal open_clip:{layout.label}` (or multi2vec-clip's "
+            f"`python -m img2vec.models.clip open_clip:{layout.label}` (or multi2vec-clip's "
             "download.py), copy the directory it prints here and set "
             "IMG2VEC_WEIGHTS to it"
         ) from None

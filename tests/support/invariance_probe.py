@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from img2vec.inputs.multimodal import ClipSpec
-from img2vec.models.towers import Towers
+from img2vec.models.clip.registry import read_model_dir
+from img2vec.models.clip.towers import Towers
 from img2vec.serving.invariance import probe_images
 from tests.support.clip_models import WIDE_VISION, write_clip
 
@@ -28,7 +28,7 @@ def same_bits(towers: Towers, images: np.ndarray) -> bool:
 
 def main(root: Path) -> None:
     os.environ["IMG2VEC_ENGINE_CACHE"] = str(root / "engines")
-    spec = ClipSpec.from_dir(write_clip(root, vision=WIDE_VISION))
+    spec = read_model_dir(write_clip(root, vision=WIDE_VISION))
     images = np.stack(probe_images((224, 224), 8, seed=7))
     out = {}
     for invariance in (True, False):

@@ -96,10 +96,11 @@ def test_a_vector_is_bit_identical_whatever_batch_it_ran_in(case, engine, dtype)
 def test_clip_towers_on_cuda_are_bit_identical_whatever_they_are_batched_with(clip_dir, photos):
     """The multi2vec-clip model on a GPU (eager towers): images and texts of several lengths,
     alone and in random mixes, the same bits."""
-    from img2vec.inputs.multimodal import ClipSpec, TextTokenizer
-    from img2vec.models.towers import IMAGE, TEXT, Input, Towers
+    from img2vec.inputs.multimodal import TextTokenizer
+    from img2vec.models.clip.registry import read_model_dir
+    from img2vec.models.clip.towers import IMAGE, TEXT, Input, Towers
 
-    spec = ClipSpec.from_dir(clip_dir)
+    spec = read_model_dir(clip_dir)
     towers = Towers(spec, "cuda", 2)
     towers.warm_up(32)
     assert towers.info()["batch_invariant"] is True, towers.info()

@@ -1,5 +1,5 @@
-"""The multi2vec-clip library path (img2vec/inputs/multimodal.py, img2vec/models/towers.py)
-against the independent reference (transformers' own processor and model,
+"""The multi2vec-clip library path (img2vec/models/clip/: the families read by registry.py,
+and towers.py; img2vec/inputs/multimodal.py) against the independent reference (transformers' own processor and model,
 tests/support/clip_reference.py): the tokenizer's ids, and each tower's vectors, with random
 towers and OpenAI CLIP's real tokenizer; SigLIP's and SigLIP 2's padding and pooling with
 small tokenizers; MetaCLIP 1 and 2 on CLIP's path; OpenCLIP against open_clip itself (its
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from img2vec.inputs.multimodal import ClipSpec, TextTokenizer
-from img2vec.models.towers import IMAGE, TEXT, Input, Towers
+from img2vec.models.clip.registry import read_model_dir
+from img2vec.models.clip.towers import IMAGE, TEXT, Input, Towers
 from tests.support.clip_reference import ReferenceClip
 from tests.support.images import photo
 from tests.support.parity import min_separation, relative_error
@@ -51,7 +52,7 @@ def warmed_towers(path, tmp_path_factory, engine: str = "auto") -> tuple[ClipSpe
     module-scoped fixtures, which run before the autouse one."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IMG2VEC_ENGINE_CACHE", str(tmp_path_factory.getbasetemp() / "engines"))
-        spec = ClipSpec.from_dir(path)
+        spec = read_model_dir(path)
         towers = Towers(spec, "cpu", 2, engine=engine)
         towers.warm_up(8)
     assert engine == "auto" or towers.engine_name == engine
@@ -142,7 +143,7 @@ def test_siglip_pads_to_its_full_context_and_matches_the_reference(family, reque
     pad token, 0, is not its end token, 1): texts padded to the full context with the pad
     token, unmasked, pooled at the last position; images stretched to the tower's size."""
     path = request.getfixturevalue(f"{family}_dir")
-    spec = ClipSpec.from_dir(path)
+    spec = read_model_dir(path)
     assert (spec.family, spec.context, spec.fixed_length) == ("siglip", 64, True)
     assert spec.pad_id == (0 if family == "siglip2" else 1)
     towers, ref = Towers(spec, "cpu", 2), ReferenceClip(path)
@@ -260,7 +261,7 @@ def test_the_openclip_checkpoint_hashed_is_the_one_open_clip_loads(tmp_path):
     (tiny / "a_finetune.safetensors").write_bytes(
         (tiny / "open_clip_model.safetensors").read_bytes()
     )
-    assert [p.name for p in ClipSpec.from_dir(layout).weights] == ["open_clip_model.safetensors"]
+    assert [p.name for p in read_model_dir(layout).weights] == ["open_clip_model.safetensors"]
 
 
 def test_openclip_cleans_texts_as_open_clip_does():
@@ -302,7 +303,7 @@ def test_openclip_tokenizer_settings_tokenize_as_open_clip(
 
     source = request.getfixturevalue(layout_fixture)
     layout = openclip_with(source, tmp_path / "layout", tokenizer_kwargs=settings)
-    spec = ClipSpec.from_dir(layout)
+    spec = read_model_dir(layout)
     ids = TextTokenizer(spec).encode(OPENCLIP_TEXTS)
     ours = np.stack([np.pad(t, (0, 77 - len(t)), constant_values=spec.pad_id) for t in ids])
     theirs = open_clip.get_tokenizer(f"local-dir:{layout / 'tiny'}")(OPENCLIP_TEXTS)
@@ -317,37 +318,37 @@ def test_an_openclip_model_with_unserved_tokenizer_settings_or_an_unknown_tag_is
     before anything is fetched; an unknown tag lists the known ones."""
     language = {"tokenizer_kwargs": {"language": "fra_Latn"}}
     with pytest.raises(ValueError, match=r"tokenizer settings \{'language': 'fra_Latn'\}"):
-        ClipSpec.from_dir(openclip_with(openclip_xlmr_dir, tmp_path / "nllb", **language))
+        read_model_dir(openclip_with(openclip_xlmr_dir, tmp_path / "nllb", **language))
     clips = openclip_with(openclip_xlmr_dir, tmp_path / "clips", tokenizer_mode="clips")
     with pytest.raises(ValueError, match="tokenizer_mode 'clips'"):
-        ClipSpec.from_dir(clips)
+        read_model_dir(clips)
     simple = {"tokenizer_kwargs": {"clean": "whitespace"}}
     with pytest.raises(ValueError, match=r"SimpleTokenizer settings \{'clean': 'whitespace'\}"):
-        ClipSpec.from_dir(openclip_with(openclip_dir, tmp_path / "simple", **simple))
+        read_model_dir(openclip_with(openclip_dir, tmp_path / "simple", **simple))
     (tmp_path / "config.json").write_text(json.dumps({"model_name": "ViT-B-32", "pretrained": "x"}))
     with pytest.raises(ValueError, match=r"'x' is neither a tag of ViT-B-32 \(known: .*laion2b"):
-        ClipSpec.from_dir(tmp_path)
+        read_model_dir(tmp_path)
 
 
 def test_a_directory_that_is_not_a_clip_model_is_refused_saying_why(tmp_path, clip_dir):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "resnet"}))
     with pytest.raises(ValueError, match=r"'resnet' is not a CLIP-style model"):
-        ClipSpec.from_dir(tmp_path)
+        read_model_dir(tmp_path)
     with pytest.raises(ValueError, match="neither a model directory nor a hub name"):
-        ClipSpec.from_dir(str(tmp_path / "missing"))
+        read_model_dir(str(tmp_path / "missing"))
     bare = tmp_path / "bare"
     bare.mkdir()
     for name in ("config.json", "processor_config.json"):
         (bare / name).write_bytes((clip_dir / name).read_bytes())
     with pytest.raises(ValueError, match=r"no tokenizer\.json"):
-        ClipSpec.from_dir(bare)
+        read_model_dir(bare)
 
 
 def test_a_hub_name_offline_says_how_to_bring_the_model(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(ValueError, match=r"hf download openai/clip-vit-base-patch32 --local-dir"):
-        ClipSpec.from_dir("openai/clip-vit-base-patch32")
+        read_model_dir("openai/clip-vit-base-patch32")
 
 
 @pytest.mark.parametrize(
@@ -370,9 +371,9 @@ def test_an_openclip_name_offline_writes_its_layout_and_says_how_to_bring_the_we
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    command = rf"python -m img2vec\.inputs\.multimodal open_clip:{name[10:]}"
+    command = rf"python -m img2vec\.models\.clip open_clip:{name[10:]}"
     with pytest.raises(ValueError, match=command):
-        ClipSpec.from_dir(name)
+        read_model_dir(name)
     assert json.loads((tmp_path / "img2vec" / folder / "config.json").read_text()) == config
 
 
@@ -385,7 +386,7 @@ def test_the_default_multilingual_layout_matches_sentence_transformers(tmp_path)
     from tests.support.clip_models import write_multilingual
 
     root = write_multilingual(tmp_path)
-    spec = ClipSpec.from_dir(root)
+    spec = read_model_dir(root)
     assert (spec.family, spec.context, spec.pad_id) == ("sentence-transformers", 128, 0)
     towers = Towers(spec, "cpu", 2)
     texts = ["a photo of a cat", "Ein Foto einer Katze", "une photo d'un chat " * 60]
@@ -428,7 +429,7 @@ def test_the_default_hub_name_joins_its_two_towers_from_the_cache_offline(
 
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
-    spec = ClipSpec.from_dir("sentence-transformers/clip-ViT-B-32-multilingual-v1")
+    spec = read_model_dir("sentence-transformers/clip-ViT-B-32-multilingual-v1")
     assert spec.family == "sentence-transformers"
     assert (spec.path / "clip").resolve() == (
         cache / "models--sentence-transformers--clip-ViT-B-32" / "snapshots" / ("0" * 40)
@@ -442,10 +443,10 @@ def test_random_weights_run_the_api_offline_with_vit_b32_sizes(tmp_path, monkeyp
     import huggingface_hub.constants as hub
 
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
-    spec = ClipSpec.from_dir("random")
+    spec = read_model_dir("random")
     assert spec.family == "clip" and spec.context == 77 and spec.path.parent.parent == tmp_path
     written = (spec.path / "model.safetensors").stat().st_mtime
-    assert ClipSpec.from_dir("random").path == spec.path
+    assert read_model_dir("random").path == spec.path
     assert (spec.path / "model.safetensors").stat().st_mtime == written  # not written again
     towers = Towers(spec, "cpu", 2, engine="eager")
     vectors = towers.embed_texts(TextTokenizer(spec).encode(["a cat", "a dog"]))

@@ -1,6 +1,6 @@
-"""The two towers of a CLIP-style model (transformers' CLIPModel, MetaClip2Model or
-SiglipModel, open_clip's CLIP, or sentence-transformers' pair): images and texts into one
-vector space, L2-normalized as the multi2vec-clip container returns them.
+"""The two towers of a CLIP-style model, whatever its family (each family loads its own:
+img2vec/models/clip/registry.py): images and texts into one vector space, L2-normalized as the
+multi2vec-clip container returns them (where the family's are).
 
 Inputs arrive prepared (img2vec/inputs/multimodal.py, in the ingress): images as uint8 H x W x 3
 already resized and cropped, texts as int32 token ids already truncated. Here they are
@@ -22,11 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from img2vec.inputs import openclip
-from img2vec.inputs.multimodal import END_TOKEN_POOLED, ClipSpec
+from img2vec.inputs.multimodal import ClipSpec
+from img2vec.models.clip import registry
 from img2vec.models.engines import normalize
 from img2vec.models.image import pick_device
-from img2vec.models.text_head import apply_head, read_head
 from img2vec.options import CLIP_ENGINES
 from img2vec.serving.batching import WarmUp
 from img2vec.serving.invariance import (
@@ -54,67 +53,6 @@ class Input:
 TEXT_STEP = 8
 
 
-class _VisionTower(torch.nn.Module):
-    """Pixels (normalized, N x 3 x H x W) -> the image tower's embedding, projected."""
-
-    def __init__(self, model: Any, project: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.project = project
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        pooled: torch.Tensor = self.model.vision_model(pixel_values=pixels).pooler_output
-        return self.model.visual_projection(pooled) if self.project else pooled
-
-
-class _TextTower(torch.nn.Module):
-    """Token ids (and their mask, N x L) -> the text tower's embedding, before normalization:
-    CLIP's end-token pooling and projection, SigLIP's last-position head (no mask: it was
-    trained on unmasked padding), or a sentence-transformers model and its head."""
-
-    def __init__(self, model: Any, family: str, text: Any, head: list) -> None:
-        super().__init__()
-        self.model: Any = model
-        self.family, self.text = family, text
-        self.head = head
-        # The head's dense layers as submodules, so that conversion sees their weights.
-        self.layers = torch.nn.ModuleList(arg[0] for step, arg in head if step == "dense")
-
-    @property
-    def masked(self) -> bool:
-        return self.family != "siglip"
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if self.text is not None:
-            assert mask is not None
-            hidden = self.text(input_ids=ids, attention_mask=mask).last_hidden_state
-            return apply_head(self.head, hidden, mask)
-        if self.family in END_TOKEN_POOLED:
-            pooled = self.model.text_model(input_ids=ids, attention_mask=mask).pooler_output
-            out: torch.Tensor = self.model.text_projection(pooled)
-            return out
-        pooled = self.model.text_model(input_ids=ids).pooler_output
-        return pooled
-
-
-class _OpenClipTower(torch.nn.Module):
-    """open_clip's `encode_image` (normalized pixels) or `encode_text` (token ids padded to
-    the full context as open_clip pads them: with 0 for its own text tower, whose causal mask
-    and end-token pooling need no attention mask; with the tokenizer's pad token for a
-    Hugging Face text tower, which masks it itself)."""
-
-    masked = False
-
-    def __init__(self, model: Any, kind: str) -> None:
-        super().__init__()
-        self.model, self.kind = model, kind
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if self.kind == IMAGE:
-            return self.model.encode_image(x)
-        return self.model.encode_text(x)
-
-
 class Towers:
     def __init__(
         self,
@@ -129,35 +67,12 @@ class Towers:
         self.spec = spec
         self.device = pick_device(device)
         started = time.perf_counter()
-        assert spec.image_path is not None and spec.text_path is not None
-        # sentence-transformers: the text tower is a model of its own, pooled and projected by
-        # the modules after it; neither tower's vectors are normalized (as the container's).
-        self._text: torch.nn.Module | None = None
-        self._head: list[tuple[str, Any]] = []
-        self.normalized = spec.family != "sentence-transformers"
-        self._vision: torch.nn.Module
-        self._text_tower: _TextTower | _OpenClipTower
-        # /meta's "model": the directory's name, or OpenCLIP's name and tag as config.json
-        # says them.
-        self.name = spec.path.name
-        if spec.family == openclip.FAMILY:
-            layout = openclip.Layout.read(spec.path)
-            self.name = layout.label
-            self._model = openclip.load(layout, self.device)
-            _check_openclip_preprocess(self._model, spec)
-            self._vision = _OpenClipTower(self._model, IMAGE)
-            self._text_tower = _OpenClipTower(self._model, TEXT)
-        else:
-            from transformers import AutoModel
-
-            model = AutoModel.from_pretrained(str(spec.image_path), dtype=torch.float32)
-            self._model = model.eval().to(self.device)
-            if spec.family == "sentence-transformers":
-                text = AutoModel.from_pretrained(str(spec.text_path), dtype=torch.float32)
-                self._text = text.eval().to(self.device)
-                self._head = read_head(spec.path / "text", self.device)
-            self._vision = _VisionTower(self._model, project=spec.family != "siglip")
-            self._text_tower = _TextTower(self._model, spec.family, self._text, self._head)
+        loaded = registry.load(spec, self.device)
+        self._model = loaded.model
+        self._vision, self._text_tower = loaded.vision, loaded.text
+        self._masked, self.normalized = loaded.masked, loaded.normalized
+        self._vocabulary = loaded.vocabulary
+        self.name = loaded.name  # /meta's "model"
         self.load_s = time.perf_counter() - started
         self.weights_sha256 = _files_sha256(list(spec.weights) or _weight_files(spec))
         pre = spec.preprocess
@@ -200,7 +115,7 @@ class Towers:
             import openvino as ov
 
             module = self._text_tower
-            n = 2 if self._text_tower.masked else 1
+            n = 2 if self._masked else 1
             length = self.spec.context if self.spec.fixed_length else 8
             options["example"] = tuple(torch.ones((2, length), dtype=torch.int64) for _ in range(n))
             options["inputs"] = [([-1, -1], ov.Type.i64)] * n
@@ -328,12 +243,13 @@ class Towers:
     @torch.inference_mode()
     def _text_pass(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
         if self._text_engine is not None:
-            arrays = (tokens, mask) if self._text_tower.masked else (tokens,)
+            arrays = (tokens, mask) if self._masked else (tokens,)
             run = self._text_engine.each if self._one_per_call(TEXT) else self._text_engine
             return self._out(torch.from_numpy(run(*arrays)))
         input_ids = torch.from_numpy(tokens).to(self.device)
-        attention = torch.from_numpy(mask).to(self.device)
-        return self._out(self._text_tower(input_ids, attention))
+        if not self._masked:
+            return self._out(self._text_tower(input_ids))
+        return self._out(self._text_tower(input_ids, torch.from_numpy(mask).to(self.device)))
 
     def _out(self, x: torch.Tensor) -> np.ndarray:
         x = x.float()
@@ -374,7 +290,7 @@ class Towers:
         regions and edges of photos (`probe_images`), texts of lengths that fall in two
         padded lengths (token ids of any vocabulary: the shapes are what matters)."""
         n = max(4, min(max_batch_size, 8))
-        rng, vocabulary = np.random.default_rng(0), self._vocabulary_size()
+        rng, vocabulary = np.random.default_rng(0), self._vocabulary
         lengths = [3, 5, 9, 12, 4, 7, 10, 14][:n]
         return {
             IMAGE: [Input(IMAGE, img) for img in probe_images(self.input_size, n)],
@@ -383,12 +299,6 @@ class Towers:
                 for k in lengths
             ],
         }
-
-    def _vocabulary_size(self) -> int:
-        if self.spec.family == openclip.FAMILY:
-            return int(self._model.vocab_size)
-        config = (self._text if self._text is not None else self._model).config
-        return int(getattr(getattr(config, "text_config", config), "vocab_size", 0) or 1)
 
     def _warm(self, max_batch_size: int) -> list[int]:
         h, w = self.input_size
@@ -403,16 +313,6 @@ def _weight_files(spec: ClipSpec) -> list[Path]:
     """The towers' directories' weight files, in name order."""
     folders = dict.fromkeys(p for p in (spec.image_path, spec.text_path) if p is not None)
     return [f for d in folders for ext in ("*.safetensors", "*.bin") for f in sorted(d.glob(ext))]
-
-
-def _check_openclip_preprocess(model: Any, spec: ClipSpec) -> None:
-    """The preprocessing open_clip set on the model it built is the one the ingress applies
-    (img2vec/inputs/openclip.py reads it from the same configs without building the model)."""
-    built = openclip.preprocess_of(model.visual.preprocess_cfg, spec.preprocess.name)
-    if built != spec.preprocess:
-        raise ValueError(
-            f"{spec.path}: open_clip preprocesses as {built}, the spec as {spec.preprocess}"
-        )
 
 
 def _files_sha256(files: list[Path]) -> str | None:

@@ -1,0 +1,66 @@
+"""CLIP in transformers' layout (`model_type` "clip": OpenAI's CLIP, MetaCLIP 1; and
+"metaclip_2", `MetaClip2Model`: CLIP's architecture with a multilingual tokenizer whose pad and
+end tokens differ). The text tower pools the end token and projects it, so texts are padded
+(masked) to any length and the padding leaves them as they are; the image tower projects its
+pooled output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from img2vec.inputs.multimodal import ClipSpec, read_transformers_dir
+from img2vec.models.clip.registry import Loaded
+
+MODEL_TYPES = ("clip", "metaclip_2")
+
+
+def read(root: Path) -> ClipSpec | None:
+    for family in MODEL_TYPES:
+        spec = read_transformers_dir(root, family, context=77, pad=0, fixed_length=False)
+        if spec is not None:
+            return spec
+    return None
+
+
+class VisionTower(torch.nn.Module):
+    """Pixels (normalized, N x 3 x H x W) -> the pooled output, projected."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        pooled = self.model.vision_model(pixel_values=pixels).pooler_output
+        out: torch.Tensor = self.model.visual_projection(pooled)
+        return out
+
+
+class TextTower(torch.nn.Module):
+    """Token ids and their mask (N x L) -> the end token's output, projected."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        pooled = self.model.text_model(input_ids=ids, attention_mask=mask).pooler_output
+        out: torch.Tensor = self.model.text_projection(pooled)
+        return out
+
+
+def load(spec: ClipSpec, device: torch.device) -> Loaded:
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(spec.path), dtype=torch.float32).eval().to(device)
+    return Loaded(
+        model=model,
+        vision=VisionTower(model),
+        text=TextTower(model),
+        masked=True,
+        normalized=True,
+        vocabulary=int(model.config.text_config.vocab_size),
+        name=spec.path.name,
+    )
