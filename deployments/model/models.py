@@ -6,10 +6,10 @@ rest.
   with a group of images already decoded and resized (uint8 N x H x W x 3): from an ingress
   replica (the model client, deployments/edge/client.py), a bulk request's chunk, or a single
   image from another Serve app composing the model (`embed()`).
-- `ClipModel` (multi2vec-clip): a CLIP-style model's two towers (img2vec/models/clip/towers.py). Every
-  call is one request's inputs, prepared by an ingress replica (deployments/edge/clip.py):
-  images decoded, resized and cropped, texts tokenized and truncated (int32 ids each). A
-  request is admitted whole or refused whole: Weaviate needs every vector of an object.
+- `ClipModel` (multi2vec-clip): a CLIP-style model's two towers (img2vec/models/clip/towers.py).
+  Every call is one request's inputs, prepared by an ingress replica (deployments/edge/clip.py):
+  images decoded, resized and cropped, texts tokenized and truncated (int32 ids each). A request is
+  admitted whole or refused whole: Weaviate needs every vector of an object.
 
 Everything that can fail because of one client's bytes has failed before here; each call's
 arrays are checked once more before any of it may join a pass.

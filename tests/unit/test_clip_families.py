@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # A family that is not in the library: CLIP's architecture under a model_type of its own, its
 # vectors left unnormalized, /meta's name its own. Written as a user would add one.
-TINY_FAMILY = '''
+TINY_FAMILY = """
 from transformers import CLIPModel
 
 from img2vec.inputs.multimodal import read_transformers_dir
@@ -43,7 +43,7 @@ def load(spec, device):
         vocabulary=model.config.text_config.vocab_size,
         name="tiny",
     )
-'''
+"""
 
 
 @pytest.fixture
@@ -115,7 +115,10 @@ def test_shared_code_never_branches_on_a_family():
                 if any(isinstance(x, ast.Attribute) and x.attr == "family" for x in operands):
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno}: compares a family")
             names = set(registry.FAMILIES) | {"sentence_transformers", "metaclip"}
-            if isinstance(node, ast.Constant):
-                if isinstance(node.value, str) and node.value in names:
-                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and node.value in names
+            ):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
     assert found == []

@@ -1,9 +1,9 @@
-"""The multi2vec-clip library path (img2vec/models/clip/: the families read by registry.py,
-and towers.py; img2vec/inputs/multimodal.py) against the independent reference (transformers' own processor and model,
-tests/support/clip_reference.py): the tokenizer's ids, and each tower's vectors, with random
-towers and OpenAI CLIP's real tokenizer; SigLIP's and SigLIP 2's padding and pooling with
-small tokenizers; MetaCLIP 1 and 2 on CLIP's path; OpenCLIP against open_clip itself (its
-tokenizer, transform and towers)."""
+"""The multi2vec-clip library path (img2vec/models/clip/: the families read by registry.py, and
+towers.py; img2vec/inputs/multimodal.py) against the independent reference (transformers' own
+processor and model, tests/support/clip_reference.py): the tokenizer's ids, and each tower's
+vectors, with random towers and OpenAI CLIP's real tokenizer; SigLIP's and SigLIP 2's padding and
+pooling with small tokenizers; MetaCLIP 1 and 2 on CLIP's path; OpenCLIP against open_clip itself
+(its tokenizer, transform and towers)."""
 
 from __future__ import annotations
 
