@@ -1,9 +1,10 @@
 """Weaviate's multi2vec-clip API on FastAPI, as a Serve ingress.
 
 `POST /vectorize {"texts": [...], "images": ["<base64>", ...]}` -> `{"textVectors": [[...]],
-"imageVectors": [[...]]}`, each in input order; `/.well-known/live|ready`, `/meta`. Weaviate
-sends one request per object, with all its text and image fields (texts only for `nearText`,
-images only for `nearImage`), and averages the vectors itself.
+"imageVectors": [[...]]}`, each in input order; `/.well-known/live|ready` and `/meta` as every
+protocol serves them (`http.EdgeRoutes`). Weaviate sends one request per object, with all its
+text and image fields (texts only for `nearText`, images only for `nearImage`), and averages
+the vectors itself.
 
 This protocol owns only its wire format and how its inputs are prepared (images resized and
 cropped the model's way, texts tokenized); the rest is the `Edge`'s
@@ -18,7 +19,7 @@ import asyncio
 import logging
 import warnings
 from collections.abc import Awaitable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import orjson
@@ -72,7 +73,9 @@ async def _numbered(i: int, decoding: Awaitable[np.ndarray]) -> np.ndarray:
 
 @serve.deployment(name="Ingress", max_ongoing_requests=512)
 @serve.ingress(clip_app)
-class ClipIngress:
+class ClipIngress(http.EdgeRoutes):
+    PROTOCOL = "multi2vec-clip"
+
     def __init__(self, model: DeploymentHandle, settings: IngressSettings) -> None:
         warnings.filterwarnings("ignore", module="PIL")
         self._model = model
@@ -101,22 +104,15 @@ class ClipIngress:
             )
             self._tokenizer = TextTokenizer(spec)
 
-    @clip_app.get("/.well-known/live", **http.LIVE_ROUTE)
-    async def live(self) -> Response:
-        return Response(status_code=204)
+    def loading(self) -> bool:
+        return self._tokenizer is None
 
-    @clip_app.get("/.well-known/ready", **http.READY_ROUTE)
-    async def ready(self) -> Response:
-        return self._edge.ready(loading=self._tokenizer is None)
-
-    @clip_app.get("/meta", **http.META_ROUTE)
-    async def meta(self) -> Response:
-        """The model (what every stored vector depends on, long texts' truncation included)
-        and live batching stats, from the one model replica that answered."""
+    def limits(self) -> dict[str, Any]:
+        """A request's inputs are limited as a bulk request's items; no bulk body here."""
         limits = self._settings.limits()
         limits["max_inputs"] = limits.pop("max_bulk_items")
         del limits["max_bulk_bytes"]
-        return await self._edge.meta("multi2vec-clip", limits)
+        return limits
 
     @clip_app.post(ROUTE, **VECTORIZE_ROUTE)
     async def vectorize(self, request: Request) -> Response:

@@ -1,6 +1,7 @@
 """Weaviate's img2vec-neural API on FastAPI, as a Serve ingress: `POST /vectors` (and
 `/vectors/`) `{"id", "image"}` -> `{"id", "vector", "dim"}`; the bulk route
-`POST /vectors/batch`; `/.well-known/live|ready`, `/meta`.
+`POST /vectors/batch`; `/.well-known/live|ready` and `/meta` as every protocol serves them
+(`http.EdgeRoutes`).
 
 This protocol owns only its wire format (the schemas below); each route reads top-down, and
 everything shared (deadline, byte budget, door, drain, errors made JSON, metrics, decode
@@ -70,7 +71,9 @@ app = http.new_app(
 
 @serve.deployment(name="Ingress", max_ongoing_requests=512)
 @serve.ingress(app)
-class NeuralIngress:
+class NeuralIngress(http.EdgeRoutes):
+    PROTOCOL = "img2vec-neural"
+
     def __init__(self, model: DeploymentHandle, settings: IngressSettings, preprocess: str) -> None:
         # Malformed client images make Pillow warn (corrupt EXIF, odd TIFF tags); they are
         # answered with a 400 already, and must not flood this process's log.
@@ -84,20 +87,6 @@ class NeuralIngress:
         )
         replica = serve.get_replica_context().replica_id.unique_id
         self._edge = Edge(model, settings, replica)
-
-    @app.get("/.well-known/live", **http.LIVE_ROUTE)
-    async def live(self) -> Response:
-        return Response(status_code=204)
-
-    @app.get("/.well-known/ready", **http.READY_ROUTE)
-    async def ready(self) -> Response:
-        return self._edge.ready()
-
-    @app.get("/meta", **http.META_ROUTE)
-    async def meta(self) -> Response:
-        """Model identity (what every stored vector depends on) and live batching stats,
-        both from the one model replica that answered (named by `replica`)."""
-        return await self._edge.meta("img2vec-neural", self._settings.limits())
 
     @app.post("/vectors", **VECTORS_ROUTE)
     async def vectors(self, request: Request) -> Response:

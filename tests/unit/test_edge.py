@@ -267,3 +267,70 @@ def test_the_door_counts_every_input_a_request_carries_until_it_is_answered():
     inside, late, after = run(test)
     assert inside == 25 and after == 0
     assert late.status_code == 503 and "25.0 s behind" in error_of(late)
+
+
+class RecordingEdge:
+    """What the shared routes ask of an Edge, recorded."""
+
+    def __init__(self, settings: IngressSettings) -> None:
+        self.settings = settings
+        self.asked: list[Any] = []
+
+    def ready(self, *, loading: bool = False) -> str:
+        self.asked.append(("ready", loading))
+        return "ready"
+
+    async def meta(self, protocol: str, limits: dict[str, Any]) -> str:
+        self.asked.append(("meta", protocol, limits))
+        return "meta"
+
+
+def served_routes(routes: list[Any]) -> list[tuple[str, Any]]:
+    """(path, endpoint) of every route, those Serve moved into an included router too."""
+    found = []
+    for route in routes:
+        if getattr(route, "endpoint", None) is not None:
+            found.append((route.path, route.endpoint))
+        router = getattr(route, "original_router", None)
+        if router is not None:
+            found += served_routes(router.routes)
+    return found
+
+
+def test_live_ready_and_meta_are_declared_once_for_every_protocol():
+    """Both protocols' apps route /.well-known/live, /.well-known/ready and /meta to the one
+    `EdgeRoutes` declaration; each protocol only says its name, its limits and whether it is
+    still loading."""
+    from deployments.edge import clip, neural
+
+    shared = {"/.well-known/live": "live", "/.well-known/ready": "ready", "/meta": "meta"}
+    for app in (neural.app, clip.clip_app):
+        routes = {path: endpoint.__qualname__ for path, endpoint in served_routes(app.routes)}
+        assert {path: routes[path] for path in shared} == {
+            path: f"EdgeRoutes.{name}" for path, name in shared.items()
+        }
+    settings = IngressSettings()
+
+    def bare(deployment: Any, **state: Any) -> Any:
+        """The protocol's own class (beneath Serve's ASGI wrapper), not initialised."""
+        protocol = deployment.func_or_class.__mro__[1]
+        assert protocol.__name__ == deployment.func_or_class.__name__
+        replica = object.__new__(protocol)
+        replica._settings, replica._edge = settings, RecordingEdge(settings)
+        replica.__dict__.update(state)
+        return replica
+
+    neural_replica = bare(neural.NeuralIngress)
+    clip_replica = bare(clip.ClipIngress, _tokenizer=None)
+    for replica in (neural_replica, clip_replica):
+        asyncio.run(replica.ready())
+        asyncio.run(replica.meta())
+        assert asyncio.run(replica.live()).status_code == 204
+    clip_limits = {k: v for k, v in settings.limits().items() if k != "max_bulk_bytes"}
+    clip_limits["max_inputs"] = clip_limits.pop("max_bulk_items")
+    assert neural_replica._edge.asked == [
+        ("ready", False),
+        ("meta", "img2vec-neural", settings.limits()),
+    ]
+    # multi2vec-clip is loading until the model replica has said how inputs are prepared.
+    assert clip_replica._edge.asked == [("ready", True), ("meta", "multi2vec-clip", clip_limits)]

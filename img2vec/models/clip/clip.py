@@ -7,12 +7,11 @@ pooled output."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from img2vec.inputs.multimodal import ClipSpec, read_transformers_dir
-from img2vec.models.clip.registry import Loaded
+from img2vec.models.clip.registry import Loaded, Tower
 
 MODEL_TYPES = ("clip", "metaclip_2")
 
@@ -25,41 +24,34 @@ def read(root: Path) -> ClipSpec | None:
     return None
 
 
-class VisionTower(torch.nn.Module):
-    """Pixels (normalized, N x 3 x H x W) -> the pooled output, projected."""
-
-    def __init__(self, model: Any) -> None:
-        super().__init__()
-        self.model = model
-
+class VisionTower(Tower):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         pooled = self.model.vision_model(pixel_values=pixels).pooler_output
-        out: torch.Tensor = self.model.visual_projection(pooled)
-        return out
+        return self.model.visual_projection(pooled)
 
 
-class TextTower(torch.nn.Module):
-    """Token ids and their mask (N x L) -> the end token's output, projected."""
-
-    def __init__(self, model: Any) -> None:
-        super().__init__()
-        self.model = model
-
+class TextTower(Tower):
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         pooled = self.model.text_model(input_ids=ids, attention_mask=mask).pooler_output
-        out: torch.Tensor = self.model.text_projection(pooled)
-        return out
+        return self.model.text_projection(pooled)
 
 
-def load(spec: ClipSpec, device: torch.device) -> Loaded:
+def load(
+    spec: ClipSpec,
+    device: torch.device,
+    towers: tuple[type[Tower], type[Tower]] = (VisionTower, TextTower),
+    masked: bool = True,
+) -> Loaded:
+    """A transformers CLIP-style model (`AutoModel`) and its `towers` (SigLIP's: siglip.py)."""
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(str(spec.path), dtype=torch.float32).eval().to(device)
+    vision, text = towers
     return Loaded(
         model=model,
-        vision=VisionTower(model),
-        text=TextTower(model),
-        masked=True,
+        vision=vision(model),
+        text=text(model),
+        masked=masked,
         normalized=True,
         vocabulary=int(model.config.text_config.vocab_size),
         name=spec.path.name,

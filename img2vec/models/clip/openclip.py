@@ -15,7 +15,7 @@ import torch
 
 from img2vec.inputs import openclip
 from img2vec.inputs.multimodal import ClipSpec
-from img2vec.models.clip.registry import Loaded
+from img2vec.models.clip.registry import Loaded, Tower
 
 
 def read(root: Path) -> ClipSpec | None:
@@ -38,28 +38,14 @@ def read(root: Path) -> ClipSpec | None:
     )
 
 
-class VisionTower(torch.nn.Module):
-    """open_clip's `encode_image` (normalized pixels)."""
-
-    def __init__(self, model: Any) -> None:
-        super().__init__()
-        self.model = model
-
+class VisionTower(Tower):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.model.encode_image(pixels)
-        return out
+        return self.model.encode_image(pixels)
 
 
-class TextTower(torch.nn.Module):
-    """open_clip's `encode_text` (token ids padded to the full context, no mask)."""
-
-    def __init__(self, model: Any) -> None:
-        super().__init__()
-        self.model = model
-
+class TextTower(Tower):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.model.encode_text(ids)
-        return out
+        return self.model.encode_text(ids)
 
 
 def load(spec: ClipSpec, device: torch.device) -> Loaded:

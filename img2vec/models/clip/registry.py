@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from img2vec.inputs.model_dirs import resolve_model_dir
 from img2vec.inputs.multimodal import ClipSpec, read_json
 
@@ -36,13 +38,23 @@ FAMILIES: dict[str, str] = {
 }
 
 
+class Tower(torch.nn.Module):
+    """One tower of a family's model: its `forward` is the family's (images: normalized
+    pixels, N x 3 x H x W; texts: token ids, N x L, and their mask where the tower takes one),
+    the model a submodule so that an engine's conversion sees its weights."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+
 @dataclass(frozen=True)
 class Loaded:
     """A family's model, loaded: its two towers and what the shared code needs of them."""
 
     model: Any  # the framework's model object (/meta's "architecture" is its class name)
-    vision: Any  # torch module: normalized pixels (N x 3 x H x W) -> image embeddings
-    text: Any  # torch module: token ids (N x L; and their mask where `masked`) -> embeddings
+    vision: Tower  # normalized pixels (N x 3 x H x W) -> image embeddings
+    text: Tower  # token ids (N x L; and their mask where `masked`) -> text embeddings
     masked: bool  # the text tower takes an attention mask (else it sees padding as tokens)
     normalized: bool  # its vectors are L2-normalized as the container returns them
     vocabulary: int  # token ids below this are valid (the invariance probes draw from it)

@@ -22,7 +22,7 @@ from img2vec.inputs.multimodal import (
     read_json,
 )
 from img2vec.models.clip import clip
-from img2vec.models.clip.registry import Loaded
+from img2vec.models.clip.registry import Loaded, Tower
 
 FAMILY = "sentence-transformers"
 
@@ -65,17 +65,17 @@ def st_modules(root: Path) -> list[tuple[str, Path]]:
     return [(e["type"].rsplit(".", 1)[-1], root / e.get("path", "")) for e in entries]
 
 
-class TextTower(torch.nn.Module):
-    """Token ids and their mask (N x L) -> the text model's hidden states through its head."""
+class TextTower(Tower):
+    """The text model's hidden states through its head (`model` is the text model)."""
 
-    def __init__(self, text: Any, head: list[tuple[str, Any]]) -> None:
-        super().__init__()
-        self.text, self.head = text, head
+    def __init__(self, model: Any, head: list[tuple[str, Any]]) -> None:
+        super().__init__(model)
+        self.head = head
         # The head's dense layers as submodules, so that conversion sees their weights.
         self.layers = torch.nn.ModuleList(arg[0] for step, arg in head if step == "dense")
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.text(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
         return apply_head(self.head, hidden, mask)
 
 
