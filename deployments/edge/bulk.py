@@ -74,18 +74,18 @@ def _item(entry: Any, max_id_length: int) -> BulkItem:
 
 
 async def embed_items(
-    items: list[BulkItem], ex: Exchange, read_image: Callable[[str], np.ndarray], chunk: int
+    items: list[BulkItem], ex: Exchange, read_image: Callable[[str], np.ndarray], group: int
 ) -> None:
     """Every item's vector or its own error. Every image is handed to the decode pool at
-    once (it takes them in order), and each run of `chunk` items goes to the model as soon
+    once (it takes them in order), and each run of `group` items goes to the model as soon
     as it is decoded: the model works on the first images while the rest still decode,
     instead of waiting for the last one."""
     decodes = [asyncio.ensure_future(_decode(item, ex, read_image)) for item in items]
     sends: list[asyncio.Future[None]] = []
     try:
-        for start in range(0, len(items), chunk):
-            await asyncio.gather(*decodes[start : start + chunk])
-            ready = [item for item in items[start : start + chunk] if item.pixels is not None]
+        for start in range(0, len(items), group):
+            await asyncio.gather(*decodes[start : start + group])
+            ready = [item for item in items[start : start + group] if item.pixels is not None]
             if ready:
                 sends.append(asyncio.ensure_future(_embed(ready, ex)))
         await asyncio.gather(*sends)

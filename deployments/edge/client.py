@@ -1,7 +1,7 @@
 """The model client: an ingress replica's one path to the model replicas, for both protocols.
-img2vec-neural requests travel together, as one call per group (`embed`); a bulk request's
-images in chunks (`embed_many`); multi2vec-clip requests, each whole, travel together the same
-way (`embed_request`: Weaviate sends one object per request, often one short text).
+img2vec-neural requests travel together, as one call per group (`embed`); a bulk request's images in
+groups of at most GROUP_SIZE (`embed_many`); multi2vec-clip requests, each whole, travel together
+the same way (`embed_request`: Weaviate sends one object per request, often one short text).
 Every answer says how far behind the model is (a `Backlog`), so that the door (`enter`) can
 refuse what cannot make its deadline before anything is read or decoded.
 
@@ -137,12 +137,12 @@ class ModelClient:
         return result
 
     async def embed_many(self, pixels: list[np.ndarray], deadline: float) -> list[Result]:
-        """Images already gathered (a bulk request's): in chunks of at most GROUP_SIZE, one
-        call each, all at once, outside the slots that single requests share. A chunk the
+        """Images already gathered (a bulk request's): in groups of at most GROUP_SIZE, one
+        call each, all at once, outside the slots that single requests share. A group the
         model refuses fails only its own images."""
-        chunks = [pixels[i : i + GROUP_SIZE] for i in range(0, len(pixels), GROUP_SIZE)]
+        groups = [pixels[i : i + GROUP_SIZE] for i in range(0, len(pixels), GROUP_SIZE)]
         answers = await asyncio.gather(
-            *(self._call(chunk, [deadline] * len(chunk)) for chunk in chunks)
+            *(self._call(group, [deadline] * len(group)) for group in groups)
         )
         return [result for answer in answers for result in answer]
 

@@ -3,8 +3,8 @@ each owning its model and the shape of its calls, and the `ModelHost` both compo
 rest.
 
 - `ImageModel` (img2vec-neural): one image backbone (img2vec/models/image.py). Every call arrives
-  with a group of images already decoded and resized (uint8 N x H x W x 3): from an ingress
-  replica (the model client, deployments/edge/client.py), a bulk request's chunk, or a single
+  with a group of images already decoded and resized (uint8 N x H x W x 3): from an ingress replica
+  (the model client, deployments/edge/client.py), a group of a bulk request's images, or a single
   image from another Serve app composing the model (`embed()`).
 - `ClipModel` (multi2vec-clip): a CLIP-style model's two towers (img2vec/models/clip/towers.py).
   Every call is one request's inputs, prepared by an ingress replica (deployments/edge/clip.py):

@@ -138,7 +138,7 @@ class Batcher(Generic[T, R]):
         self._settings = settings or BatchSettings()
         self._is_oom = is_out_of_memory
         self._observer = observer
-        self._pending: deque[_Job[T, R]] = deque()
+        self._queue: deque[_Job[T, R]] = deque()  # one job per input, oldest first
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._in_pass = 0  # images in the pass running now
@@ -167,9 +167,7 @@ class Batcher(Generic[T, R]):
             return 0.0
         now = time.monotonic()
         waiting = sum(
-            1
-            for job in self._pending
-            if not job.future.done() and (job.due is None or job.due > now)
+            1 for job in self._queue if not job.future.done() and (job.due is None or job.due > now)
         )
         return (waiting + self._in_pass + 1) * self._s_per_image
 
@@ -185,7 +183,7 @@ class Batcher(Generic[T, R]):
             raise NotReady("the model replica is shutting down")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
-        self._pending.append(_Job(item, future, time.monotonic(), due))
+        self._queue.append(_Job(item, future, time.monotonic(), due))
         self._arrived.set()
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._work())
@@ -241,8 +239,8 @@ class Batcher(Generic[T, R]):
     def close(self) -> None:
         """Answer everything still queued with `NotReady` and stop the worker thread."""
         self._closed = True
-        while self._pending:
-            job = self._pending.popleft()
+        while self._queue:
+            job = self._queue.popleft()
             if not job.future.done():
                 job.future.set_exception(NotReady("the model replica is shutting down"))
         self._thread.shutdown(wait=False, cancel_futures=True)
@@ -263,7 +261,7 @@ class Batcher(Generic[T, R]):
             },
             "queue_wait_ms_p50": round(1e3 * _quantile(waits, 0.5), 1),
             "queue_wait_ms_p99": round(1e3 * _quantile(waits, 0.99), 1),
-            "queued": len(self._pending),
+            "queued": len(self._queue),
             "dropped_caller_gone": s.dropped_caller_gone,
             "expired": s.expired,
             "oom_splits": s.oom_splits,
@@ -274,7 +272,7 @@ class Batcher(Generic[T, R]):
     # -- the worker ------------------------------------------------------------------
 
     async def _work(self) -> None:
-        while self._pending:
+        while self._queue:
             await self._fill()
             jobs = self._take()
             if jobs:
@@ -283,11 +281,11 @@ class Batcher(Generic[T, R]):
     async def _fill(self) -> None:
         """With a wait set and fewer than a full batch queued, give the batch until the
         oldest request has waited `batch_wait_timeout_s` to fill."""
-        while self._pending:
+        while self._queue:
             settings = self._settings
-            remaining = self._pending[0].enqueued + settings.batch_wait_timeout_s
+            remaining = self._queue[0].enqueued + settings.batch_wait_timeout_s
             remaining -= time.monotonic()
-            if remaining <= 0 or len(self._pending) >= settings.max_batch_size:
+            if remaining <= 0 or len(self._queue) >= settings.max_batch_size:
                 return
             self._arrived.clear()
             try:
@@ -300,8 +298,8 @@ class Batcher(Generic[T, R]):
         gone = expired = 0
         now = time.monotonic()
         limit = self._settings.max_batch_size
-        while self._pending and len(jobs) < limit:
-            job = self._pending.popleft()
+        while self._queue and len(jobs) < limit:
+            job = self._queue.popleft()
             if job.future.done():  # cancelled: the caller has gone
                 gone += 1
             elif job.due is not None and now > job.due:
