@@ -8,15 +8,20 @@ core is the service's serial limit.
 Run: `python -m bench.where --model mobilenet_v3_large --concurrency 32`
 (`--config serve_config.gpu.yaml --concurrency 256` on a GPU node). `--at-rest 30` first
 measures the service with no requests at all for 30 s: what it costs a node it shares (a
-Weaviate node) while idle."""
+Weaviate node) while idle. `--against REV --rounds 2` measures the code of commit REV (checked
+out in a temporary git worktree, run from there) and this tree's side by side, alternating, so
+that a change's cost is seen on one machine within minutes. Writes
+bench/results/where-<date>-<cpu>.json and the `where` section of docs/benchmarks.md."""
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
+import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,6 +31,8 @@ import yaml
 from bench.images import image_sets, request_bodies
 from bench.loadgen import run_load
 from bench.processes import env_pairs, fixed_ingress, launched
+from bench.report import add_output_args, publish
+from bench.run import record
 from img2vec.serving.cpus import DECODE_THREAD, FORWARD_THREAD
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,27 +138,20 @@ def at_rest(
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="serve_config.yaml")
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--images", default="640x480")
-    parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--ingress-replicas", type=int, help="fixed, instead of autoscaling")
-    parser.add_argument("--model", help="another backbone than the config's")
-    parser.add_argument("--serve-env", default="", help="KEY=VAL,... on top of serve.env")
-    parser.add_argument(
-        "--at-rest", type=float, default=0.0, help="seconds measured with no requests first"
-    )
-    args = parser.parse_args()
-    config = fixed_ingress(yaml.safe_load((ROOT / args.config).read_text()), args.ingress_replicas)
+BEGIN, END = "<!-- where:begin -->", "<!-- where:end -->"
+
+
+def measure(root: Path, args: argparse.Namespace) -> dict:
+    """One load point against the service of the code in `root` (run from there: its own
+    modules ahead of any installed copy): throughput, and each process's CPU per request."""
+    config = fixed_ingress(yaml.safe_load((root / args.config).read_text()), args.ingress_replicas)
     if args.model:
         config["applications"][0]["args"]["model"] = args.model
-    extra = env_pairs(args.serve_env)
+    extra = {"PYTHONPATH": str(root), **env_pairs(args.serve_env)}
     bodies = request_bodies(next(iter(image_sets(args.images).values())))
     with (
         tempfile.TemporaryDirectory() as tmp,
-        launched(config, Path(tmp), ROOT, extra_env=extra) as (url, proc),
+        launched(config, Path(tmp), root, extra_env=extra) as (url, proc),
     ):
         load = {"concurrency": args.concurrency, "max_requests": 10**7, "weaviate": True}
         run_load(url + "/vectors", bodies, duration_s=3, warmup_s=1, **load)
@@ -166,17 +166,108 @@ def main() -> None:
         result = run_load(url + "/vectors", bodies, duration_s=args.duration, warmup_s=0, **load)
         after, elapsed = cpu_by_process(proc.pid), time.perf_counter() - t0
         meta_after = httpx.get(url + "/meta", timeout=30).json()
-    print(json.dumps(result.as_dict()))
-    print("\n".join(table(before, after, elapsed, result.requests)))
-    passes = meta_after["batching"]["passes"] - meta_before["batching"]["passes"]
-    images = meta_after["batching"]["images"] - meta_before["batching"]["images"]
-    line = f"mean forward pass: {images / max(passes, 1):.1f} images"
-    link_before, link_after = meta_before.get("ingress"), meta_after.get("ingress")
-    if link_before and link_after:  # one ingress replica's calls to the model
-        calls = link_after["calls_to_model"] - link_before["calls_to_model"]
-        sent = link_after["inputs_to_model"] - link_before["inputs_to_model"]
-        line += f"; mean call to the model (one ingress replica): {sent / max(calls, 1):.1f} images"
-    print(line)
+    print("\n".join(table(before, after, elapsed, result.requests)), flush=True)
+    n = max(result.requests, 1)
+    rows = cpu_used(before, after)
+    batching = [m["batching"] for m in (meta_before, meta_after)]
+    link = [m.get("ingress") or {} for m in (meta_before, meta_after)]
+    calls = link[1].get("calls_to_model", 0) - link[0].get("calls_to_model", 0)
+    sent = link[1].get("inputs_to_model", 0) - link[0].get("inputs_to_model", 0)
+    return {
+        "load": result.as_dict(),
+        "processes": {
+            name.rsplit(" [", 1)[0]: {
+                "core_pct": round(100 * used / elapsed, 1),
+                "work_ms": round(1e3 * work / n, 2),
+                "rest_ms": round(1e3 * rest / n, 2),
+            }
+            for used, name, work, rest in rows
+            if used / elapsed >= 0.02
+        },
+        "work_ms": round(1e3 * sum(r[2] for r in rows) / n, 2),
+        "rest_ms": round(1e3 * sum(r[3] for r in rows) / n, 2),
+        "images_per_pass": round(
+            (batching[1]["images"] - batching[0]["images"])
+            / max(batching[1]["passes"] - batching[0]["passes"], 1),
+            1,
+        ),
+        "images_per_call": round(sent / max(calls, 1), 1) if calls else None,
+    }
+
+
+@contextlib.contextmanager
+def checked_out(rev: str) -> Iterator[tuple[Path, str]]:
+    """Commit `rev` of this repository in a temporary git worktree, removed afterwards."""
+    sha = _git("rev-parse", "--short", rev)
+    with tempfile.TemporaryDirectory(prefix="img2vec-where-") as tmp:
+        tree = Path(tmp) / sha
+        _git("worktree", "add", "--detach", str(tree), sha)
+        try:
+            yield tree, sha
+        finally:
+            _git("worktree", "remove", "--force", str(tree))
+
+
+def _git(*args: str) -> str:
+    out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def markdown(results: dict) -> str:
+    """Each run's throughput and CPU per request; the serving path's own cost (rest) by
+    process where it is large enough to show."""
+    m = results["machine"]
+    lines = [
+        f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores).",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        "| code | round | img/s | p50 ms | work ms/request | rest ms/request "
+        "| rest: ingress | rest: model replica | images a pass | images a call |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for run in results["runs"]:
+        rest = {name: p["rest_ms"] for name, p in run["processes"].items()}
+        ingress = sum(v for k, v in rest.items() if k.endswith(":Ingress"))
+        model = sum(v for k, v in rest.items() if k.endswith(":Embedder"))
+        per_call = run["images_per_call"]
+        lines.append(
+            f"| {run['code']} | {run['round']} | {run['load']['images_per_s']:.1f} "
+            f"| {run['load']['p50_ms']:.1f} | {run['work_ms']:.2f} | **{run['rest_ms']:.2f}** "
+            f"| {ingress:.2f} | {model:.2f} | {run['images_per_pass']:.1f} "
+            f"| {'-' if per_call is None else f'{per_call:.1f}'} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="serve_config.yaml")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--images", default="640x480")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--ingress-replicas", type=int, help="fixed, instead of autoscaling")
+    parser.add_argument("--model", help="another backbone than the config's")
+    parser.add_argument("--serve-env", default="", help="KEY=VAL,... on top of serve.env")
+    parser.add_argument(
+        "--at-rest", type=float, default=0.0, help="seconds measured with no requests first"
+    )
+    parser.add_argument("--against", help="a commit measured side by side with this tree")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each side, alternating")
+    add_output_args(parser)
+    args = parser.parse_args()
+    results: dict = {**record("where", args), "runs": []}
+    here = _git("rev-parse", "--short", "HEAD") + ("+" if _git("status", "--porcelain") else "")
+    with contextlib.ExitStack() as stack:
+        sides = [(ROOT, f"{here} (this tree)")]
+        if args.against:
+            tree, sha = stack.enter_context(checked_out(args.against))
+            sides.insert(0, (tree, sha))
+        for round_ in range(1, args.rounds + 1):
+            for root, code in sides:
+                print(f"== {code}, round {round_}", flush=True)
+                results["runs"].append({"code": code, "round": round_, **measure(root, args)})
+    publish(results, "where", markdown(results), args, (BEGIN, END))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ SECTIONS = {
     "invariance": ("bench.invariance", "invariance-*.json"),
     "overload": ("bench.overload", "overload-*.json"),
     "soak": ("bench.soak", "soak-*.json"),
+    "where": ("bench.where", "where-*.json"),
 }
 
 
@@ -74,7 +75,7 @@ UNIT = (
 MEASURED = re.compile(rf"(?<![\w.\u00d7])({NUMBER})(?:\s?[-\u2013]\s?({NUMBER}))?\s?{UNIT}")
 # A result file named in a block, with or without its folder (bench/results/...).
 CITED = re.compile(
-    r"(?<![\w.-])((?:\d{4}-\d\d-\d\d|clip|peers|weaviate|invariance|overload|soak|scaling)"
+    r"(?<![\w.-])((?:\d{4}-\d\d-\d\d|clip|peers|weaviate|invariance|overload|soak|scaling|where)"
     r"-[\w.-]*\.json)"
 )
 
