@@ -29,7 +29,7 @@ import yaml
 from bench.images import image_sets
 from bench.loadgen import add_load_args, run_load
 from bench.processes import baseline_server, launched
-from bench.report import add_output_args, publish
+from bench.report import add_output_args, preamble, publish
 from bench.run import record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,16 +160,12 @@ def baseline(
 
 
 def markdown(results: dict) -> str:
-    m = results["machine"]
     rows = {
         (r.get("family", "clip"), r["system"], r["kind"], r["concurrency"]): r
         for r in results["load"]
     }
     lines = [
-        f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores), torch {m['torch']}.",
-        "",
-        f"Command: `{results['command']}`",
-        "",
+        *preamble(results),
         "| model | requests | concurrency | baseline req/s | service req/s | ratio | service "
         "eager req/s | ratio | baseline p50 ms | service p50 ms | errors (baseline/service) |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

@@ -32,7 +32,7 @@ from bench.clip import bodies, write_vit_b32
 from bench.images import image_sets, request_bodies
 from bench.loadgen import add_load_args, run_load
 from bench.processes import launched
-from bench.report import add_output_args, publish
+from bench.report import add_output_args, preamble, publish
 from bench.run import record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +102,6 @@ def _find(meta: object, key: str) -> object:
 
 
 def markdown(results: dict) -> str:
-    m = results["machine"]
     rows = {
         (
             r["protocol"],
@@ -115,10 +114,7 @@ def markdown(results: dict) -> str:
         for r in results["load"]
     }
     lines = [
-        f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores), torch {m['torch']}.",
-        "",
-        f"Command: `{results['command']}`",
-        "",
+        *preamble(results),
         "| protocol | engine | kernels | requests | concurrency | on: req/s | off: req/s "
         "| ratio on/off | on: p50 ms | off: p50 ms | fixed pass (on) | invariant on / off |",
         "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",

@@ -80,6 +80,17 @@ def _mean_batch(formed: dict[str, int]) -> str:
     return f"{mean:.1f} (max {max(int(k) for k in formed)})"
 
 
+def preamble(results: dict) -> list[str]:
+    """What a benchmark's section opens with: when, on what, and the command."""
+    m = results["machine"]
+    return [
+        f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores), torch {m['torch']}.",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+    ]
+
+
 def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [

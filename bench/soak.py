@@ -26,7 +26,7 @@ import yaml
 from bench.images import image_sets, request_bodies
 from bench.loadgen import run_load
 from bench.processes import launched
-from bench.report import replace_section
+from bench.report import preamble, replace_section
 from bench.run import machine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,13 +113,10 @@ def verdict(minutes: list[dict]) -> dict:
 
 
 def markdown(results: dict) -> str:
-    m, v = results["machine"], results["verdict"]
+    v = results["verdict"]
     roles = sorted({r for row in results["minutes"] for r in row["rss_mb"]})
     lines = [
-        f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores), torch {m['torch']}.",
-        "",
-        f"Command: `{results['command']}`",
-        "",
+        *preamble(results),
         "| minute | img/s | p50 ms | p99 ms | errors | "
         + " | ".join(f"{r} MB" for r in roles)
         + " |",

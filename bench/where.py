@@ -31,7 +31,7 @@ import yaml
 from bench.images import image_sets, request_bodies
 from bench.loadgen import run_load
 from bench.processes import env_pairs, fixed_ingress, launched
-from bench.report import add_output_args, publish
+from bench.report import add_output_args, preamble, publish
 from bench.run import record
 from img2vec.serving.cpus import DECODE_THREAD, FORWARD_THREAD
 
@@ -216,12 +216,8 @@ def _git(*args: str) -> str:
 def markdown(results: dict) -> str:
     """Each run's throughput and CPU per request; the serving path's own cost (rest) by
     process where it is large enough to show."""
-    m = results["machine"]
     lines = [
-        f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores).",
-        "",
-        f"Command: `{results['command']}`",
-        "",
+        *preamble(results),
         "| code | round | img/s | p50 ms | work ms/request | rest ms/request "
         "| rest: ingress | rest: model replica | images a pass | images a call |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
