@@ -122,3 +122,16 @@ def test_shared_code_never_branches_on_a_family():
             ):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
     assert found == []
+
+
+def test_the_fetch_and_check_command_names_the_directory_and_its_family(clip_dir, tmp_path, capsys):
+    """`python -m img2vec.models.clip NAME|DIR` (the image's weights step for multi2vec-clip,
+    docker/bake-weights.sh): the directory and its family, or why not."""
+    from img2vec.models.clip.__main__ import main
+
+    assert main(["clip", str(clip_dir)]) == 0
+    assert capsys.readouterr().out == f"{clip_dir} (clip, texts truncated to 77 tokens)\n"
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "resnet"}))
+    assert main(["clip", str(tmp_path)]) == 1
+    assert "'resnet' is not a CLIP-style model" in capsys.readouterr().out
+    assert main(["clip"]) == 2
