@@ -99,8 +99,8 @@ MODEL_DEPLOYMENT: dict[str, Any] = {
     "user_config": DEFAULTS.as_dict(),
 }
 
-# One input's place in the batcher, or why it was refused before it got one.
-Admitted = asyncio.Future[np.ndarray] | Overloaded
+# One input's admission: its place in the batcher (a future), or its request's refusal.
+Admission = asyncio.Future[np.ndarray] | Overloaded
 
 
 def replica_location() -> dict[str, str]:
@@ -138,18 +138,18 @@ class ModelHost:
         self._gatherings = 0
         self._fresh = asyncio.get_running_loop().create_task(keep_fresh(self._metrics.refresh))
 
-    def enqueue(self, calls: list[list[Pending[Any]]]) -> list[list[list[Admitted]]]:
+    def enqueue(self, calls: list[list[Pending[Any]]]) -> list[list[list[Admission]]]:
         """Every request of every call gathered now, into the batcher in one step (one
         backlog estimate, `Batcher.admit`): each input's future, or each refused request's
         error."""
         self._gatherings += 1
-        admitted = iter(self._batcher.admit([request for call in calls for request in call]))
-        return [[next(admitted) for _ in call] for call in calls]
+        admissions = iter(self._batcher.admit([request for call in calls for request in call]))
+        return [[next(admissions) for _ in call] for call in calls]
 
-    async def answer(self, admitted: list[list[Admitted]]) -> GroupAnswer:
+    async def answer(self, admissions: list[list[Admission]]) -> GroupAnswer:
         """One call's answer: each input's vector or error, in order, and the backlog."""
         self._calls += 1
-        entries = [entry for request in admitted for entry in request]
+        entries = [entry for request in admissions for entry in request]
         queued = [entry for entry in entries if isinstance(entry, asyncio.Future)]
         # Cancelled with the call, gather cancels every future: those inputs leave the queue.
         answered = iter(await asyncio.gather(*queued, return_exceptions=True))
@@ -207,7 +207,7 @@ class HostedModel:
         return await self._host.answer(await self.gather(requests))
 
     @serve.batch(max_batch_size=DEFAULTS.max_batch_size, batch_wait_timeout_s=0.0)
-    async def gather(self, calls: list[list[Pending[Any]]]) -> list[list[list[Admitted]]]:
+    async def gather(self, calls: list[list[Pending[Any]]]) -> list[list[list[Admission]]]:
         """Queue the requests of every call gathered now, oldest first, each whole."""
         return self._host.enqueue(calls)
 
