@@ -12,9 +12,11 @@ Run: `python -m bench.baseline --port 8001 --weights random|PATH`
 from __future__ import annotations
 
 import argparse
+import atexit
 import base64
 import itertools
 import os
+import shutil
 import tempfile
 import threading
 
@@ -68,6 +70,8 @@ def create_app(weights: str) -> FastAPI:
         app = FastAPI()
     vec = Img2VecBaseline(weights)
     workdir = tempfile.mkdtemp(prefix="img2vec-baseline-")
+    # The container writes each image to a file and deletes it; its folder goes at exit.
+    atexit.register(shutil.rmtree, workdir, True)
     counter = itertools.count()
 
     @app.get("/.well-known/live", response_class=Response)

@@ -43,10 +43,10 @@ def test_without_a_log_the_error_is_the_bare_reason(tmp_path):
     assert str(caught.value) == "server exited with 1 before it was ready"
 
 
-def test_the_benchmarks_baseline_starts_ready_at_the_workers_level_and_stops(tmp_path):
+def test_the_benchmarks_baseline_starts_ready_at_the_workers_level_and_stops(tmp_path, monkeypatch):
     """bench.processes.baseline_server, as bench.run and bench.weaviate start the
     img2vec-pytorch stand-in (bench/baseline.py): ready on loopback, at WORKER_NICE below
-    this process, gone afterwards."""
+    this process, gone afterwards, and so is the folder it writes each image into."""
     import os
     from pathlib import Path
 
@@ -55,9 +55,14 @@ def test_the_benchmarks_baseline_starts_ready_at_the_workers_level_and_stops(tmp
     from bench.processes import LOOPBACK, WORKER_NICE, baseline_server
 
     root = Path(__file__).resolve().parents[2]
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
     with baseline_server("bench.baseline", [], tmp_path / "baseline.log", root) as (url, proc):
+        assert [p.name.split("-")[1] for p in temp.iterdir()] == ["baseline"]
         assert url.startswith(f"http://{LOOPBACK}:")
         assert httpx.get(url + "/.well-known/ready", timeout=10).status_code == 204
         ours = os.getpriority(os.PRIO_PROCESS, 0)
         assert os.getpriority(os.PRIO_PROCESS, proc.pid) == min(19, ours + WORKER_NICE)
     assert proc.poll() is not None
+    assert list(temp.iterdir()) == []
