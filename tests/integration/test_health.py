@@ -115,7 +115,11 @@ def test_the_byte_budget_bounds_memory_while_the_model_hangs(fragile, serve_inst
     Were the budget given back once a request is decoded, all 48 would be admitted and wait,
     each keeping copies of its body alive in Serve's receive path (measured: +210 MB); were
     a body taken from the budget only as it is read, Serve would already have pulled every
-    refused body into the process (measured: +384 MB)."""
+    refused body into the process (measured: +384 MB).
+
+    How many wait is sampled through the window (it is bounded at every moment): the first
+    ones admitted reach their deadline (request_timeout_s, 5 s) within it and are answered
+    503, and those admitted after them may not have waited long yet when it ends."""
     body = json.dumps({"id": "big", "image": b64(_noise_png(2_200_000, 0))}).encode()
     assert 2_800_000 < len(body) < 4_000_000
     clients, fits = 48, BUDGET // len(body)
@@ -125,7 +129,7 @@ def test_the_byte_budget_bounds_memory_while_the_model_hangs(fragile, serve_inst
     assert r.status_code == 200, r.text
     before = rss_mb(ingress)
     open_since: dict[int, float] = {}
-    results: dict[int, int] = {}
+    answers: dict[int, tuple[int, str]] = {}
     refused = 0
     stop = threading.Event()
 
@@ -136,30 +140,35 @@ def test_the_byte_budget_bounds_memory_while_the_model_hangs(fragile, serve_inst
                 open_since[i] = time.monotonic()
                 r = http.post(fragile + "/vectors", content=body)
                 open_since.pop(i, None)
-                if r.status_code != 503:
-                    results[i] = r.status_code
+                error = r.json().get("error", "") if r.status_code != 200 else ""
+                if r.status_code != 503 or "max_inflight_bytes" not in error:
+                    answers[i] = (r.status_code, error)
                     return
-                assert "max_inflight_bytes" in r.json()["error"] and r.headers["retry-after"]
+                assert r.headers["retry-after"]
                 refused += 1
                 time.sleep(0.05)
 
-    peak = 0.0
+    peak, waiting = 0.0, 0
     with ThreadPoolExecutor(clients) as pool, stopped(embedder):
         for i in range(clients):
             pool.submit(client, i)
         deadline = time.monotonic() + 8
         while time.monotonic() < deadline:
             peak = max(peak, rss_mb(ingress) - before)
+            # A refusal comes back at once: a request open for over 2 s is waiting.
+            now = time.monotonic()
+            waiting = max(waiting, sum(now - t > 2 for t in list(open_since.values())))
             time.sleep(0.1)
-        # A 503 comes back at once: a request open for over 2 s is waiting for the model.
-        waiting = sum(time.monotonic() - t > 2 for t in list(open_since.values()))
         stop.set()
-    # (leaving `stopped` resumed the model: the waiting requests get their vectors)
+    # (leaving `stopped` resumed the model: the requests still waiting get their vectors)
     print(f"waiting {waiting} (fit {fits}), refused {refused}, ingress RSS +{peak:.0f} MB")
     assert 1 <= waiting <= fits, (waiting, fits)
     assert refused > clients  # the rest were turned away, again and again, at once
     assert peak < 3 * BUDGET / 2**20 + 48, f"ingress RSS grew {peak:.0f} MB"
-    assert set(results.values()) == {200}, results
+    # Each admitted request got its vector, or a 503 once its deadline passed while the model
+    # was hung; nothing else.
+    for status, error in answers.values():
+        assert status == 200 or (status == 503 and "retry" in error), (status, error)
     r = httpx.post(fragile + "/vectors", content=body, timeout=60)
     assert r.status_code == 200
 
