@@ -157,14 +157,15 @@ def pad_id(root: Path, tokenizer: Any, default: int) -> int:
 
 
 def read_transformers_dir(
-    root: Path, family: str, *, context: int, pad: int, fixed_length: bool
+    root: Path, model_types: tuple[str, ...], *, context: int, pad: int, fixed_length: bool
 ) -> ClipSpec | None:
-    """A transformers CLIP-style directory whose config.json's `model_type` is `family`, read
-    with that family's defaults (its context where text_config names none, its pad id where
-    the tokenizer's config names none, whether every text is padded to the full context);
-    None where config.json names another model_type."""
+    """A transformers CLIP-style directory whose config.json's `model_type` is one of
+    `model_types` (the spec's family), read with that family's defaults (its context where
+    text_config names none, its pad id where the tokenizer's config names none, whether every
+    text is padded to the full context); None where config.json names another model_type."""
     config = read_json(root / "config.json", missing_ok=True)
-    if config.get("model_type") != family:
+    family = config.get("model_type")
+    if family not in model_types:
         return None
     text = config.get("text_config") or {}
     tokenizer = load_tokenizer(root)

@@ -29,7 +29,7 @@ from img2vec.models.clip.registry import Loaded
 
 
 def read(root):
-    return read_transformers_dir(root, "tiny_clip", context=77, pad=0, fixed_length=False)
+    return read_transformers_dir(root, ("tiny_clip",), context=77, pad=0, fixed_length=False)
 
 
 def load(spec, device):

@@ -17,11 +17,7 @@ MODEL_TYPES = ("clip", "metaclip_2")
 
 
 def read(root: Path) -> ClipSpec | None:
-    for family in MODEL_TYPES:
-        spec = read_transformers_dir(root, family, context=77, pad=0, fixed_length=False)
-        if spec is not None:
-            return spec
-    return None
+    return read_transformers_dir(root, MODEL_TYPES, context=77, pad=0, fixed_length=False)
 
 
 class VisionTower(Tower):

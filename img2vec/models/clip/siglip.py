@@ -15,7 +15,7 @@ from img2vec.models.clip.registry import Loaded, Tower
 
 
 def read(root: Path) -> ClipSpec | None:
-    return read_transformers_dir(root, "siglip", context=64, pad=1, fixed_length=True)
+    return read_transformers_dir(root, ("siglip",), context=64, pad=1, fixed_length=True)
 
 
 class VisionTower(Tower):
